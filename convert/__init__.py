@@ -1,0 +1,1 @@
+"""edgedet.convert stage."""

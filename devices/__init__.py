@@ -1,0 +1,1 @@
+"""edgedet.devices stage."""

@@ -1,0 +1,1 @@
+"""edgedet.model stage."""

@@ -1,0 +1,1 @@
+"""Inference backends, one class per file, each imported lazily."""

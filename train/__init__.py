@@ -1,0 +1,1 @@
+"""edgedet.train stage."""
