@@ -1,0 +1,197 @@
+"""Keras -> TFLite conversion: the one place that calls ``tf.lite.TFLiteConverter``.
+
+Contract (see notes/COMMON.md)::
+
+    keras_to_tflite(model, mode, representative=None, io_dtype="uint8") -> bytes
+
+* ``mode`` is one of ``fp32``, ``fp16`` (float16 weights, float compute/IO), ``dynamic``
+  (int8 weights, dynamic-range activations, float IO) or ``int8`` (full-integer,
+  ``TFLITE_BUILTINS_INT8`` only, so any op that cannot be quantized fails the conversion
+  instead of silently staying float).
+* ``representative``: for ``int8`` on a float model, an iterable (or a zero-argument callable
+  returning one) of normalised float32 arrays shaped (1, S, S, 3). A QAT model
+  (``tfmot`` ``quantize_apply`` output) carries its own ranges and converts without it.
+* ``io_dtype`` (``int8`` only): ``uint8`` (default, what the Edge TPU and most NPUs want),
+  ``int8``, or ``float32`` (integer inside, float input/output).
+
+Output naming (what callers can rely on): the converted model has ONE signature,
+``serving_default``, with input ``images`` and outputs ``class_p3..class_p7, box_p3..box_p7``.
+The converter itself names output *tensors* ``StatefulPartitionedCall:N`` and orders them
+arbitrarily, so after conversion we rename each output tensor to its signature name and reorder
+the subgraph outputs to the model's order (class_p3..p7, box_p3..p7). Hence
+``interpreter.get_output_details()[i]["name"]`` is ``class_p3`` .. ``box_p7`` in that order, and
+``get_signature_runner()`` returns a dict with the same keys. The input tensor has a fixed
+batch of 1 (static shapes: the Edge TPU compiler and several NPU toolchains reject a dynamic
+batch dimension).
+
+Conversion is deterministic: the same model and the same representative arrays (same order)
+give the same bytes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+from edgedet.errors import ConfigError
+
+MODES = ("fp32", "fp16", "dynamic", "int8")
+IO_DTYPES = ("uint8", "int8", "float32")
+INPUT_NAME = "images"
+
+# Layer classes that tfmot inserts; their presence means the model is quantization-aware.
+_QAT_LAYER_CLASSES = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer"}
+
+
+def is_qat_model(model) -> bool:
+    """True if ``model`` was produced by ``tfmot.quantization.keras.quantize_apply``."""
+    return any(type(layer).__name__ in _QAT_LAYER_CLASSES for layer in model.layers)
+
+
+def output_names(model) -> list[str]:
+    """The model's output names with tfmot's ``quant_`` wrapper prefix removed.
+
+    Returns:
+        e.g. ``["class_p3", ..., "class_p7", "box_p3", ..., "box_p7"]`` for an edgedet model.
+    """
+    names = []
+    for name in model.output_names:
+        names.append(name[len("quant_"):] if name.startswith("quant_") else name)
+    return names
+
+
+def _check_args(mode: str, io_dtype: str) -> None:
+    from edgedet.errors import did_you_mean
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown quantization mode {mode!r}{did_you_mean(mode, MODES)}; choose one of {', '.join(MODES)}")
+    if io_dtype not in IO_DTYPES:
+        raise ConfigError(f"unknown io dtype {io_dtype!r}{did_you_mean(io_dtype, IO_DTYPES)}; choose one of {', '.join(IO_DTYPES)}")
+
+
+def _representative_fn(representative, input_shape) -> Callable[[], Iterable[list]]:
+    """Wrap arrays into the converter's ``representative_dataset`` (yields ``[array]``)."""
+    import numpy as np
+
+    def gen():
+        source = representative() if callable(representative) else representative
+        for arr in source:
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.ndim == 3:
+                arr = arr[None]
+            if tuple(arr.shape[1:]) != tuple(input_shape[1:]):
+                raise ConfigError(
+                    f"representative sample has shape {tuple(arr.shape)}; the model expects (1, {', '.join(map(str, input_shape[1:]))})"
+                )
+            yield [arr]
+
+    return gen
+
+
+def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8"):
+    """Build a configured ``tf.lite.TFLiteConverter`` (also used by the diagnosis).
+
+    Args:
+        model: tf_keras Functional model, input (B, S, S, 3) float32 normalised, list of outputs.
+        mode, representative, io_dtype: as in :func:`keras_to_tflite`.
+
+    Returns:
+        (converter, names) where ``names`` are the output names in model order.
+    """
+    _check_args(mode, io_dtype)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+
+    qat = is_qat_model(model)
+    if mode == "int8" and representative is None and not qat:
+        raise ConfigError(
+            "int8 conversion of a float model needs representative (calibration) data; pass representative= or use a QAT model"
+        )
+    shape = [1, *[int(d) for d in model.inputs[0].shape[1:]]]
+    names = output_names(model)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)])
+    def serve(images):
+        outs = model(images, training=False)
+        if not isinstance(outs, (list, tuple)):
+            outs = [outs]
+        return {name: out for name, out in zip(names, outs)}
+
+    concrete = serve.get_concrete_function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    if mode == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if representative is not None:
+            conv.representative_dataset = _representative_fn(representative, shape)
+        dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_dtype]
+        conv.inference_input_type = dtype
+        conv.inference_output_type = dtype
+    return conv, names
+
+
+def rename_outputs(tflite_bytes: bytes, names: list[str]) -> bytes:
+    """Name each output tensor after its signature key and order outputs like ``names``.
+
+    Args:
+        tflite_bytes: a converted model with one signature whose output keys are ``names``.
+        names: desired output order, e.g. class_p3..class_p7, box_p3..box_p7.
+
+    Returns:
+        The rewritten flatbuffer (same weights and ops; only names/order of outputs change).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sub = model.subgraphs[0]
+    if not model.signatureDefs:
+        return tflite_bytes
+    sig = model.signatureDefs[0]
+    by_name = {}
+    for tmap in sig.outputs:
+        key = tmap.name.decode() if isinstance(tmap.name, bytes) else tmap.name
+        by_name[key] = tmap.tensorIndex
+    if set(by_name) != set(names):
+        return tflite_bytes  # not an edgedet-shaped model; leave it alone
+    for key, idx in by_name.items():
+        sub.tensors[idx].name = key.encode()
+    sub.outputs = [by_name[n] for n in names]
+    # Signature entries in model order too (the runner returns a dict, but keep it tidy).
+    sig.outputs = sorted(sig.outputs, key=lambda t: names.index(t.name.decode() if isinstance(t.name, bytes) else t.name))
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
+    """Convert a tf_keras model to a TFLite flatbuffer.
+
+    Args:
+        model: tf_keras Functional model; input (B, S, S, 3) float32 already normalised;
+            outputs class_pL (B, H_L, W_L, A*K) and box_pL (B, H_L, W_L, A*4). May be a QAT model.
+        mode: ``fp32`` | ``fp16`` | ``dynamic`` | ``int8``.
+        representative: for ``int8`` on a float model, iterable (or callable returning one) of
+            float32 (1, S, S, 3) normalised images. Ignored for other modes.
+        io_dtype: ``uint8`` | ``int8`` | ``float32``: input/output type of an ``int8`` model.
+
+    Returns:
+        The flatbuffer bytes; input tensor (1, S, S, 3), outputs named and ordered
+        class_p3..class_p7, box_p3..box_p7.
+
+    Raises:
+        ConfigError: unknown mode/io dtype, or int8 of a float model without representative data.
+        ToolchainError: the converter failed (e.g. an op has no int8 kernel), first line of its message.
+    """
+    from edgedet.errors import ToolchainError
+
+    conv, names = make_converter(model, mode, representative, io_dtype)
+    try:
+        raw = conv.convert()
+    except ConfigError:
+        raise
+    except Exception as exc:  # converter errors are multi-line MLIR dumps; keep the gist
+        first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ToolchainError(f"TFLite {mode} conversion failed: {first[:300]}") from exc
+    return rename_outputs(raw, names)
