@@ -1,0 +1,321 @@
+"""`edgedet pipeline`: dataset -> float model -> QAT -> device files -> validated report.
+
+Each stage runs as its own `edgedet …` sub-command in a child process, in its own folder
+under the run directory, and writes a ``manifest.json`` (inputs, their hash, outputs, time)
+when it finishes. Re-running skips stages whose manifest matches the current inputs; a stage
+without a finished manifest is run again, and the train/QAT stages resume from their own
+checkpoints, so killing the pipeline and re-running continues where it stopped.
+
+Child processes (rather than in-process calls) keep each stage's memory to itself (a 2-core
+Raspberry-Pi-class CI box cannot hold TF training, OpenVINO and NNCF at once) and make a kill
+mid-stage leave exactly what the stage itself had atomically written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedet.errors import ConfigError, DataError, EdgedetError
+
+STAGES = ("data", "train", "qat", "convert", "validate")
+
+# Schedules. "quick" is sized for the built-in synthetic data on 2 CPU cores (the README's
+# first command); "full" is the real schedule for a user's dataset.
+PRESETS = {
+    "quick": {"image_size": 256, "epochs": 10, "batch": 8, "qat_epochs": 1, "calib": 100},
+    "full": {"image_size": None, "epochs": 60, "batch": 8, "qat_epochs": 5, "calib": 300},
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="data check -> train -> QAT -> convert -> validate, resumable",
+        description="Run the whole job. Without --data it uses the built-in synthetic dataset.",
+    )
+    p.add_argument("--data", help="dataset (COCO json, VOC or YOLO folder); default: built-in synthetic set")
+    p.add_argument("--model", default="lite0", help="model variant (default lite0; see `edgedet info`)")
+    p.add_argument("--device", default="x86-cpu", help="device profile (see `edgedet devices`)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="quick (default for built-in data) or full")
+    p.add_argument("--image-size", type=int, help="override the preset's input size")
+    p.add_argument("--epochs", type=int, help="override the preset's training epochs")
+    p.add_argument("--qat-epochs", type=int, help="override the preset's QAT epochs")
+    p.add_argument("--batch", type=int, help="override the preset's batch size")
+    p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH.h5")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    p.set_defaults(func=run_cli)
+
+
+@dataclass
+class Stage:
+    name: str
+    folder: Path
+    inputs: dict
+    commands: list[list[str]]
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def input_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    def is_done(self) -> bool:
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return m.get("status") == "done" and m.get("input_hash") == self.input_hash
+
+    def write_manifest(self, seconds: float) -> None:
+        m = {
+            "stage": self.name,
+            "status": "done",
+            "inputs": self.inputs,
+            "input_hash": self.input_hash,
+            "outputs": {o: file_hash(o) for o in self.outputs},
+            "seconds": round(seconds, 1),
+            "commands": [shlex.join(c) for c in self.commands],
+        }
+        atomic_write(self.manifest_path, json.dumps(m, indent=1))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 (16 hex) of a file, or of a folder's files (names + contents)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if f.name == "manifest.json" or ".tmp" in f.name:
+            continue
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode())
+        try:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            return "missing"
+    return h.hexdigest()[:16]
+
+
+def dataset_fingerprint(path: Path) -> str:
+    """Hash of a dataset's annotation files plus its image names and sizes (not pixels: fast)."""
+    h = hashlib.sha256()
+    files = sorted(x for x in path.rglob("*") if x.is_file()) if path.is_dir() else [path]
+    for f in files:
+        rel = str(f.relative_to(path)) if path.is_dir() else f.name
+        if f.suffix.lower() in {".json", ".xml", ".txt", ".yaml", ".yml"}:
+            h.update(rel.encode() + f.read_bytes())
+        else:
+            h.update(f"{rel}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _edgedet(*args) -> list[str]:
+    return [sys.executable, "-m", "edgedet", *map(str, args)]
+
+
+def plan(args) -> list[Stage]:
+    """Build the stage list (folders, inputs, commands) from the CLI arguments."""
+    from edgedet.devices import load_profile
+
+    out = Path(args.out)
+    profile = load_profile(args.device)
+    builtin = args.data is None
+    preset = dict(PRESETS[args.preset or ("quick" if builtin else "full")])
+    for key in ("image_size", "epochs", "qat_epochs", "batch"):
+        if getattr(args, key, None):
+            preset[key] = getattr(args, key)
+    if builtin:
+        data = out / "1_data" / "synth"
+        data_inputs = {"dataset": "builtin-synth"}
+    else:
+        data = Path(args.data).resolve()
+        if not data.exists():
+            raise DataError(f"{args.data}: dataset path does not exist")
+        data_inputs = {"dataset": str(data), "fingerprint": dataset_fingerprint(data)}
+    size_args = ["--image-size", preset["image_size"]] if preset["image_size"] else []
+    if not preset["image_size"] and getattr(profile, "input_size", None):
+        size_args = ["--image-size", profile.input_size]
+
+    d_data = out / "1_data"
+    data_cmds = []
+    if builtin:
+        data_cmds.append(_edgedet("data", "synth", data))
+    data_cmds.append(_edgedet("data", "check", data, "--fix", "--json", "--report", d_data / "check.json"))
+    s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json")])
+
+    d_train = out / "2_train"
+    train_cmd = _edgedet(
+        "train", "--data", data, "--model", args.model, *size_args, "--epochs", preset["epochs"],
+        "--batch", preset["batch"], "--backbone-weights", args.backbone_weights, "--out", d_train,
+    )
+    s_train = Stage("train", d_train, {"data": s_data.input_hash, "cmd": train_cmd[3:]}, [train_cmd],
+                    [str(d_train / "best.weights.h5")])
+
+    d_qat = out / "3_qat"
+    qat_cmd = _edgedet("quantize", "qat", "--weights", d_train, "--data", data,
+                       "--epochs", preset["qat_epochs"], "--out", d_qat)
+    s_qat = Stage("qat", d_qat, {"train": "2_train/best.weights.h5", "cmd": qat_cmd[3:]}, [qat_cmd])
+
+    d_conv = out / "4_convert"
+    targets = list(profile.targets)
+    from_qat = [t for t in targets if t in QAT_TARGETS]
+    from_float = [t for t in targets if t not in QAT_TARGETS]
+    conv_cmds = []
+    if from_float:
+        conv_cmds.append(_edgedet("convert", "--weights", d_train, *sum((["--target", t] for t in from_float), []),
+                                  "--calib-data", data, "--calib-size", preset["calib"], "--out", d_conv, "--stem", "float"))
+    if from_qat:
+        conv_cmds.append(_edgedet("convert", "--weights", d_qat, *sum((["--target", t] for t in from_qat), []),
+                                  "--out", d_conv, "--stem", "qat"))
+    s_conv = Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds)
+
+    d_val = out / "5_validate"
+    artifacts = [str(d_conv / f"float_{t}{ext_of(t)}") for t in from_float]
+    artifacts += [str(d_conv / f"qat_{t}{ext_of(t)}") for t in from_qat]
+    val_cmd = _edgedet("validate", "--baseline", d_train, "--models", *artifacts, "--data", data,
+                       "--split", "test", "--device", args.device, "--out", d_val)
+    s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
+    s_conv.outputs = artifacts
+    return [s_data, s_train, s_qat, s_conv, s_val]
+
+
+# Integer targets that come from the QAT checkpoint (the others come from the float one;
+# openvino-int8 uses NNCF post-training quantization of the float IR).
+QAT_TARGETS = {"tflite-int8", "edgetpu", "onnx-int8"}
+
+
+def ext_of(target: str) -> str:
+    try:
+        from edgedet.convert.registry import get_target
+
+        return get_target(target).suffix
+    except ImportError:  # pragma: no cover - convert extra missing
+        return "" if target.startswith("openvino") else (".onnx" if target.startswith("onnx") else ".tflite")
+
+
+def _chain_inputs(stages: list[Stage]) -> None:
+    """Make each stage's inputs include the previous stage's outputs, so a changed upstream
+    result (not just a changed command) re-runs everything after it."""
+    prev = None
+    for s in stages:
+        if prev is not None and prev.manifest_path.exists():
+            try:
+                s.inputs["upstream"] = json.loads(prev.manifest_path.read_text()).get("outputs", {})
+            except ValueError:
+                pass
+        prev = s
+
+
+def _run_child(cmd: list[str], log: Path) -> int:
+    """Run a stage command, streaming its output to the terminal and a log file."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    kwargs = {}
+    if sys.platform.startswith("linux"):
+        kwargs["preexec_fn"] = _die_with_parent
+    with open(log, "a") as lf:
+        lf.write(f"$ {shlex.join(cmd)}\n")
+        lf.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kwargs)
+        assert proc.stdout is not None
+        last_err = ""
+        for raw in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            text = raw.decode("utf-8", "replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            lf.write(text)
+            for line in text.splitlines():
+                if line.startswith("edgedet: error:"):
+                    last_err = line
+        rc = proc.wait()
+    _run_child.last_error = last_err  # type: ignore[attr-defined]
+    return rc
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # If the pipeline is killed (even with SIGKILL) the stage child must die too; otherwise a
+    # re-run would race an orphaned trainer writing the same checkpoints.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m:02d}:{s:02d}"
+
+
+def run_pipeline(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = plan(args)
+    t0 = time.time()
+    for i, stage in enumerate(stages, 1):
+        _chain_inputs(stages[: i])
+        head = f"[{i}/{len(stages)} {stage.name}]"
+        if stage.is_done():
+            print(f"{head} up to date, skipped ({stage.folder})", flush=True)
+            continue
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        print(f"{head} running (pipeline elapsed {_fmt(time.time() - t0)})", flush=True)
+        ts = time.time()
+        for cmd in stage.commands:
+            cmd = _with_resume(stage, cmd)
+            rc = _run_child(cmd, stage.folder / "stage.log")
+            if rc != 0:
+                err = getattr(_run_child, "last_error", "") or f"exit code {rc}"
+                raise EdgedetError(
+                    f"stage {stage.name} failed ({err.replace('edgedet: error: ', '')}); "
+                    f"completed stages are kept, log: {stage.folder / 'stage.log'}; re-run the same command to resume"
+                )
+        stage.write_manifest(time.time() - ts)
+        print(f"{head} done in {_fmt(time.time() - ts)}", flush=True)
+    print(f"pipeline finished in {_fmt(time.time() - t0)}")
+    _print_summary(stages[-1].folder)
+    return 0
+
+
+def _with_resume(stage: Stage, cmd: list[str]) -> list[str]:
+    """Train/QAT stages continue from their own checkpoint when a previous run was cut off."""
+    if stage.name in ("train", "qat") and any(stage.folder.glob("*state*")):
+        return [*cmd, "--resume"]
+    return cmd
+
+
+def _print_summary(report_dir: Path) -> None:
+    md = report_dir / "report.md"
+    if md.exists():
+        lines = md.read_text().splitlines()
+        table = [ln for ln in lines if ln.startswith("|")]
+        print("\n".join(table[: 2 + 12]))
+    html = report_dir / "report.html"
+    print(f"report: {html.resolve()}")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        return run_pipeline(args)
+    except KeyError as exc:  # unknown preset etc.
+        raise ConfigError(f"pipeline: {exc}") from exc
