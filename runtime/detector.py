@@ -1,0 +1,286 @@
+"""``Detector``: one model file in, :class:`Detections` out, on any backend.
+
+    from edgedet.runtime import Detector
+    det = Detector.from_file("lite0_tflite-int8.tflite", device="raspberry-pi-5")
+    dets = det.detect("cells.jpg")          # boxes in the image's own pixels
+    det.last_timing                          # {"pre": s, "invoke": s, "post": s}
+
+Everything the model needs (labels, input size, normalisation, anchors, output names) comes
+from the metadata embedded in the file (:mod:`edgedet.runtime.metadata`). A file without it is
+accepted only when labels, image size and normalisation are passed explicitly — except a
+standard 4-output detection ``.tflite`` with a uint8 input, which takes pixels as they are.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from edgedet.errors import ConfigError, ModelFileError
+from edgedet.runtime.detections import Detections
+from edgedet.runtime.metadata import ModelMeta, read_metadata, read_tflite_zip
+from edgedet.runtime.postprocess import from_nms_outputs, postprocess, to_original
+from edgedet.runtime.preprocess import as_rgb_uint8, resize_for_model
+from edgedet.runtime.outputs import InputPlan, map_nms_outputs, map_raw_outputs
+
+_BACKGROUND = ("???", "background", "__background__", "bg")
+
+
+def backend_for(path: str) -> str:
+    """Backend kind for a model path, from its suffix."""
+    p = os.fspath(path).rstrip("/")
+    if p.endswith(".tflite"):
+        return "litert"
+    if p.endswith(".onnx"):
+        return "onnxruntime"
+    if p.endswith(".xml") or os.path.isdir(p):
+        return "openvino"
+    raise ModelFileError(f"{path}: unknown model suffix (expected .tflite, .onnx, .xml or an OpenVINO folder)")
+
+
+def read_labels(labels) -> list[str] | None:
+    """Labels from a list, or a text file with one name per line."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        if not os.path.isfile(labels):
+            raise ConfigError(f"--labels {labels}: no such file")
+        with open(labels, encoding="utf-8") as f:
+            return [ln.strip() for ln in f if ln.strip()]
+    return [str(x) for x in labels]
+
+
+class Detector:
+    """Runs a detection model file; see :meth:`from_file`.
+
+    Attributes:
+        meta: the model's :class:`ModelMeta`.
+        backend: the loaded backend (``describe()`` gives backend/version/device/threads).
+        score_threshold, iou_threshold, max_detections, nms, soft, sigma, pre_nms_topk:
+            post-processing settings, changeable between calls.
+        last_timing: seconds of the last :meth:`detect` — ``{"pre", "invoke", "post"}``.
+        load_seconds: time spent loading the model.
+    """
+
+    def __init__(self, backend, meta: ModelMeta, path: str = "", score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                 max_detections: int = 100, nms: str = "class", soft: bool = False, sigma: float = 0.5,
+                 pre_nms_topk: int = 5000, raw_pixels: bool = False):
+        self.backend, self.meta, self.path = backend, meta, path
+        self.score_threshold, self.iou_threshold, self.max_detections = score_threshold, iou_threshold, max_detections
+        self.nms, self.soft, self.sigma, self.pre_nms_topk = nms, soft, sigma, pre_nms_topk
+        self.labels = tuple(meta.labels)
+        self.last_timing = {"pre": 0.0, "invoke": 0.0, "post": 0.0}
+        self.load_seconds = 0.0
+        self.input = InputPlan(backend.inputs[0], meta, raw_pixels=raw_pixels)
+        if meta.outputs == "nms":
+            self._nms_idx = map_nms_outputs(backend.outputs, path)
+            self._nms_checked = False
+            if self.labels and self.labels[0].strip().lower() in _BACKGROUND:
+                self.labels = self.labels[1:]  # SSD label maps start with a background entry
+        else:
+            self._nms_idx = None
+            self._raw = map_raw_outputs(backend.outputs, meta, self.input.size, path)
+            from edgedet.runtime.anchors import generate_anchors  # noqa: PLC0415
+
+            self.anchors = generate_anchors(self.input.size, meta.anchor_config)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_file(cls, path, device: str | None = None, threads: int | None = None, fallback: str | None = None,
+                  labels=None, image_size=None, mean=None, std=None, **post) -> "Detector":
+        """Load a model file.
+
+        Args:
+            path: ``.tflite``, ``.onnx``, OpenVINO ``.xml`` or its folder.
+            device: a device profile name (``edgedet devices``) or a backend device string
+                ("cpu", "usb:0", "pci:0", "nnapi", "GPU", "NPU", "AUTO").
+            threads: CPU threads (overrides the profile's).
+            fallback: "cpu" to run on CPU when the requested delegate/device is missing.
+            labels: list of names or a labels file (required without metadata; overrides the
+                file's labels otherwise).
+            image_size: int or ``(h, w)``; required for raw-output models without metadata.
+            mean, std: pixel-unit normalisation; required for models without metadata
+                (except a uint8-input 4-output TFLite, which takes pixels directly).
+            **post: post-processing settings (score_threshold, iou_threshold, max_detections,
+                nms, soft, sigma, pre_nms_topk).
+
+        Raises:
+            ModelFileError: unknown suffix, truncated/corrupt file, missing metadata.
+            ToolchainError: backend or delegate not installed.
+            ConfigError: bad device/profile.
+        """
+        t0 = time.perf_counter()
+        path = os.fspath(path)
+        kind = backend_for(path)
+        if not os.path.exists(path):
+            raise ModelFileError(f"{path}: no such model file")
+        device, threads = _resolve_device(device, threads, kind)
+        from edgedet.runtime.backends.base import open_backend  # noqa: PLC0415
+
+        backend = open_backend(path, kind, device=device, threads=threads, fallback=fallback)
+        meta, raw_pixels = _resolve_meta(path, kind, backend, labels, image_size, mean, std)
+        det = cls(backend, meta, path=path, raw_pixels=raw_pixels, **post)
+        det.load_seconds = time.perf_counter() - t0
+        return det
+
+    # ------------------------------------------------------------------ running
+
+    def preprocess(self, image) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+        """Image (array or path) -> ``(input tensor, (scale_y, scale_x), original (H, W))``."""
+        img = as_rgb_uint8(image)
+        canvas, scales = resize_for_model(img, self.input.size, self.meta.resize, self.meta.mean)
+        return self.input.prepare(canvas[None]), scales, img.shape[:2]
+
+    def infer(self, x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+        """Run the backend on a prepared tensor; outputs in the backend's order (copies by default)."""
+        outs = self.backend.run(x)
+        return [np.array(o) for o in outs] if copy else outs
+
+    def decode(self, outputs: Sequence[np.ndarray], scales, image_hw, index: int = 0) -> Detections:
+        """Backend outputs (batch item ``index``) -> :class:`Detections` in original-image pixels."""
+        if self._nms_idx is not None:
+            if not self._nms_checked:
+                self._check_nms_order(outputs)
+            b, c, s, n = (outputs[i] for i in self._nms_idx)
+            d = from_nms_outputs(b[index], c[index], s[index], np.reshape(n, (-1,))[index:index + 1], self.input.size,
+                                 self.score_threshold, self.labels)
+            d.classes = d.classes[: self.max_detections]
+            d.boxes, d.scores = d.boxes[: self.max_detections], d.scores[: self.max_detections]
+        else:
+            cls_out, box_out = self._raw.split(outputs, index)
+            d = postprocess(cls_out, box_out, self.anchors, self.score_threshold, self.iou_threshold,
+                            self.max_detections, self.nms, self.soft, self.sigma, self.pre_nms_topk,
+                            class_quant=self._raw.class_quant, box_quant=self._raw.box_quant, labels=self.labels)
+        return to_original(d, scales, image_hw)
+
+    def _check_nms_order(self, outputs) -> None:
+        # Files converted by TF2 name their outputs StatefulPartitionedCall:N in an order that
+        # differs between versions; classes are whole numbers and scores are not, so the first
+        # output with a fractional value settles which is which.
+        bi, ci, si, ni = self._nms_idx
+        c, s = np.asarray(outputs[ci]), np.asarray(outputs[si])
+        c_frac, s_frac = bool(np.any(c != np.round(c))), bool(np.any(s != np.round(s)))
+        if c_frac != s_frac:
+            if c_frac:
+                self._nms_idx = (bi, si, ci, ni)
+            self._nms_checked = True
+
+    def detect(self, image) -> Detections:
+        """Detect objects in one image (``(H, W, 3)`` uint8 RGB array or a path)."""
+        t0 = time.perf_counter()
+        x, scales, hw = self.preprocess(image)
+        t1 = time.perf_counter()
+        outs = self.backend.run(x)
+        t2 = time.perf_counter()
+        dets = self.decode(outs, scales, hw)
+        del outs  # release zero-copy views before the next invoke
+        t3 = time.perf_counter()
+        self.last_timing = {"pre": t1 - t0, "invoke": t2 - t1, "post": t3 - t2}
+        return dets
+
+    __call__ = detect
+
+    def detect_batch(self, images: Sequence) -> list[Detections]:
+        """Detect in several images; one invoke per batch when the model's batch is dynamic."""
+        images = list(images)
+        if not images:
+            return []
+        if self.input.batch != -1 or len(images) == 1:
+            return [self.detect(im) for im in images]
+        t0 = time.perf_counter()
+        prepped = [self.preprocess(im) for im in images]
+        x = np.concatenate([p[0] for p in prepped])
+        t1 = time.perf_counter()
+        outs = self.backend.run(x)
+        t2 = time.perf_counter()
+        dets = [self.decode(outs, p[1], p[2], index=i) for i, p in enumerate(prepped)]
+        del outs
+        t3 = time.perf_counter()
+        self.last_timing = {"pre": t1 - t0, "invoke": t2 - t1, "post": t3 - t2}
+        return dets
+
+    def describe(self) -> dict:
+        """Provenance: backend, version, device, delegate, threads, model path, target."""
+        d = self.backend.describe()
+        d.update(model=self.path, target=self.meta.target, input_size=list(self.input.size), outputs=self.meta.outputs)
+        return d
+
+    def __repr__(self) -> str:
+        b = self.backend
+        return f"Detector({self.path!r}, backend={b.name}, device={b.device}, input={self.input.size}, classes={len(self.labels)})"
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _resolve_device(device, threads, kind):
+    """A device profile name -> (backend device string, threads); other strings pass through."""
+    if not device:
+        return None, threads
+    try:
+        from edgedet.devices import list_profiles, load_profile  # noqa: PLC0415
+    except ImportError:
+        return device, threads
+    if device not in list_profiles():
+        return device, threads
+    prof = load_profile(device)
+    return prof.device_for(kind), threads if threads else prof.threads
+
+
+def _resolve_meta(path, kind, backend, labels, image_size, mean, std) -> tuple[ModelMeta, bool]:
+    """Metadata from the file, completed/overridden by explicit arguments."""
+    meta = read_metadata(path)
+    file_labels = None
+    if kind == "litert" and meta is None:
+        file_labels = read_tflite_zip(path)[1]
+        if file_labels is None:
+            _check_truncated_zip(path)
+    user_labels = read_labels(labels)
+    if meta is not None:
+        if user_labels:
+            meta.labels = user_labels
+        return meta, False
+    outs = backend.outputs
+    is_nms = len(outs) == 4 and kind == "litert" and any(len(o.shape) == 3 and o.shape[-1] == 4 for o in outs)
+    names = user_labels or file_labels
+    inp = backend.inputs[0]
+    if is_nms:
+        if not names:
+            raise ModelFileError(f"{path}: detection model without labels; pass --labels FILE")
+        h, w = (inp.shape[1], inp.shape[2]) if inp.shape[-1] == 3 else (inp.shape[2], inp.shape[3])
+        raw_pixels = np.issubdtype(inp.dtype, np.integer) and mean is None
+        if not raw_pixels and (mean is None or std is None):
+            raise ModelFileError(f"{path}: float-input model without edgedet metadata; pass --mean and --std")
+        meta = ModelMeta(labels=names, input_size=(int(h), int(w)), outputs="nms", resize="stretch",
+                         mean=_triple(mean, 0.0), std=_triple(std, 1.0), target="tflite-nms")
+        return meta, raw_pixels
+    missing = [n for n, v in (("--labels", names), ("--image-size", image_size), ("--mean", mean), ("--std", std)) if v is None]
+    if missing:
+        raise ModelFileError(f"{path}: no edgedet metadata in this file; pass {', '.join(missing)} to run it anyway")
+    size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+    layout = "NCHW" if len(inp.shape) == 4 and inp.shape[1] == 3 and inp.shape[-1] != 3 else "NHWC"
+    return ModelMeta(labels=names, input_size=size, layout=layout, mean=_triple(mean, 0.0), std=_triple(std, 1.0)), False
+
+
+def _triple(v, default) -> tuple[float, float, float]:
+    if v is None:
+        v = default
+    if np.isscalar(v):
+        return (float(v),) * 3
+    v = [float(x) for x in v]
+    return tuple(v * 3) if len(v) == 1 else tuple(v)  # type: ignore[return-value]
+
+
+def _check_truncated_zip(path: str) -> None:
+    """Our metadata zip starts with a local header for edgedet.json; finding that header without
+    a readable zip means the file was cut off (a copy interrupted mid-way)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+    if b"PK\x03\x04" in tail and b"edgedet.json" in tail:
+        raise ModelFileError(f"{path}: truncated model file (its metadata block is cut off)")
