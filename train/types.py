@@ -17,6 +17,11 @@ class Sample:
         boxes: ``(N, 4)`` float32 xyxy in pixels.
         classes: ``(N,)`` int32 0-based class ids into ``Dataset.class_names``.
         image_id: stable integer id (COCO image id when read from COCO).
+        ann_path: the annotation file the boxes came from (VOC XML, YOLO txt, COCO JSON);
+            the checker names it in its reports. Empty when unknown.
+        unknown_labels: box index -> the label as written in the annotation, for boxes whose
+            class is not in the class list (their ``classes`` entry is -1). The checker
+            reports them; a clean dataset has none.
     """
 
     image_path: str
@@ -25,6 +30,12 @@ class Sample:
     boxes: np.ndarray
     classes: np.ndarray
     image_id: int = 0
+    ann_path: str = ""
+    unknown_labels: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(len(self.boxes))
 
 
 @dataclass
@@ -35,6 +46,15 @@ class Dataset:
     class_names: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     source_format: str = ""  # "coco" | "voc" | "yolo"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def samples(self) -> list[Sample]:
+        """All samples of all splits, in split order (train, val, test, others)."""
+        order = sorted(self.splits, key=lambda k: ("train", "val", "test").index(k) if k in ("train", "val", "test") else 3)
+        return [s for k in order for s in self.splits[k]]
 
     def split(self, name: str) -> list[Sample]:
         from edgedet.errors import DataError

@@ -1,0 +1,151 @@
+"""COCO JSON reader (``instances_*.json``, Roboflow ``_annotations.coco.json``, ``{split}.json``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from edgedet.errors import DataError
+from edgedet.train.datasets import complete_splits, make_sample, split_name
+from edgedet.train.types import Dataset
+
+
+def find_jsons(root: Path) -> list[Path]:
+    """Candidate COCO annotation files in a dataset folder (by name, nothing is parsed).
+
+    Looks at ``annotations/*.json`` (only ``instances_*`` when present, as in COCO itself),
+    ``*/_annotations.coco.json`` (Roboflow) and ``*.json`` at the top level.
+    """
+    found = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+    inst = [p for p in found if p.name.startswith("instances")]
+    found = inst or found
+    if not found:
+        found = sorted(root.glob("*/_annotations.coco.json"))
+    if not found:
+        found = [p for p in sorted(root.glob("*.json")) if not p.name.startswith(".")]
+    return found
+
+
+def read_coco(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> Dataset:
+    """Read one COCO JSON file or a folder of per-split JSONs.
+
+    Category ids are remapped, in id order, to contiguous 0-based classes with their names
+    kept; ``image_id`` is kept. ``bbox`` ``[x, y, w, h]`` becomes xyxy. ``iscrowd`` regions are
+    dropped (they are not trainable boxes). Annotations whose ``category_id`` is not among the
+    categories keep class -1 for the checker to report.
+
+    Args:
+        path: a ``.json`` file or a folder (see :func:`find_jsons`). The split of each file is
+            read from its name (``instances_val2017.json`` -> val, ``valid/`` -> val); a single
+            file without a split name is split by ratio.
+        classes: optional class list; must equal the categories' names.
+        ratios, seed: ratio split for datasets without per-split files.
+
+    Raises:
+        DataError: no JSON, a JSON that is not COCO, files whose categories differ, an
+            annotation naming a missing image, or an image folder that cannot be found.
+    """
+    path = path.resolve()
+    root = path.parent if path.is_file() else path
+    files = [path] if path.is_file() else find_jsons(path)
+    if not files:
+        raise DataError(f"{path}: no COCO .json annotation files")
+    named = {}
+    for f in files:
+        s = split_name(f.name) or (split_name(f.parent.name) if f.name == "_annotations.coco.json" else None)
+        if s is None and len(files) > 1:
+            raise DataError(f"{f}: cannot tell which split (train/val/test) this file is; name it e.g. instances_train.json")
+        if s in named:
+            raise DataError(f"{f}: second annotation file for split {s!r} (first: {named[s].name})")
+        named[s] = f
+
+    class_names, cat_ids, splits = None, None, {}
+    for s, f in named.items():
+        data = _load_json(f)
+        names, ids = _categories(data, f)
+        if class_names is None:
+            class_names, cat_ids = names, ids
+        elif (names, ids) != (class_names, cat_ids):
+            raise DataError(f"{f}: categories differ from those in {named[next(iter(named))].name}")
+        splits[s] = _samples(data, f, root, s, {cid: i for i, cid in enumerate(ids)})
+
+    if classes is not None and list(classes) != class_names:
+        raise DataError(f"{path}: class list {list(classes)} disagrees with the COCO categories {class_names}")
+    all_samples = [x for v in splits.values() for x in v]
+    own = {k: v for k, v in splits.items() if k is not None}
+    return Dataset(str(root), class_names, complete_splits(own, all_samples, ratios, seed), "coco")
+
+
+def _load_json(f: Path) -> dict:
+    try:
+        with open(f, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{f}: cannot read COCO JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{f}: not a COCO detection file (no 'images' list)")
+    return data
+
+
+def _categories(data: dict, f: Path) -> tuple[list[str], list[int]]:
+    cats = data.get("categories") or []
+    if not cats:
+        if data.get("annotations"):
+            raise DataError(f"{f}: class list disagrees with the labels: annotations but no 'categories'")
+        raise DataError(f"{f}: no 'categories'")
+    cats = sorted(cats, key=lambda c: int(c["id"]))
+    ids = [int(c["id"]) for c in cats]
+    names = [str(c.get("name", c["id"])) for c in cats]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{f}: category id listed twice")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{f}: category name {dup!r} used by two category ids")
+    return names, ids
+
+
+def _samples(data: dict, f: Path, root: Path, split: str | None, cat_index: dict[int, int]) -> list:
+    images = data["images"]
+    by_image: dict[int, list] = {int(im["id"]): [] for im in images}
+    for a in data.get("annotations") or []:
+        iid = int(a["image_id"])
+        if iid not in by_image:
+            raise DataError(f"{f}: annotation {a.get('id')} refers to image_id {iid}, which is not in 'images'")
+        if a.get("iscrowd", 0):
+            continue
+        by_image[iid].append(a)
+    img_dir = _image_dir(images, f, root, split)
+    out = []
+    for im in images:
+        iid = int(im["id"])
+        boxes, cls, unknown = [], [], {}
+        for j, a in enumerate(by_image[iid]):
+            x, y, w, h = (float(v) for v in a["bbox"])
+            boxes.append([x, y, x + w, y + h])
+            cid = int(a["category_id"])
+            cls.append(cat_index.get(cid, -1))
+            if cid not in cat_index:
+                unknown[j] = f"category_id {cid}"
+        out.append(make_sample(img_dir / im["file_name"], im.get("width", 0), im.get("height", 0),
+                               boxes, cls, iid, str(f), unknown))
+    return out
+
+
+def _image_dir(images: list, f: Path, root: Path, split: str | None) -> Path:
+    """The folder that ``file_name`` is relative to, found by probing a few images."""
+    if not images:
+        return f.parent
+    cands = [f.parent, root, root / "images"]
+    for d in (split, f.stem.removeprefix("instances_")) if split else (f.stem.removeprefix("instances_"),):
+        if d:
+            cands += [root / d, root / "images" / d]
+    if split == "val":
+        cands += [root / "valid", root / "images" / "valid"]
+    probe = [im["file_name"] for im in images[:5]]
+    for d in dict.fromkeys(cands):
+        if any((d / p).is_file() for p in probe):
+            return d
+    raise DataError(
+        f"{f}: missing image directory ({probe[0]!r} not found under any of "
+        f"{', '.join(str(c.relative_to(root)) if c.is_relative_to(root) else str(c) for c in dict.fromkeys(cands))})"
+    )
