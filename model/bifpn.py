@@ -8,12 +8,11 @@ activation -> depthwise-separable 3x3 conv (with bias) -> BN (automl's default
 
 Ops used (MAX_POOL_2D, RESIZE_NEAREST_NEIGHBOR via UpSampling2D, STRIDED_SLICE, ADD, MUL,
 DEPTHWISE_CONV_2D, CONV_2D) all run on TFLite's XNNPACK delegate and the Edge TPU.
+
+The node list is importable without TensorFlow (the analytic counter uses it); tf_keras is
+imported inside the builders.
 """
 from __future__ import annotations
-
-import tf_keras as keras
-
-from edgedet.model.layers import WeightedFusion, activation, batch_norm
 
 MIN_LEVEL, MAX_LEVEL = 3, 7
 
@@ -38,6 +37,10 @@ def _shape(t) -> tuple[int, int, int]:
 
 
 def _conv1x1_bn(x, width: int, prefix: str):
+    import tf_keras as keras
+
+    from edgedet.model.layers import batch_norm
+
     x = keras.layers.Conv2D(width, 1, padding="same", name=prefix + "_conv")(x)
     return batch_norm(prefix + "_bn")(x)
 
@@ -49,6 +52,8 @@ def resample(x, target_hw: tuple[int, int], width: int, prefix: str):
     Up: (1x1 conv + BN if needed) then nearest 2x upsampling, cropped when the target is odd
     (``3 -> 6 -> 5``), which equals automl's nearest resize to the target size.
     """
+    import tf_keras as keras
+
     h, w, c = _shape(x)
     th, tw = target_hw
     if c != width:
@@ -72,6 +77,10 @@ def fuse_node(feats: list, level_of: list[int], node: tuple[int, tuple[int, ...]
 
     Returns ``(B, H_level, W_level, width)``.
     """
+    import tf_keras as keras
+
+    from edgedet.model.layers import WeightedFusion, activation, batch_norm
+
     level, offsets = node
     target = next(_shape(f)[:2] for f, lv in zip(feats, level_of) if lv == level)
     inputs = [resample(feats[o], target, width, f"{prefix}_in{o}") for o in offsets]
