@@ -123,13 +123,18 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
             results = tqdm(results, total=len(paths), desc="check images", unit="img", leave=False)
         real = dict(zip(paths, results))
 
-    issues: list[Issue] = []
+    per_sample: list[tuple[str, list[Issue]]] = []
     splits: dict[str, list[Sample]] = {name: [] for name in ds.splits}
     for name, s in jobs:
-        clean = _check_sample(s, real[s.image_path], ds, policy, name, issues)
+        found: list[Issue] = []
+        clean = _check_sample(s, real[s.image_path], ds, policy, name, found)
         if clean is not None:
             splits[name].append(clean)
-    issues.sort(key=lambda i: (i.file, _KIND_ORDER.get(i.kind, 99)))
+        if found:
+            per_sample.append((s.ann_path or s.image_path, found))
+    # File by file in path order (not split order); within a file, in the order found.
+    per_sample.sort(key=lambda kv: kv[0])
+    issues = [i for _, found in per_sample for i in found]
 
     unknown = [i for i in issues if i.kind == "unknown_class"]
     if unknown:
@@ -145,22 +150,17 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
     return Dataset(ds.root, list(ds.class_names), splits, ds.source_format), issues
 
 
-_KIND_ORDER = {k: i for i, k in enumerate((
-    "missing_image", "unreadable_image", "size_mismatch", "empty_image", "unknown_class",
-    "nonfinite_box", "inverted_box", "degenerate_box", "outside_box", "duplicate_box"))}
-
-
 def _probe_image_header(path: str):
-    """``(width, height)`` or an error string."""
+    """``(width, height)``, None when the file is missing, or the decoder's error message."""
     from PIL import Image
 
     if not os.path.isfile(path):
-        return "missing"
+        return None
     try:
         with Image.open(path) as im:
             return int(im.width), int(im.height)
     except Exception as exc:  # Pillow raises many types for garbage files
-        return f"unreadable ({type(exc).__name__}: {exc})"
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _probe_image_decode(path: str):
@@ -168,7 +168,7 @@ def _probe_image_decode(path: str):
     from PIL import Image
 
     if not os.path.isfile(path):
-        return "missing"
+        return None
     try:
         with Image.open(path) as im:
             size = int(im.width), int(im.height)
@@ -178,9 +178,7 @@ def _probe_image_decode(path: str):
             im.load()
         return size
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = "truncated" if "truncated" in msg else "unreadable"
-        return f"{kind} ({msg})"
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues: list[Issue]) -> Sample | None:
@@ -194,9 +192,9 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         issues.append(Issue(file, reason, action, kind,
                             None if box is None else tuple(float(v) for v in box), label, split))
 
-    if isinstance(real, str):
-        kind = "missing_image" if real == "missing" else "unreadable_image"
-        reason = "image file not found" if real == "missing" else f"image {real}"
+    if not isinstance(real, tuple):
+        kind = "missing_image" if real is None else "unreadable_image"
+        reason = "image file not found" if real is None else f"image cannot be decoded: {real}"
         add(img_file, kind, reason, "error" if policy == "strict" else "skipped image")
         return None
     width, height = s.width, s.height
@@ -212,7 +210,7 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         add(ann_file, "empty_image", "no boxes", "error" if policy == "strict" else "kept as background")
         return dataclasses.replace(s, width=width, height=height, unknown_labels={})
 
-    keep_boxes, keep_cls = [], []
+    keep_boxes, keep_cls, keep_idx = [], [], []
     bad = "error" if policy == "strict" else "skipped box"
     for j, (box, c) in enumerate(zip(s.boxes.astype(np.float64), s.classes.tolist())):
         label = ds.class_names[c] if 0 <= c < len(ds.class_names) else s.unknown_labels.get(j, f"class id {c}")
@@ -251,11 +249,13 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
         dup = _duplicate_of(np.array([x1, y1, x2, y2]), c, keep_boxes, keep_cls)
         if dup is not None:
-            add(ann_file, "duplicate_box", f"duplicate of box {dup} (IoU {_iou(keep_boxes[dup], [x1, y1, x2, y2]):.2f})",
+            add(ann_file, "duplicate_box",
+                f"duplicate of box #{keep_idx[dup] + 1} (IoU {_iou(keep_boxes[dup], [x1, y1, x2, y2]):.2f})",
                 "error" if policy == "strict" else "skipped box", box, label)
             continue
         keep_boxes.append([x1, y1, x2, y2])
         keep_cls.append(c)
+        keep_idx.append(j)
     if not keep_boxes:
         add(ann_file, "empty_image", "no valid boxes left", "error" if policy == "strict" else "skipped image")
         return None
