@@ -15,6 +15,11 @@ from typing import Sequence
 import numpy as np
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+# Post-processing used for every accuracy measurement (`edgedet eval`, `edgedet validate`), so the
+# numbers agree: a low score floor and 100 detections per image, as COCO evaluation expects
+# (a deployment threshold like 0.3 would cut the low-recall end of the PR curve).
+EVAL_POSTPROCESS = {"score_threshold": 0.001, "iou_threshold": 0.5, "max_detections": 100, "nms": "class"}
 # Indices into COCOeval.stats, in SUMMARY_KEYS order.
 _STATS_INDEX = (0, 1, 2, 3, 4, 5)
 

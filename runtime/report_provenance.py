@@ -1,0 +1,92 @@
+"""Where a benchmark ran: CPU model, core count, OS, and whether the clock was throttled.
+
+Everything here reads files or runs a tiny command and never raises: a field the OS does not
+report is None.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cpu_model() -> str | None:
+    """CPU model from /proc/cpuinfo (x86 "model name", Arm "Model"/"Hardware"), else platform."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        if fields.get(key):
+            return fields[key]
+    return platform.processor() or platform.machine() or None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def throttling() -> tuple[bool | None, str | None]:
+    """Whether the CPU clock was throttled, where the OS says so.
+
+    Sources, first that answers wins:
+      * Raspberry Pi ``vcgencmd get_throttled``: any of the "has occurred" or "currently" bits
+        for under-voltage, frequency capping, throttling or soft temperature limit.
+      * Linux cpufreq: the policy cap ``scaling_max_freq`` below ``cpuinfo_max_freq``, or an
+        x86 ``thermal_throttle`` counter above zero.
+
+    Returns:
+        ``(flag, detail)``; ``(None, None)`` when nothing reports it (VMs, containers).
+    """
+    if shutil.which("vcgencmd"):
+        try:
+            out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=2).stdout
+            value = int(out.strip().split("=")[-1], 16)
+            return bool(value & 0xF000F), f"vcgencmd get_throttled={hex(value)}"
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    counts = []
+    for name in ("core_throttle_count", "package_throttle_count"):
+        v = _read(f"/sys/devices/system/cpu/cpu0/thermal_throttle/{name}")
+        if v is not None and v.isdigit():
+            counts.append((name, int(v)))
+    cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    cap = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq")
+    mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if cap and mx and cap.isdigit() and mx.isdigit() and int(mx) > 0:
+        # An idle core clocks down by design, so the current frequency alone proves nothing;
+        # a policy cap below the hardware maximum (thermal or power capping) does.
+        detail = f"cpu0 cap {int(cap) // 1000} MHz of {int(mx) // 1000} MHz max"
+        if cur and cur.isdigit():
+            detail += f", now {int(cur) // 1000} MHz"
+        if counts:
+            detail += ", " + ", ".join(f"{k}={v}" for k, v in counts)
+        return int(cap) < int(mx) or any(v > 0 for _, v in counts), detail
+    if counts:
+        return any(v > 0 for _, v in counts), ", ".join(f"{k}={v}" for k, v in counts)
+    return None, None
+
+
+def host_info() -> dict:
+    """Host description for ``report.json``'s ``host`` section."""
+    throttled, detail = throttling()
+    return {
+        "cpu_model": cpu_model(),
+        "num_cpus": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "throttled": throttled,
+        "throttle_detail": detail,
+    }
