@@ -1,0 +1,104 @@
+"""``edgedet info``: size figures of a model variant.
+
+Import-light: the figures come from :mod:`edgedet.model.analytic` (pure Python, verified equal
+to the built Keras graph by the tests); ``--build`` builds the tf_keras graph and counts from it.
+"""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="parameters, MACs, input size and anchors of a model variant",
+        description="Print parameters, MACs (1 MAC = 1 multiply-add of a conv/dense), input size, anchor "
+        "count and BiFPN/head sizes of an EfficientDet variant. Without MODEL, list all variants.",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="variant, e.g. d0, lite0 (omit to list all)")
+    p.add_argument("--num-classes", type=int, default=None, help="number of classes (default 90)")
+    p.add_argument("--image-size", type=int, default=None, help="input size (multiple of 128, or 64 for Lite)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--build", action="store_true", help="build the tf_keras graph and count from it (slower)")
+    p.set_defaults(func=run_info)
+
+
+def info_dict(name: str, num_classes: int | None = None, image_size: int | None = None, build: bool = False) -> dict:
+    """The figures ``edgedet info`` prints, as a dict."""
+    from edgedet.model.analytic import count
+    from edgedet.model.config import get_config
+    from edgedet.runtime.anchors import feature_sizes
+
+    cfg = get_config(name, num_classes=num_classes, image_size=image_size)
+    levels = feature_sizes((cfg.image_size, cfg.image_size))
+    anchors = sum(h * w for h, w in levels) * cfg.num_anchors
+    if build:
+        import os
+
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        from edgedet.model.efficientdet import model_stats
+
+        s = model_stats(cfg)
+        total, trainable, macs, source = s["params"], s["trainable_params"], s["macs"], "graph"
+    else:
+        c = count(cfg)
+        total, trainable, macs, source = c.params, c.trainable, c.macs, "analytic"
+    return {
+        "name": cfg.name,
+        "backbone": cfg.backbone,
+        "image_size": cfg.image_size,
+        "num_classes": cfg.num_classes,
+        "params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        "macs": macs,
+        "anchors": anchors,
+        "anchors_per_position": cfg.num_anchors,
+        "anchor_scale": cfg.anchor_scale,
+        "feature_sizes": [list(s) for s in levels],
+        "fpn_width": cfg.fpn_width,
+        "fpn_layers": cfg.fpn_layers,
+        "head_layers": cfg.head_layers,
+        "activation": cfg.activation,
+        "fusion": cfg.fusion,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "counted_from": source,
+    }
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def run_info(args) -> int:
+    from edgedet.model.config import variant_names
+
+    if args.model is None:
+        rows = [info_dict(n, args.num_classes) for n in variant_names()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'model':10} {'input':>5} {'params':>8} {'trainable':>9} {'MACs':>8} {'anchors':>8}  "
+              f"{'fpn':>8}  {'head':>4}  act/fusion")
+        for d in rows:
+            print(f"{d['name']:10} {d['image_size']:5d} {_m(d['params']):>8} {_m(d['trainable_params']):>9} "
+                  f"{d['macs'] / 1e9:7.2f}B {d['anchors']:8d}  {d['fpn_width']:3d}x{d['fpn_layers']:<4d}  "
+                  f"{d['head_layers']:4d}  {d['activation']}/{d['fusion']}")
+        return 0
+    d = info_dict(args.model, args.num_classes, args.image_size, build=args.build)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"model:       efficientdet-{d['name']} (backbone {d['backbone']}, {d['activation']}, {d['fusion']} fusion)")
+    print(f"input:       {d['image_size']}x{d['image_size']}x3, normalised (pixel - {d['mean'][0]:.1f}..) / "
+          f"{d['std'][0]:.1f}.. per channel")
+    print(f"classes:     {d['num_classes']}")
+    print(f"params:      {d['params']:,} ({_m(d['params'])}; trainable {d['trainable_params']:,} = "
+          f"{_m(d['trainable_params'])}, the figure papers quote)")
+    print(f"MACs:        {d['macs']:,} ({d['macs'] / 1e9:.2f} B multiply-adds, counted from {d['counted_from']})")
+    print(f"anchors:     {d['anchors']:,} ({d['anchors_per_position']} per position, scale {d['anchor_scale']}, "
+          f"levels P3-P7 {' '.join(f'{h}x{w}' for h, w in d['feature_sizes'])})")
+    print(f"BiFPN:       {d['fpn_layers']} layers x {d['fpn_width']} channels")
+    print(f"heads:       {d['head_layers']} separable convs (class + box, shared over P3-P7)")
+    return 0
