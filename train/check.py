@@ -1,6 +1,7 @@
 """Dataset checks: find bad boxes and images, file by file, and apply a policy.
 
-Checks, per image: the image file is missing, unreadable or truncated; the annotated size
+Checks, per image: the image file is missing, unreadable, truncated or in a format training
+cannot decode; the annotated size
 disagrees with the real one (from the header); no boxes at all. Per box: class not in the
 class list; non-finite, inverted or degenerate (< 1 px wide or high) coordinates; outside the
 image; a duplicate of an earlier box (same class, IoU > 0.95).
@@ -43,6 +44,8 @@ POLICIES = ("skip", "fix", "strict")
 DUPLICATE_IOU = 0.95
 MIN_BOX_PX = 1.0
 BORDER_TOLERANCE_PX = 1.0
+# What tf.io.decode_image (the training input pipeline) reads.
+TRAINABLE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ def _probe_image_header(path: str):
         return None
     try:
         with Image.open(path) as im:
+            if im.format not in TRAINABLE_FORMATS:
+                return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
             return int(im.width), int(im.height)
     except Exception as exc:  # Pillow raises many types for garbage files
         return f"{type(exc).__name__}: {exc}"
@@ -171,6 +176,8 @@ def _probe_image_decode(path: str):
         return None
     try:
         with Image.open(path) as im:
+            if im.format not in TRAINABLE_FORMATS:
+                return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
             size = int(im.width), int(im.height)
             # JPEG draft mode decodes at 1/8 scale: ~3x faster, yet still consumes the
             # whole entropy-coded stream, so a truncated file still fails.
@@ -194,12 +201,14 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
 
     if not isinstance(real, tuple):
         kind = "missing_image" if real is None else "unreadable_image"
-        reason = "image file not found" if real is None else f"image cannot be decoded: {real}"
+        reason = "image file not found" if real is None else f"image cannot be read: {real}"
         add(img_file, kind, reason, "error" if policy == "strict" else "skipped image")
         return None
     width, height = s.width, s.height
     if (width, height) != real:
         reason = f"annotation size {width}x{height} disagrees with the image's {real[0]}x{real[1]}"
+        if (height, width) == real:
+            reason += " (width and height swapped: EXIF rotation?)"
         if policy == "fix":
             add(ann_file, "size_mismatch", reason, "used real size")
             width, height = real

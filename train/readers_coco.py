@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgedet.errors import DataError
-from edgedet.train.datasets import complete_splits, make_sample, split_name
+from edgedet.train.datasets import complete_splits, image_size, make_sample, split_name
 from edgedet.train.types import Dataset
 
 
@@ -106,15 +106,24 @@ def _categories(data: dict, f: Path) -> tuple[list[str], list[int]]:
 
 def _samples(data: dict, f: Path, root: Path, split: str | None, cat_index: dict[int, int]) -> list:
     images = data["images"]
-    by_image: dict[int, list] = {int(im["id"]): [] for im in images}
-    for a in data.get("annotations") or []:
-        iid = int(a["image_id"])
+    try:
+        by_image: dict[int, list] = {int(im["id"]): [] for im in images}
+        iids = [int(a["image_id"]) for a in data.get("annotations") or []]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{f}: malformed image or annotation entry ({type(exc).__name__}: {exc})") from None
+    for iid, a in zip(iids, data.get("annotations") or []):
         if iid not in by_image:
             raise DataError(f"{f}: annotation {a.get('id')} refers to image_id {iid}, which is not in 'images'")
         if a.get("iscrowd", 0):
             continue
         by_image[iid].append(a)
-    img_dir = _image_dir(images, f, root, split)
+    try:
+        return _build(images, by_image, _image_dir(images, f, root, split), f, cat_index)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{f}: malformed image or annotation entry ({type(exc).__name__}: {exc})") from None
+
+
+def _build(images, by_image, img_dir: Path, f: Path, cat_index: dict[int, int]) -> list:
     out = []
     for im in images:
         iid = int(im["id"])
@@ -126,8 +135,11 @@ def _samples(data: dict, f: Path, root: Path, split: str | None, cat_index: dict
             cls.append(cat_index.get(cid, -1))
             if cid not in cat_index:
                 unknown[j] = f"category_id {cid}"
-        out.append(make_sample(img_dir / im["file_name"], im.get("width", 0), im.get("height", 0),
-                               boxes, cls, iid, str(f), unknown))
+        path = img_dir / im["file_name"]
+        w, h = int(im.get("width") or 0), int(im.get("height") or 0)
+        if not w or not h:  # optional in some exporters: the header is the only truth we have
+            w, h = image_size(path) or (0, 0)
+        out.append(make_sample(path, w, h, boxes, cls, iid, str(f), unknown))
     return out
 
 

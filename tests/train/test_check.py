@@ -192,3 +192,19 @@ def test_load_checked_logs_warnings(broken):
     clean = load_checked(broken, log=lines.append, max_lines=3, ratios=(1, 0, 0))
     assert len(lines) == 4 and lines[0].startswith("warning: ") and "and 10 more" in lines[-1]
     assert len(clean.samples()) == 4
+
+
+def test_untrainable_format_and_swapped_size(tmp_path):
+    root = tmp_path / "fmt"
+    _write(root, "a", [("cat", (1, 1, 20, 20))])
+    _write(root, "b", [("cat", (1, 1, 20, 20))], size=(64, 48), ann_size=(48, 64))
+    Image.open(root / "JPEGImages/a.jpg").save(root / "JPEGImages/a.webp", "WEBP")
+    (root / "JPEGImages/a.jpg").unlink()
+    xml = (root / "Annotations/a.xml").read_text().replace("a.jpg", "a.webp")
+    (root / "Annotations/a.xml").write_text(xml)
+    _, issues = check_dataset(load_dataset(root, ratios=(1, 0, 0)), "skip")
+    assert [(i.file, i.kind, i.action) for i in issues] == [
+        ("JPEGImages/a.webp", "unreadable_image", "skipped image"),
+        ("Annotations/b.xml", "size_mismatch", "skipped image")]
+    assert "WEBP images are not supported" in issues[0].reason
+    assert "EXIF rotation?" in issues[1].reason

@@ -154,6 +154,7 @@ def test_coco_reader(tmp_path):
 def test_coco_single_file_ratio_split_and_unknown_category(tmp_path):
     root = tmp_path / "one"
     images = [{"id": i, "file_name": f"images/{i}.jpg", "width": 32, "height": 32} for i in range(10)]
+    del images[0]["width"], images[0]["height"]  # optional in some exporters: read from the header
     for i in range(10):
         jpeg(root / "images" / f"{i}.jpg", 32, 32, seed=i)
     anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10]} for i in range(10)]
@@ -164,6 +165,7 @@ def test_coco_single_file_ratio_split_and_unknown_category(tmp_path):
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 8, "val": 1, "test": 1}
     s3 = next(s for s in ds.samples() if s.image_id == 3)
     assert s3.classes.tolist() == [0, -1] and s3.unknown_labels == {1: "category_id 5"}
+    assert next((s.width, s.height) for s in ds.samples() if s.image_id == 0) == (32, 32)
     with pytest.raises(DataCheckError, match="class list disagrees with the labels"):
         check_dataset(ds)
 
