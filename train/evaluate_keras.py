@@ -1,0 +1,143 @@
+"""COCO evaluation of a Keras (float) model, through the runtime's own pre/post-processing.
+
+Images go through :mod:`edgedet.runtime.preprocess` (Pillow letterbox, the same bytes the
+on-device runtime feeds), outputs through :func:`edgedet.runtime.postprocess.postprocess`
+(numpy decode + NMS) and metrics through :func:`edgedet.runtime.evaluate.coco_evaluate`.
+So ``edgedet eval`` here and ``edgedet validate``'s float baseline agree exactly.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+EVAL_SCORE_THRESHOLD = 0.001  # COCO-style: keep low-score detections, AP integrates over them
+
+
+def _prep(sample, size: int, mean, std):
+    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+
+    img = load_image(sample.image_path)
+    canvas, scale = letterbox(img, (size, size), mean)
+    return normalize(canvas, mean, std), scale, img.shape
+
+
+def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_names=(), batch_size: int = 8,
+            score_threshold: float = EVAL_SCORE_THRESHOLD, iou_threshold: float = 0.5, soft_nms: bool = False,
+            max_detections: int = 100, progress: bool = False) -> list:
+    """Run the model on samples and return one :class:`Detections` per sample (original pixels).
+
+    Args:
+        model: Keras model, input ``(B, S, S, 3)`` normalised, 10 outputs (class_p3.., box_p3..).
+        samples: objects with ``image_path``.
+    """
+    import tensorflow as tf
+
+    from edgedet.runtime.anchors import generate_anchors
+    from edgedet.runtime.postprocess import postprocess, to_original
+
+    anchors = generate_anchors(image_size, anchor_config)
+    fn = getattr(model, "_edgedet_predict_fn", None)
+    if fn is None:  # trace once per model, not once per evaluation
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._edgedet_predict_fn = fn
+    out = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc="eval", unit="img", leave=False, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # Pre-process the next batch while the model runs on this one.
+        batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        futures = [pool.submit(lambda b: [_prep(s, image_size, mean, std) for s in b], batches[0])] if batches else []
+        for bi, _ in enumerate(batches):
+            prepped = futures[bi].result()
+            if bi + 1 < len(batches):
+                futures.append(pool.submit(lambda b: [_prep(s, image_size, mean, std) for s in b], batches[bi + 1]))
+            x = np.stack([p[0] for p in prepped])
+            outputs = [o.numpy() for o in fn(tf.constant(x))]
+            half = len(outputs) // 2
+            for j, (_, scale, shape) in enumerate(prepped):
+                dets = postprocess([o[j] for o in outputs[:half]], [o[j] for o in outputs[half:]], anchors,
+                                   score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                   max_detections=max_detections, soft=soft_nms, labels=tuple(class_names))
+                out.append(to_original(dets, scale, shape))
+            if bar:
+                bar.update(len(prepped))
+    if bar:
+        bar.close()
+    return out
+
+
+def evaluate(model, samples, class_names, *, image_size: int, mean, std, anchor_config, **kwargs) -> dict:
+    """COCO metrics of ``model`` on ``samples``.
+
+    Returns:
+        dict with AP, AP50, AP75, APs, APm, APl (floats, -1 or NaN where undefined) and
+        per_class {name: AP}, from :func:`edgedet.runtime.evaluate.coco_evaluate`.
+    """
+    from edgedet.runtime.evaluate import coco_evaluate
+
+    dets = predict(model, samples, image_size=image_size, mean=mean, std=std, anchor_config=anchor_config,
+                   class_names=class_names, **kwargs)
+    return coco_evaluate(samples, dets, class_names)
+
+
+def format_metrics(m: dict) -> str:
+    """One-line summary ``AP 0.512 AP50 0.871 ...``."""
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    parts = []
+    for k in keys:
+        v = m.get(k)
+        parts.append(f"{k} {v:.3f}" if isinstance(v, (int, float)) and v == v and v >= 0 else f"{k} n/a")
+    return "  ".join(parts)
+
+
+def run_eval(run_dir, data=None, split: str = "test", *, soft_nms: bool = False, iou: float = 0.5,
+             score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = 100, which: str = "best",
+             batch: int = 8, progress: bool = False, check_policy: str = "skip") -> dict:
+    """``edgedet eval``: load a run, read the dataset split, return COCO metrics (+ run/split info).
+
+    The dataset's class list must equal the run's (same names, same order), otherwise class ids
+    would be compared across different meanings.
+    """
+    from edgedet.errors import DataError
+    from edgedet.train.check import load_checked
+    from edgedet.train.checkpoint import load_run
+
+    model, info = load_run(run_dir, which=which)
+    data = data or info.data.get("dataset")
+    if not data:
+        raise DataError(f"{run_dir}: run.json names no dataset; pass --data")
+    ds = load_checked(data, check_policy, classes=info.class_names or None)
+    if info.class_names and list(ds.class_names) != list(info.class_names):
+        raise DataError(f"{data}: classes {ds.class_names} differ from the run's {info.class_names}")
+    samples = ds.split(split)
+    if not samples:
+        raise DataError(f"{data}: split {split!r} is empty")
+    cfg = info.config
+    m = evaluate(model, samples, ds.class_names, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+                 anchor_config=cfg.anchor_config, batch_size=batch, score_threshold=score_threshold,
+                 iou_threshold=iou, soft_nms=soft_nms, max_detections=max_detections, progress=progress)
+    m.update({"run": str(run_dir), "weights": str(info.weights_path), "weights_sha256": info.weights_sha256,
+              "data": str(data), "split": split, "variant": cfg.name, "image_size": cfg.image_size,
+              "nms": "soft" if soft_nms else "hard", "iou": iou, "score_threshold": score_threshold})
+    return m
+
+
+def print_report(m: dict) -> None:
+    """Human-readable COCO summary + per-class AP."""
+    print(f"{m.get('variant', '')} {m.get('image_size', '')}px  split {m.get('split', '')}  "
+          f"{m.get('num_images', '?')} images  {m.get('num_detections', '?')} detections  ({m.get('nms', 'hard')} NMS)")
+    print(format_metrics(m))
+    per = m.get("per_class") or {}
+    per50 = m.get("per_class_ap50") or {}
+    if per:
+        width = max(len(n) for n in per)
+        print(f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'GT':>5}")
+        for name, ap in per.items():
+            ap50 = per50.get(name, -1)
+            ngt = (m.get("num_gt") or {}).get(name, "")
+            f = (lambda v: f"{v:6.3f}" if v is not None and v == v and v >= 0 else "   n/a")
+            print(f"{name:<{width}}  {f(ap)}  {f(ap50)}  {ngt:>5}")

@@ -1,0 +1,413 @@
+"""Custom training loop: SGD + momentum, warm-up/cosine LR, EMA, clipping, tf.distribute, resume.
+
+One ``tf.function`` step per batch: forward, focal + Huber loss normalised by the GLOBAL
+number of positives, L2 on kernels, gradients all-reduced across replicas, clipped by
+global norm, applied, then the EMA shadow is updated (in cross-replica context). After
+each epoch the EMA weights are evaluated on the val split (COCO AP through the runtime's
+pre/post-processing), written as ``last`` (and ``best`` when the val AP improved), and the
+full resumable state is saved — all atomically (see :mod:`edgedet.train.checkpoint`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedet.errors import ConfigError, EdgedetError
+from edgedet.train import checkpoint as ckpt
+
+CSV_FIELDS = ("epoch", "step", "loss", "cls_loss", "box_loss", "lr", "epoch_s", "val_AP", "val_AP50", "val_AP75")
+
+
+class TrainingDiverged(EdgedetError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``edgedet train`` takes (stored in run.json so ``--resume`` needs nothing else)."""
+
+    data: str
+    out: str
+    model: str = "lite0"
+    image_size: int | None = None
+    epochs: int = 50
+    batch: int = 8
+    lr: float | None = None  # default: automl's 0.08 per 64 images, scaled linearly
+    warmup_epochs: float = 1.0
+    freeze_backbone: str | None = None  # None, "all", or "N": stem + blocks 1..N
+    backbone_weights: str | None = "imagenet"
+    strategy: str = "default"
+    seed: int = 0
+    ema_decay: float = 0.9998
+    jitter: tuple = (0.1, 2.0)
+    flip: bool = True
+    label_smoothing: float = 0.0
+    clip_norm: float = 10.0
+    weight_decay: float = 4e-5
+    momentum: float = 0.9
+    eval_every: int = 1
+    check_policy: str = "skip"
+    classes: str | None = None
+    progress: bool = True
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr else 0.08 * self.batch / 64.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["jitter"] = list(self.jitter)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["jitter"] = tuple(d.get("jitter", (0.1, 2.0)))
+        return cls(**d)
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name in (None, "", "default", "none"):
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    from edgedet.errors import did_you_mean
+
+    raise ConfigError(f"--strategy {name!r}: unknown{did_you_mean(name, ['mirrored', 'multiworker'])} "
+                      "(choose default, mirrored or multiworker)")
+
+
+def freeze_layers(model, spec: str | None) -> int:
+    """Freeze backbone layers: "all" (stem + every block) or "N" (stem + blocks 1..N). Returns count."""
+    if not spec:
+        return 0
+    if spec == "all":
+        prefixes = ("stem_", "block", "top_")
+    else:
+        try:
+            n = int(spec)
+        except ValueError:
+            raise ConfigError(f"--freeze-backbone {spec!r}: expected 'all' or a number of backbone stages") from None
+        prefixes = ("stem_",)
+    count = 0
+    for layer in model.layers:
+        m = re.match(r"block(\d+)[a-z]+_", layer.name)
+        if layer.name.startswith(prefixes) or (spec != "all" and m and int(m.group(1)) <= n):
+            layer.trainable = False  # BN layers then also run in inference mode (tf_keras)
+            count += 1
+    return count
+
+
+class Trainer:
+    """Builds everything for one run and trains it. See :func:`train`."""
+
+    def __init__(self, opts: TrainOptions, resume: bool = False, log=None):
+        self.opts, self.resume = opts, resume
+        self.out = Path(opts.out)
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+
+    # ---------------------------------------------------------------- setup
+    def _load_data(self):
+        from edgedet.train.check import load_checked
+
+        o = self.opts
+        ds = load_checked(o.data, o.check_policy, classes=o.classes, log=self.log)
+        train = ds.splits.get("train") or []
+        if not train:
+            from edgedet.errors import DataError
+
+            raise DataError(f"{o.data}: the train split is empty (no images to train on)")
+        self.dataset = ds
+        self.train_samples = train
+        self.val_samples = [s for s in (ds.splits.get("val") or [])]
+
+    def _build(self, state_meta: dict | None):
+        import tensorflow as tf
+        import tf_keras as keras
+
+        from edgedet.model import build_model, get_config
+        from edgedet.train.input import steps_per_epoch
+        from edgedet.train.schedule import WarmupCosine, WeightEMA
+
+        o = self.opts
+        self.cfg = get_config(o.model, num_classes=len(self.dataset.class_names), image_size=o.image_size)
+        self.strategy = make_strategy(o.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        if o.batch % self.replicas:
+            raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
+        self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
+        total = self.steps_per_epoch * o.epochs
+        warm = int(round(o.warmup_epochs * self.steps_per_epoch))
+        bw = o.backbone_weights if o.backbone_weights not in (None, "", "none") else None
+        with self.strategy.scope():
+            self.model = build_model(self.cfg, backbone_weights=None if state_meta else bw)
+            self.frozen = freeze_layers(self.model, o.freeze_backbone)
+            self.tvars = list(self.model.trainable_variables)
+            self.schedule = WarmupCosine(o.base_lr, total, warm)
+            self.optimizer = keras.optimizers.SGD(self.schedule, momentum=o.momentum)
+            self.optimizer.build(self.tvars)
+            self.ema = WeightEMA(self.model.weights, o.ema_decay)
+        self._tf = tf
+
+    # ---------------------------------------------------------------- state
+    def _save_state(self, epoch: int, best: dict):
+        import numpy as np  # noqa: F401
+
+        arrays = {
+            "model": [v.numpy() for v in self.model.weights],
+            "optimizer": [v.numpy() for v in self.optimizer.variables],
+            "ema": [v.numpy() for v in self.ema.shadow],
+        }
+        meta = {"epochs_done": epoch, "ema_updates": int(self.ema.num_updates.numpy()), "best": best,
+                "num_weights": len(self.model.weights)}
+        ckpt.save_state(self.out / ckpt.STATE, arrays, meta)
+
+    def _restore_state(self, arrays: dict):
+        def assign(variables, values, what):
+            if len(variables) != len(values):
+                raise ConfigError(f"{self.out / ckpt.STATE}: {what} has {len(values)} tensors, model expects "
+                                  f"{len(variables)} (was the run started with other options?)")
+            for v, a in zip(variables, values):
+                v.assign(a)
+
+        assign(self.model.weights, arrays["model"], "model")
+        assign(self.optimizer.variables, arrays["optimizer"], "optimizer")
+        assign(self.ema.shadow, arrays["ema"], "EMA")
+
+    def _write_run_json(self, epochs_done: int, best: dict, status: str):
+        o = self.opts
+        weights = {}
+        if (self.out / ckpt.BEST).exists():
+            weights["best"] = ckpt.BEST
+        if (self.out / ckpt.LAST).exists():
+            weights["last"] = ckpt.LAST
+        data = {
+            "kind": "float",
+            "variant": self.cfg.name,
+            "image_size": self.cfg.image_size,
+            "num_classes": self.cfg.num_classes,
+            "class_names": list(self.dataset.class_names),
+            "mean": list(self.cfg.mean),
+            "std": list(self.cfg.std),
+            "model_config": self.cfg.to_dict(),
+            "dataset": str(Path(o.data).resolve()),
+            "epochs": o.epochs,
+            "epochs_done": epochs_done,
+            "status": status,
+            "best": best,
+            "weights": weights,
+            "train": o.to_dict(),
+        }
+        if weights.get("best"):
+            data["weights_sha256"] = ckpt.sha256_file(self.out / ckpt.BEST)
+        ckpt.atomic_write_json(self.out / ckpt.RUN_JSON, data)
+
+    def _append_csv(self, row: dict, epochs_done: int):
+        path = self.out / "log.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+        rows.append({k: row.get(k, "") for k in CSV_FIELDS})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+        ckpt.atomic_write_bytes(path, buf.getvalue().encode())
+
+    # ---------------------------------------------------------------- step
+    def _make_step(self):
+        tf = self._tf
+        from edgedet.train.losses import detection_loss, l2_regularisation
+
+        o, model, opt, tvars = self.opts, self.model, self.optimizer, self.tvars
+        k, replicas = self.cfg.num_classes, float(self.replicas)
+
+        def replica_fn(images, targets):
+            ctx = tf.distribute.get_replica_context()
+            cls_t, box_t = targets["cls"], targets["box"]
+            local_pos = tf.reduce_sum(tf.cast(cls_t >= 0, tf.float32))
+            global_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_pos)
+            with tf.GradientTape() as tape:
+                outputs = model(images, training=True)
+                losses = detection_loss(outputs, cls_t, box_t, k, label_smoothing=o.label_smoothing,
+                                        num_positives=global_pos)
+                reg = l2_regularisation(tvars, o.weight_decay) / replicas
+                total = losses["loss"] + reg
+            grads = tape.gradient(total, tvars)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, tvars)]
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads, gnorm = tf.clip_by_global_norm(grads, o.clip_norm)
+            opt.apply_gradients(zip(grads, tvars), skip_gradients_aggregation=True)
+            return {"loss": total, "cls_loss": losses["cls_loss"], "box_loss": losses["box_loss"]}
+
+        strategy, ema = self.strategy, self.ema
+
+        @tf.function
+        def step(images, targets):
+            per_replica = strategy.run(replica_fn, args=(images, targets))
+            ema.update()
+            return {key: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for key, v in per_replica.items()}
+
+        return step
+
+    # ---------------------------------------------------------------- eval
+    def evaluate_ema(self) -> dict:
+        from edgedet.train.evaluate_keras import evaluate
+
+        if not self.val_samples:
+            return {}
+        live = self.ema.swap_in()
+        try:
+            return evaluate(self.model, self.val_samples, self.dataset.class_names, image_size=self.cfg.image_size,
+                            mean=self.cfg.mean, std=self.cfg.std, anchor_config=self.cfg.anchor_config,
+                            progress=self.opts.progress)
+        finally:
+            self.ema.swap_out(live)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict:
+        o = self.opts
+        state_arrays, state_meta = None, None
+        if self.resume:
+            if (self.out / ckpt.STATE).exists():
+                state_arrays, state_meta = ckpt.load_state(self.out / ckpt.STATE)
+        elif (self.out / ckpt.RUN_JSON).exists():
+            raise ConfigError(f"--out {self.out}: already holds a run (use --resume {self.out} or another --out)")
+        self._load_data()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build(state_meta)
+        start_epoch, best = 0, {}
+        if state_meta:
+            self._restore_state(state_arrays)
+            self.ema.num_updates.assign(state_meta["ema_updates"])
+            start_epoch, best = int(state_meta["epochs_done"]), dict(state_meta.get("best") or {})
+            self.log(f"resuming {self.out} after epoch {start_epoch}/{o.epochs}")
+        else:
+            self.ema.reset()
+        if start_epoch >= o.epochs:
+            self.log(f"{self.out}: all {o.epochs} epochs already done")
+            return best
+        self._write_run_json(start_epoch, best, "running")
+        self.log(f"training {self.cfg.name} {self.cfg.image_size}px on {len(self.train_samples)} images "
+                 f"({self.steps_per_epoch} steps/epoch x {o.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
+                 f"{self.replicas} replica(s), {self.frozen} frozen layers, val {len(self.val_samples)} images)")
+        step_fn = self._make_step()
+        tf = self._tf
+        writer = tf.summary.create_file_writer(str(self.out / "tb"))
+        for epoch in range(start_epoch, o.epochs):
+            row = self._train_epoch(epoch, step_fn, writer)
+            metrics = {}
+            if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or epoch + 1 == o.epochs):
+                metrics = self.evaluate_ema()
+            live = self.ema.swap_in()  # saved weights are the EMA weights (what was evaluated)
+            try:
+                ckpt.save_weights(self.model, self.out / ckpt.LAST)
+                improved = metrics and (not best or metrics["AP"] > best["metrics"]["AP"])
+                if improved or not self.val_samples:
+                    ckpt.save_weights(self.model, self.out / ckpt.BEST)
+                    best = {"epoch": epoch + 1, "metrics": _summary(metrics)}
+            finally:
+                self.ema.swap_out(live)
+            self._save_state(epoch + 1, best)
+            row.update({f"val_{k}": round(metrics[k], 5) for k in ("AP", "AP50", "AP75") if k in metrics})
+            self._append_csv(row, epoch)
+            self._write_run_json(epoch + 1, best, "done" if epoch + 1 == o.epochs else "running")
+            with writer.as_default(step=(epoch + 1) * self.steps_per_epoch):
+                for key in ("AP", "AP50", "AP75"):
+                    if key in metrics:
+                        tf.summary.scalar(f"val/{key}", metrics[key])
+            writer.flush()
+            from edgedet.train.evaluate_keras import format_metrics
+
+            msg = f"epoch {epoch + 1}/{o.epochs}: loss {row['loss']:.4f} ({row['epoch_s']:.0f}s)"
+            if metrics:
+                msg += f"  val {format_metrics(metrics)}" + ("  *best*" if best.get("epoch") == epoch + 1 else "")
+            self.log(msg)
+        return best
+
+    def _train_epoch(self, epoch: int, step_fn, writer) -> dict:
+        import numpy as np
+
+        from edgedet.train.input import make_dataset
+
+        o, tf = self.opts, self._tf
+        ds = make_dataset(self.train_samples, image_size=self.cfg.image_size, num_classes=self.cfg.num_classes,
+                          mean=self.cfg.mean, std=self.cfg.std, anchor_config=self.cfg.anchor_config,
+                          batch_size=o.batch, training=True, epoch=epoch, seed=o.seed, jitter=o.jitter, flip=o.flip)
+        ds = ds.take(self.steps_per_epoch)
+        if self.replicas > 1:
+            ds = self.strategy.experimental_distribute_dataset(ds)
+        bar = None
+        if o.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{o.epochs}", unit="step",
+                       dynamic_ncols=True, file=sys.stderr)
+        t0 = time.time()
+        sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
+        n = 0
+        for images, targets in ds:
+            out = step_fn(images, targets)
+            vals = {k: float(v.numpy()) for k, v in out.items()}
+            gstep = int(self.optimizer.iterations.numpy())
+            if not all(math.isfinite(v) for v in vals.values()):
+                if bar:
+                    bar.close()
+                raise TrainingDiverged(
+                    f"training diverged: loss is {vals['loss']} at epoch {epoch + 1} step {n + 1} "
+                    f"(cls_loss {vals['cls_loss']}, box_loss {vals['box_loss']}, lr {float(self.schedule(gstep)):g}); "
+                    f"try a lower --lr; last good checkpoint kept in {self.out}")
+            n += 1
+            for k in sums:
+                sums[k] += vals[k]
+            lr = float(self.schedule(gstep))
+            if gstep % 10 == 0:
+                with writer.as_default(step=gstep):
+                    for k, v in vals.items():
+                        tf.summary.scalar(f"train/{k}", v)
+                    tf.summary.scalar("train/lr", lr)
+            if bar:
+                bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+        if bar:
+            bar.close()
+        avg = {k: (v / max(n, 1)) for k, v in sums.items()}
+        return {"epoch": epoch + 1, "step": int(self.optimizer.iterations.numpy()), **{k: round(v, 6) for k, v in avg.items()},
+                "lr": float(np.float32(self.schedule(int(self.optimizer.iterations.numpy())))),
+                "epoch_s": round(time.time() - t0, 1)}
+
+
+def _summary(m: dict) -> dict:
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    out = {k: float(m[k]) for k in keys if k in m}
+    if "per_class" in m:
+        out["per_class"] = {k: float(v) for k, v in m["per_class"].items()}
+    return out
+
+
+def train(opts: TrainOptions, resume: bool = False, log=None) -> dict:
+    """Train (or resume) a run; returns the best-epoch record ``{"epoch", "metrics"}``."""
+    return Trainer(opts, resume=resume, log=log).run()
+
+
+def resume_options(run_dir) -> TrainOptions:
+    """The options a run was started with (from its run.json)."""
+    data = ckpt.read_run_json(run_dir)
+    o = TrainOptions.from_dict(data.get("train") or {})
+    o.out = str(run_dir)
+    return o
