@@ -114,7 +114,13 @@ def _list_images(entry, base: Path, yaml_path: Path, key: str) -> list[Path]:
     out: list[Path] = []
     for e in entries:
         p = Path(str(e))
-        p = (p if p.is_absolute() else base / p).resolve()
+        if not p.is_absolute():
+            q = (base / p).resolve()
+            if not q.exists() and p.parts and p.parts[0] == "..":
+                # Roboflow exports write "../train/images" for a train/ folder next to the YAML.
+                alt = (yaml_path.parent / Path(*[x for x in p.parts if x != ".."])).resolve()
+                q = alt if alt.exists() else q
+            p = q
         if p.is_dir():
             out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
         elif p.is_file() and p.suffix.lower() == ".txt":

@@ -220,6 +220,20 @@ def test_yolo_reader(tmp_path):
     assert [(i.kind, i.action) for i in issues] == [("empty_image", "kept as background")]
 
 
+def test_yolo_roboflow_layout(tmp_path):
+    root = tmp_path / "rf"
+    for split, n in (("train", 3), ("valid", 1), ("test", 1)):
+        for i in range(n):
+            jpeg(root / split / "images" / f"{i}.jpg", 32, 32, seed=i)
+            (root / split / "labels").mkdir(parents=True, exist_ok=True)
+            (root / split / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n"
+                                    "nc: 1\nnames: ['thing']\n")
+    ds = load_dataset(root)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 3, "val": 1, "test": 1}
+    np.testing.assert_allclose(ds.split("val")[0].boxes, [[8, 8, 24, 24]])
+
+
 def test_yolo_errors(tmp_path):
     with pytest.raises(DataError, match="nc is 4 but 'names' has 3"):
         load_dataset(_yolo(tmp_path / "y1", nc_line="nc: 4\n"))
