@@ -140,13 +140,20 @@ def postprocess(
     deltas = _gather_boxes(box_levels, bq, anchor_idx, n_anchors)
     boxes = decode(deltas, centers[anchor_idx])
 
-    # 4. sigmoid of the survivors, then NMS
-    scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-    keep, kept_scores = _nms(
-        boxes, scores, classes, iou_threshold, max_detections, mode=nms, soft=soft, sigma=sigma,
-        score_threshold=max(float(score_threshold), 1e-6),
-    )
-    return Detections(boxes[keep], kept_scores.astype(np.float32), classes[keep], tuple(labels))
+    # 4. NMS; hard NMS ranks by logit (sigmoid saturates near 1, where float noise would
+    #    reorder near-ties), soft NMS decays probabilities.
+    if soft:
+        scores = _sigmoid(logits)
+        keep, kept_scores = _nms(boxes, scores, classes, iou_threshold, max_detections, mode=nms, soft=True,
+                                 sigma=sigma, score_threshold=max(float(score_threshold), 1e-6))
+    else:
+        keep, _ = _nms(boxes, logits, classes, iou_threshold, max_detections, mode=nms)
+        kept_scores = _sigmoid(logits[keep])
+    return Detections(boxes[keep], kept_scores, classes[keep], tuple(labels))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
 
 
 def _per_level(quant, n: int) -> list:
