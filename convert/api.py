@@ -1,0 +1,204 @@
+"""``convert()``: run a list of registry targets on one source, atomically, with logging.
+
+Every target function has the signature ``fn(ctx, target, tmp_path, meta)``: it writes the
+complete artifact, metadata included, to ``tmp_path`` (a file, or a folder for OpenVINO) and
+fills ``meta.quantization``. Only after it returns is ``tmp_path`` moved onto the final name,
+so a failed or interrupted export never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edgedet.convert.registry import Target, resolve_targets
+from edgedet.errors import ConfigError, EdgedetError
+
+IO_CHOICES = ("uint8", "int8")
+
+
+@dataclass
+class Artifact:
+    target: str
+    path: str
+    seconds: float
+    size: int
+
+
+@dataclass
+class Context:
+    """Shared state of one ``convert`` call (the source, calibration, caches, options)."""
+
+    source: object
+    calib_data: str | None = None
+    calib_count: int = 300
+    io_dtype: str = "uint8"
+    nms: bool = False
+    nms_options: dict = field(default_factory=lambda: {"max_detections": 100, "score_threshold": 0.05, "iou_threshold": 0.5})
+    log: Callable[[str], None] = print
+    work_dir: str = ""
+    cache: dict = field(default_factory=dict)
+
+    def calibration(self, layout: str = "NHWC"):
+        """The :class:`edgedet.convert.calib.Calibration` for ``--calib-data`` (cached)."""
+        key = ("calib", layout)
+        if key not in self.cache:
+            from edgedet.convert.calib import MIN_RECOMMENDED, Calibration
+
+            m = self.source.meta
+            t = time.perf_counter()
+            cal = Calibration(self.calib_data, m.input_size, m.mean, m.std, count=self.calib_count, layout=layout)
+            cal.canvases()
+            self.log(f"{'calibration':<16} {time.perf_counter() - t:6.1f} s  {len(cal)} images from {self.calib_data} (sha256 {cal.sha256[:12]})")
+            if len(cal) < MIN_RECOMMENDED:
+                self.log(f"warning: only {len(cal)} calibration images; int8 ranges are more reliable with >= {MIN_RECOMMENDED}")
+            self.cache[key] = cal
+        return self.cache[key]
+
+    def quant_source(self) -> str:
+        """``qat`` when the source carries its own ranges, else ``ptq`` (needs ``--calib-data``)."""
+        return "qat" if getattr(self.source, "is_qat", False) else "ptq"
+
+
+def check_needs(targets: list[Target], source_kind: str | None, calib_data: str | None) -> None:
+    """One-line error when an int8 target has neither a QAT source nor calibration data."""
+    for t in targets:
+        if t.needs == "calib|qat" and source_kind != "qat" and not calib_data:
+            raise ConfigError(
+                f"--target {t.name} needs a QAT run (--weights RUN_QAT from `edgedet quantize qat`) "
+                f"or --calib-data PATH (dataset or image folder) for post-training quantization"
+            )
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+def fmt_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _install(tmp: str, final: str) -> None:
+    """Move a finished artifact onto its final name (files: os.replace; folders: swap)."""
+    if not os.path.isdir(tmp):
+        os.replace(tmp, final)
+        return
+    old = None
+    if os.path.lexists(final):
+        old = f"{final}.old{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+
+
+def _discard(tmp: str) -> None:
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.lexists(tmp):
+        os.remove(tmp)
+
+
+def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) -> list[Artifact]:
+    """Export each target in turn; failures are cleaned up and re-raised after the rest ran.
+
+    Raises:
+        EdgedetError: (the first failure's class) naming every target that failed.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    done, failed = [], []
+    for t in targets:
+        final = t.output_path(out_dir, stem)
+        name = os.path.basename(final)
+        tmp = os.path.join(out_dir, f".{name}.tmp{os.getpid()}" + (t.ext or ""))
+        if t.is_folder:
+            os.makedirs(tmp, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            meta = ctx.source.meta_for(t.name)
+            t.load()(ctx, t, tmp, meta)
+            _install(tmp, final)
+        except BaseException as exc:  # noqa: BLE001 - clean up on anything, even Ctrl-C
+            _discard(tmp)
+            if not isinstance(exc, Exception):
+                raise
+            failed.append((t, exc))
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ctx.log(f"{t.name:<16} FAILED: {msg}")
+            continue
+        sec = time.perf_counter() - start
+        art = Artifact(t.name, final, sec, _size(final))
+        done.append(art)
+        ctx.log(f"{t.name:<16} {sec:6.1f} s  {fmt_size(art.size):>9}  {final}")
+    if failed:
+        t, exc = failed[0]
+        names = ", ".join(ft.name for ft, _ in failed)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cls = type(exc) if isinstance(exc, EdgedetError) else EdgedetError
+        err = cls(f"export failed for {names}: {first}")
+        err.artifacts = done  # type: ignore[attr-defined]
+        raise err from exc
+    return done
+
+
+def convert(targets: list[str], weights: str | None = None, from_onnx: str | None = None, calib_data: str | None = None,
+            calib_count: int = 300, nms: bool = False, out_dir: str | None = None, io_dtype: str = "uint8",
+            log: Callable[[str], None] = print) -> tuple[list[Artifact], object]:
+    """Convert a run (``weights``) or an ONNX file (``from_onnx``) to every target.
+
+    Returns:
+        ``(artifacts, source)``.
+
+    Raises:
+        ConfigError: unknown target, missing calibration/QAT for int8, bad options.
+        ToolchainError: a target's toolchain is not installed (names the pip package).
+    """
+    if bool(weights) == bool(from_onnx):
+        raise ConfigError("give exactly one of --weights RUN or --from model.onnx")
+    if io_dtype not in IO_CHOICES:
+        raise ConfigError(f"--io {io_dtype!r}: choose uint8 or int8")
+    if not targets:
+        raise ConfigError("no --target given (see `edgedet convert --help` for the list)")
+    ts = resolve_targets(targets)
+    for t in ts:
+        t.check_toolchain()
+    if from_onnx:
+        check_needs(ts, "onnx", calib_data)
+    elif weights:
+        from edgedet.train.checkpoint import read_run_json
+
+        check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgedet.convert.source import load_onnx_source, load_run_source
+
+    start = time.perf_counter()
+    source = load_onnx_source(from_onnx) if from_onnx else load_run_source(weights)
+    log(f"{'load ' + source.kind:<16} {time.perf_counter() - start:6.1f} s  {source.path}  ({source.meta.model or 'model'}, "
+        f"{source.meta.input_size[0]}x{source.meta.input_size[1]}, {source.meta.num_classes} classes)")
+    if out_dir is None:
+        out_dir = os.path.join(weights, "export") if weights else os.path.dirname(os.path.abspath(from_onnx))
+    with tempfile.TemporaryDirectory(prefix="edgedet-convert-") as work:
+        ctx = Context(source=source, calib_data=calib_data, calib_count=calib_count, io_dtype=io_dtype, nms=nms, log=log, work_dir=work)
+        arts = run_targets(ctx, ts, out_dir, source.stem)
+    return arts, source
+
+
+def validate_command(arts: list[Artifact], source) -> str:
+    """The ready-to-paste ``edgedet validate`` line for what was just written."""
+    import shlex
+
+    base = source.path if source.kind != "onnx" else None
+    data = source.dataset or "DATASET"
+    parts = ["edgedet", "validate"]
+    if base:
+        parts += ["--baseline", base]
+    parts += ["--models", *[a.path for a in arts], "--data", data]
+    out = os.path.join(os.path.dirname(arts[0].path) if arts else ".", "report")
+    parts += ["--out", out]
+    return " ".join(shlex.quote(p) for p in parts)

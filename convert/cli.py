@@ -1,0 +1,66 @@
+"""``edgedet convert``: export a run (or an ONNX file) to deployment formats.
+
+Import-light: TensorFlow, tf2onnx, OpenVINO and onnx2tf load inside the handler.
+"""
+from __future__ import annotations
+
+import argparse
+
+from edgedet.convert.registry import help_text, target_names
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="export a trained run to TFLite / Edge TPU / ONNX / OpenVINO (with embedded metadata)",
+        description="Export a training run (or an ONNX file) to one or more deployment targets. "
+        "Artifacts are named <stem>_<target>.<ext> (OpenVINO: a folder) and carry labels, normalisation, "
+        "anchors and quantization details inside the file.",
+        epilog=help_text() + "\n\nexample:\n  edgedet convert --weights runs/bccd --target tflite-int8 --calib-data data/bccd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", metavar="RUN", help="training run folder (float or QAT)")
+    src.add_argument("--from", dest="from_onnx", metavar="MODEL.onnx", help="import an ONNX detector through onnx2tf")
+    p.add_argument("--target", action="append", default=[], metavar="T",
+                   help=f"export target, repeatable ({', '.join(target_names())})")
+    p.add_argument("--device", metavar="PROFILE", help="device profile whose targets to export (edgedet devices)")
+    p.add_argument("--calib-data", metavar="PATH", help="dataset / image folder / .txt list for post-training int8 calibration")
+    p.add_argument("--calib-count", type=int, default=300, metavar="N", help="calibration images, seeded sample (default 300)")
+    p.add_argument("--io", choices=("uint8", "int8"), default="uint8", help="input/output type of full-integer TFLite (default uint8)")
+    p.add_argument("--nms", action="store_true", help="TFLite: embed TFLite_Detection_PostProcess (4 standard outputs) instead of raw outputs")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN/export, or the ONNX file's folder)")
+    p.set_defaults(func=run)
+
+
+def _targets(args) -> list[str]:
+    targets = list(args.target)
+    if args.device:
+        from edgedet.devices import load_profile
+
+        prof = load_profile(args.device)
+        targets += [t for t in prof.targets if t not in targets]
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from edgedet.convert.api import convert, validate_command
+    from edgedet.errors import ConfigError
+
+    if args.calib_count < 1:
+        raise ConfigError(f"--calib-count must be >= 1, got {args.calib_count}")
+
+    def log(msg: str) -> None:
+        print(f"[convert] {msg}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    arts, source = convert(
+        _targets(args), weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,
+        calib_count=args.calib_count, nms=args.nms, out_dir=args.out, io_dtype=args.io, log=log,
+    )
+    log(f"{'done':<16} {time.perf_counter() - start:6.1f} s  {len(arts)} artifact(s)")
+    print(validate_command(arts, source))
+    return 0

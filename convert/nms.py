@@ -1,0 +1,111 @@
+"""``--nms``: TFLite models with the standard in-graph post-processing op.
+
+Android's TFLite Task library, MediaPipe and the Coral examples expect a detector to end in
+``TFLite_Detection_PostProcess`` with four outputs (boxes, classes, scores, count). TensorFlow
+has no such op; the TF Object Detection API and google/automl use a placeholder
+``tf.function`` carrying ``experimental_implements="TFLite_Detection_PostProcess ..."`` which
+the TFLite converter replaces by the custom op (tensorflow/compiler/mlir/lite/utils/nms_utils.cc).
+We do the same.
+
+The op decodes ``(ty, tx, th, tw)`` deltas against anchors given as normalised
+``(cy, cx, h, w)`` with y/x/h/w scales 1.0 (our box coder has no scale factors), so its boxes
+come out normalised ``(ymin, xmin, ymax, xmax)`` on the letterboxed input canvas. It takes
+scores, not logits: a sigmoid runs in the graph before it, over all anchors and classes —
+which is why the default export keeps raw outputs and leaves thresholding to the runtime.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NMS_OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+
+
+def nms_signature(num_classes: int, max_detections: int, score_threshold: float, iou_threshold: float) -> str:
+    """The ``experimental_implements`` string the converter turns into the custom op."""
+    attrs = [
+        'name: "TFLite_Detection_PostProcess"',
+        f'attr {{ key: "max_detections" value {{ i: {int(max_detections)} }} }}',
+        'attr { key: "max_classes_per_detection" value { i: 1 } }',
+        f'attr {{ key: "detections_per_class" value {{ i: {int(max_detections)} }} }}',
+        'attr { key: "use_regular_nms" value { b: false } }',
+        f'attr {{ key: "nms_score_threshold" value {{ f: {float(score_threshold):f} }} }}',
+        f'attr {{ key: "nms_iou_threshold" value {{ f: {float(iou_threshold):f} }} }}',
+        'attr { key: "y_scale" value { f: 1.0 } }',
+        'attr { key: "x_scale" value { f: 1.0 } }',
+        'attr { key: "h_scale" value { f: 1.0 } }',
+        'attr { key: "w_scale" value { f: 1.0 } }',
+        f'attr {{ key: "num_classes" value {{ i: {int(num_classes)} }} }}',
+    ]
+    return " ".join(attrs)
+
+
+def normalized_anchors(input_size, anchor_config) -> np.ndarray:
+    """``(N, 4)`` float32 anchors ``(cy, cx, h, w)`` divided by the input size."""
+    from edgedet.runtime.anchors import generate_anchors
+
+    h, w = int(input_size[0]), int(input_size[1])
+    c = generate_anchors((h, w), anchor_config).center
+    return (c / np.array([h, w, h, w], np.float32)).astype(np.float32)
+
+
+def with_nms(model, input_size, anchor_config, num_classes: int, max_detections: int = 100,
+             score_threshold: float = 0.05, iou_threshold: float = 0.5):
+    """Append sigmoid + ``TFLite_Detection_PostProcess`` to an edgedet model.
+
+    Args:
+        model: tf_keras model, input (1, h, w, 3) normalised; outputs class_p3..p7
+            ``(1, H, W, A*C)`` then box_p3..p7 ``(1, H, W, A*4)``.
+
+    Returns:
+        tf_keras model with outputs :data:`NMS_OUTPUT_NAMES`: boxes ``(1, K, 4)`` normalised
+        yxyx, classes ``(1, K)`` (float ids, 0-based), scores ``(1, K)``, count ``(1,)``.
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    anchors = normalized_anchors(input_size, anchor_config)
+    nlev = len(model.outputs) // 2
+    signature = nms_signature(num_classes, max_detections, score_threshold, iou_threshold)
+
+    @tf.function(experimental_implements=signature)
+    def detection_postprocess(box_encodings, class_predictions, anchor_boxes):
+        # Placeholder body: the converter swaps the whole call for the custom op.
+        boxes = tf.constant(0.0, dtype=tf.float32, name="boxes")
+        scores = tf.constant(0.0, dtype=tf.float32, name="scores")
+        classes = tf.constant(0.0, dtype=tf.float32, name="classes")
+        num = tf.constant(0.0, dtype=tf.float32, name="num_detections")
+        return boxes, classes, scores, num
+
+    def post(outs):
+        cls = tf.concat([tf.reshape(t, (1, -1, num_classes)) for t in outs[:nlev]], axis=1)
+        box = tf.concat([tf.reshape(t, (1, -1, 4)) for t in outs[nlev:]], axis=1)
+        return detection_postprocess(box, tf.sigmoid(cls), tf.constant(anchors))
+
+    inp = keras.Input(tuple(int(d) for d in model.inputs[0].shape[1:]), batch_size=1, name="image")
+    outs = model(inp)
+    res = keras.layers.Lambda(post, name="detection_postprocess")(list(outs))
+    named = [keras.layers.Activation("linear", name=n)(t) for n, t in zip(NMS_OUTPUT_NAMES, res)]
+    return keras.Model(inp, named, name=f"{model.name}_nms")
+
+
+def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
+    """Like :func:`edgedet.quantize.tflite.keras_to_tflite` for a :func:`with_nms` model.
+
+    The post-processing op is a float custom op, so outputs stay float32 (the input of an
+    int8 model is still ``io_dtype``).
+    """
+    import tensorflow as tf
+
+    from edgedet.errors import ToolchainError
+    from edgedet.quantize.tflite import make_converter, rename_outputs
+
+    conv, names = make_converter(model, mode, representative, io_dtype)
+    conv.allow_custom_ops = True
+    if mode == "int8":
+        conv.inference_output_type = tf.float32
+    try:
+        raw = conv.convert()
+    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps
+        first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc)[:200])
+        raise ToolchainError(f"TFLite {mode} conversion with --nms failed: {first[:300]}") from exc
+    return rename_outputs(raw, names)

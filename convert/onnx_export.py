@@ -1,0 +1,137 @@
+"""ONNX targets: ``onnx`` (float, tf2onnx) and ``onnx-int8`` (QDQ).
+
+``onnx-int8`` comes from a QAT run (tf2onnx turns tfmot's FakeQuant ops into
+QuantizeLinear/DequantizeLinear pairs with the trained ranges) or, for a float model, from
+onnxruntime's static quantization of the float ONNX with ``--calib-data`` (QDQ format,
+per-channel int8 weights, int8 activations).
+
+Layout: the graph keeps the Keras model's NHWC input ``image`` (1, S, S, 3) float32 and the
+10 raw outputs ``class_p3..box_p7`` (NHWC), batch fixed to 1.
+"""
+from __future__ import annotations
+
+import os
+
+from edgedet.errors import ConfigError, ToolchainError
+from edgedet.runtime.metadata import META_KEY, ModelMeta
+
+OPSET = 17  # >= 13 (per-channel QDQ); 17 is what onnxruntime and OpenVINO both handle natively
+
+
+def _rename_outputs(model_proto, names: list[str]) -> None:
+    """Give graph outputs the clean names (tfmot prefixes QAT outputs with ``quant_``)."""
+    g = model_proto.graph
+    for out, want in zip(list(g.output), names):
+        old = out.name
+        if old == want:
+            continue
+        for node in g.node:
+            for i, o in enumerate(node.output):
+                if o == old:
+                    node.output[i] = want
+            for i, x in enumerate(node.input):
+                if x == old:
+                    node.input[i] = want
+        out.name = want
+
+
+def keras_to_onnx(model, path: str, output_names: list[str] | None = None) -> None:
+    """tf_keras model -> ONNX file at ``path`` (input ``image`` (1,S,S,3), opset :data:`OPSET`)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    shape = [1, *[int(d) for d in model.inputs[0].shape[1:]]]
+    spec = (tf.TensorSpec(shape, tf.float32, name="image"),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises many kinds
+        raise ToolchainError(f"tf2onnx failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+    if output_names:
+        _rename_outputs(proto, output_names)
+    import onnx
+
+    onnx.save(proto, path)
+
+
+def _clean_names(model) -> list[str]:
+    from edgedet.quantize.tflite import output_names
+
+    return output_names(model)
+
+
+def onnx_file(ctx, kind: str) -> str:
+    """Path of an intermediate ONNX in the work dir (cached): ``fp32`` or ``qat`` (QDQ)."""
+    key = ("onnx", kind)
+    if key in ctx.cache:
+        return ctx.cache[key]
+    src = ctx.source
+    if src.kind == "onnx":
+        if kind != "fp32":
+            raise ConfigError("a QDQ ONNX needs a QAT run; for --from ONNX use --calib-data")
+        ctx.cache[key] = src.path
+        return src.path
+    path = os.path.join(ctx.work_dir, f"model_{kind}.onnx")
+    model = src.model()
+    keras_to_onnx(model, path, _clean_names(model))
+    ctx.cache[key] = path
+    return path
+
+
+def write_onnx_meta(src_path: str, dst_path: str, meta: ModelMeta) -> None:
+    """Copy an ONNX model to ``dst_path`` with ``metadata_props["edgedet"]`` set."""
+    import onnx
+
+    m = onnx.load(src_path)
+    props = {p.key: p.value for p in m.metadata_props}
+    props[META_KEY] = meta.to_json()
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    m.producer_name = m.producer_name or "edgedet"
+    onnx.save(m, dst_path)
+
+
+def _ort_static_quant(ctx, fp32_path: str, out_path: str) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    cal = ctx.calibration("NCHW" if ctx.source.meta.layout == "NCHW" else "NHWC")
+    import onnx
+
+    in_name = onnx.load(fp32_path, load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = ({in_name: x} for x in cal.arrays())
+
+        def get_next(self):
+            return next(self._it, None)
+
+    quantize_static(
+        fp32_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    )
+    return {"method": "ptq", "tool": "onnxruntime.quantize_static", "format": "QDQ", "per_channel_weights": True,
+            "activations": "int8", "weights": "int8", "calibration": cal.describe()}
+
+
+def export_onnx(ctx, target, tmp_path: str, meta: ModelMeta) -> None:
+    """``onnx`` / ``onnx-int8`` targets."""
+    mode = target.options["mode"]
+    if mode == "fp32":
+        if ctx.source.is_qat:
+            raise ConfigError(f"--target {target.name}: a QAT run exports as onnx-int8; convert the float run for float ONNX")
+        src = onnx_file(ctx, "fp32")
+        meta.quantization = {"method": "none"}
+    elif ctx.source.is_qat:
+        src = onnx_file(ctx, "qat")
+        meta.quantization = {"method": "qat", "tool": "tf2onnx", "format": "QDQ", "opset": OPSET}
+    else:
+        src = os.path.join(ctx.work_dir, "model_ptq.onnx")
+        if ("onnx", "ptq") not in ctx.cache:
+            ctx.cache[("onnx", "ptq")] = _ort_static_quant(ctx, onnx_file(ctx, "fp32"), src)
+        meta.quantization = dict(ctx.cache[("onnx", "ptq")])
+    if meta.quantization.get("calibration"):
+        meta.calib_sha256 = meta.quantization["calibration"]["sha256"]
+    meta.quantization["opset"] = OPSET
+    write_onnx_meta(src, tmp_path, meta)
+
