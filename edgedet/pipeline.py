@@ -160,7 +160,8 @@ def plan(args) -> list[Stage]:
     data_cmds = []
     if builtin:
         data_cmds.append(_edgedet("data", "synth", data))
-    data_cmds.append(_edgedet("data", "check", data, "--fix", "--json", "--report", d_data / "check.json"))
+    # `data check --json` prints its report; the pipeline keeps it as the stage's output.
+    data_cmds.append(_edgedet("data", "check", data, "--fix", "--json") + [f">{d_data / 'check.json'}"])
     s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json")])
 
     d_train = out / "2_train"
@@ -180,22 +181,21 @@ def plan(args) -> list[Stage]:
     targets = list(profile.targets)
     from_qat = [t for t in targets if t in QAT_TARGETS]
     from_float = [t for t in targets if t not in QAT_TARGETS]
-    conv_cmds = []
-    if from_float:
-        conv_cmds.append(_edgedet("convert", "--weights", d_train, *sum((["--target", t] for t in from_float), []),
-                                  "--calib-data", data, "--calib-size", preset["calib"], "--out", d_conv, "--stem", "float"))
-    if from_qat:
-        conv_cmds.append(_edgedet("convert", "--weights", d_qat, *sum((["--target", t] for t in from_qat), []),
-                                  "--out", d_conv, "--stem", "qat"))
-    s_conv = Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds)
+    conv_cmds, artifacts = [], []
+    # Separate folders: both runs name their files <variant>_<target>.
+    for src, ts, sub in ((d_train, from_float, "float"), (d_qat, from_qat, "qat")):
+        if not ts:
+            continue
+        calib = ["--calib-data", data, "--calib-count", preset["calib"]] if sub == "float" else []
+        conv_cmds.append(_edgedet("convert", "--weights", src, *sum((["--target", t] for t in ts), []), *calib,
+                                  "--out", d_conv / sub))
+        artifacts += [str(d_conv / sub / target_filename(t, args.model)) for t in ts]
+    s_conv = Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds, artifacts)
 
     d_val = out / "5_validate"
-    artifacts = [str(d_conv / f"float_{t}{ext_of(t)}") for t in from_float]
-    artifacts += [str(d_conv / f"qat_{t}{ext_of(t)}") for t in from_qat]
     val_cmd = _edgedet("validate", "--baseline", d_train, "--models", *artifacts, "--data", data,
                        "--split", "test", "--device", args.device, "--out", d_val)
     s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
-    s_conv.outputs = artifacts
     return [s_data, s_train, s_qat, s_conv, s_val]
 
 
@@ -204,13 +204,11 @@ def plan(args) -> list[Stage]:
 QAT_TARGETS = {"tflite-int8", "edgetpu", "onnx-int8"}
 
 
-def ext_of(target: str) -> str:
-    try:
-        from edgedet.convert.registry import get_target
+def target_filename(target: str, stem: str) -> str:
+    """The file (or OpenVINO folder) name `edgedet convert` writes for a target."""
+    from edgedet.convert.registry import get_target
 
-        return get_target(target).suffix
-    except ImportError:  # pragma: no cover - convert extra missing
-        return "" if target.startswith("openvino") else (".onnx" if target.startswith("onnx") else ".tflite")
+    return get_target(target).filename(stem)
 
 
 def _chain_inputs(stages: list[Stage]) -> None:
@@ -227,7 +225,13 @@ def _chain_inputs(stages: list[Stage]) -> None:
 
 
 def _run_child(cmd: list[str], log: Path) -> int:
-    """Run a stage command, streaming its output to the terminal and a log file."""
+    """Run a stage command, streaming its output to the terminal and a log file.
+
+    A last element ``">PATH"`` sends the child's stdout to PATH (atomically) instead.
+    """
+    stdout_to = None
+    if cmd and cmd[-1].startswith(">"):
+        cmd, stdout_to = cmd[:-1], Path(cmd[-1][1:])
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     kwargs = {}
     if sys.platform.startswith("linux"):
@@ -235,6 +239,17 @@ def _run_child(cmd: list[str], log: Path) -> int:
     with open(log, "a") as lf:
         lf.write(f"$ {shlex.join(cmd)}\n")
         lf.flush()
+        if stdout_to is not None:
+            tmp = stdout_to.with_suffix(".tmp")
+            with open(tmp, "w") as fo:
+                rc = subprocess.run(cmd, stdout=fo, stderr=subprocess.PIPE, env=env, text=True, **kwargs)
+            lf.write(rc.stderr)
+            sys.stderr.write(rc.stderr)
+            errs = [ln for ln in rc.stderr.splitlines() if ln.startswith("edgedet: error:")]
+            _run_child.last_error = errs[-1] if errs else ""  # type: ignore[attr-defined]
+            if rc.returncode == 0:
+                os.replace(tmp, stdout_to)
+            return rc.returncode
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kwargs)
         assert proc.stdout is not None
         last_err = ""
@@ -298,9 +313,14 @@ def run_pipeline(args) -> int:
 
 
 def _with_resume(stage: Stage, cmd: list[str]) -> list[str]:
-    """Train/QAT stages continue from their own checkpoint when a previous run was cut off."""
-    if stage.name in ("train", "qat") and any(stage.folder.glob("*state*")):
-        return [*cmd, "--resume"]
+    """Train/QAT stages continue from their own checkpoint when a previous run was cut off.
+
+    A stage folder with a run.json but no finished manifest is an interrupted run: the
+    sub-command's own ``--resume RUN`` continues it with its optimizer/EMA state and epoch.
+    """
+    if stage.name in ("train", "qat") and (stage.folder / "run.json").exists():
+        sub = cmd[3:5] if stage.name == "qat" else cmd[3:4]  # "train" | "quantize qat"
+        return [*cmd[:3], *sub, "--resume", str(stage.folder)]
     return cmd
 
 
