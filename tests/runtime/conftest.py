@@ -46,6 +46,9 @@ class RuntimeModels:
         if self._model is None:
             from edgedet.model import build_model, get_config
 
+            import tf_keras as keras
+
+            keras.utils.set_random_seed(0)
             cfg = get_config("test", num_classes=len(LABELS), image_size=RT_SIZE)
             model = build_model(cfg)
             self.cfg, self._model = cfg, model
