@@ -1,9 +1,14 @@
 """Vectorised non-maximum suppression (hard and Gaussian soft), per-class or global.
 
-Per-class NMS runs as ONE global pass: every box is shifted by ``class_id * offset`` (offset
-larger than any coordinate), so boxes of different classes can never overlap. This is the
-"batched NMS" trick torchvision uses; it keeps the inner loop a handful of numpy calls per
-kept box instead of a Python loop over classes.
+Hard NMS is exact greedy NMS computed in blocks: candidates sorted by score are taken
+``_BLOCK`` at a time; one matrix drops those overlapping an already kept box, a second
+(block x block) matrix plus a cheap boolean pass settles the block itself. Per-class NMS
+masks the matrices with "same class", so all classes are handled in the same pass (no Python
+loop over classes, no per-kept-box numpy calls).
+
+Soft NMS is inherently sequential (each kept box rescales the rest); it loops once per kept box
+and separates classes with the coordinate-offset trick (boxes shifted by ``class * span``, so
+boxes of different classes never overlap), as torchvision's batched NMS does.
 
 All functions take ``boxes (N, 4)`` xyxy, ``scores (N,)`` and return indices into them,
 ordered by (final) score, descending.
@@ -12,66 +17,38 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _offset_boxes(boxes: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
-    """Shift boxes by ``class * (span + 1)`` so classes never overlap (per-class NMS)."""
-    if classes is None or boxes.shape[0] == 0:
-        return boxes
-    # float64: with 90 classes the offsets reach ~1e5 px, where float32 would round IoUs.
-    b = boxes.astype(np.float64)
-    lo = float(b.min())
-    span = float(b.max()) - lo + 1.0
-    return (b - lo) + (classes.astype(np.float64) * span)[:, None]
-
-
-# Up to this many candidates one (N, N) IoU matrix + a cheap boolean greedy pass beats a
-# handful of numpy calls per kept box (measured crossover ~400 candidates at 100 kept).
-_MATRIX_NMS_MAX = 384
+# Block size of the blocked greedy pass: large enough that numpy calls are few, small enough
+# that the (block x block) matrices stay in cache.
+_BLOCK = 256
 
 
 def _columns(b: np.ndarray):
-    """Contiguous x1, y1, x2, y2 columns and areas: pairwise ops then run over long inner loops
-    (broadcasting over an (N, N, 2) array would make numpy's inner loop 2 elements long)."""
+    """Contiguous x1, y1, x2, y2 columns and areas. Pairwise ops on columns run over long inner
+    loops (broadcasting an (N, N, 2) array would make numpy's inner loop 2 elements long)."""
     x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
     area = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
     return x1, y1, x2, y2, area
 
 
-def _greedy_matrix(cols, iou_threshold: float, max_detections: int, classes: np.ndarray | None = None) -> np.ndarray:
-    """Exact greedy NMS over score-sorted boxes using a full IoU matrix; returns kept positions.
-
-    ``classes`` (sorted like the boxes) restricts suppression to equal classes (per-class NMS).
-    """
+def _suppress_matrix(cols, a: np.ndarray, b: np.ndarray, iou_threshold: float, classes) -> np.ndarray:
+    """``(len(a), len(b))`` bool: IoU(a_i, b_j) > threshold (and same class when given)."""
     x1, y1, x2, y2, area = cols
-    w = np.minimum(x2[:, None], x2[None, :])
-    w -= np.maximum(x1[:, None], x1[None, :])
-    h = np.minimum(y2[:, None], y2[None, :])
-    h -= np.maximum(y1[:, None], y1[None, :])
+    w = np.minimum(x2[a][:, None], x2[b][None, :])
+    w -= np.maximum(x1[a][:, None], x1[b][None, :])
+    h = np.minimum(y2[a][:, None], y2[b][None, :])
+    h -= np.maximum(y1[a][:, None], y1[b][None, :])
     np.maximum(w, 0.0, out=w)
     np.maximum(h, 0.0, out=h)
     inter = w
     inter *= h
-    union = area[:, None] + area[None, :]
+    union = area[a][:, None] + area[b][None, :]
     union -= inter
     np.maximum(union, 1e-9, out=union)
     union *= iou_threshold
-    sup = inter > union  # iou > threshold
+    sup = inter > union  # inter / union > threshold, without a division
     if classes is not None:
-        sup &= classes[:, None] == classes[None, :]
-    # Rows with no overlap below the diagonal's right (the common case) need no bookkeeping.
-    n = x1.shape[0]
-    overlaps = (np.count_nonzero(sup, axis=1) > 1).tolist()  # > 1: the diagonal is always set
-    removed = np.zeros(n, bool)
-    keep = []
-    for i in range(n):
-        if removed[i]:
-            continue
-        keep.append(i)
-        if len(keep) >= max_detections:
-            break
-        if overlaps[i]:
-            removed |= sup[i]
-    return np.asarray(keep, np.int64)
+        sup &= classes[a][:, None] == classes[b][None, :]
+    return sup
 
 
 def hard_nms(
@@ -81,7 +58,7 @@ def hard_nms(
     max_detections: int = 100,
     classes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Greedy NMS.
+    """Greedy NMS (exact), blocked and vectorised.
 
     Args:
         boxes: ``(N, 4)`` xyxy.
@@ -97,26 +74,40 @@ def hard_nms(
     if n == 0 or max_detections <= 0:
         return np.zeros((0,), np.int64)
     order = np.argsort(-np.asarray(scores), kind="stable")
-    if n <= _MATRIX_NMS_MAX:
-        cols = _columns(np.asarray(boxes, np.float32)[order])
-        cls = None if classes is None else np.asarray(classes)[order]
-        return order[_greedy_matrix(cols, iou_threshold, max_detections, cls)]
-    x1, y1, x2, y2, area = _columns(_offset_boxes(np.asarray(boxes, np.float32), classes)[order])
-    keep = []
-    # `alive` holds positions (into the sorted arrays) still in play, always in score order.
-    alive = np.arange(n)
-    while alive.size and len(keep) < max_detections:
-        i = alive[0]
-        keep.append(i)
-        rest = alive[1:]
-        if not rest.size:
-            break
-        w = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
-        h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
-        inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-        union = np.maximum(area[i] + area[rest] - inter, 1e-9)
-        alive = rest[inter <= iou_threshold * union]
-    return order[np.asarray(keep, np.int64)]
+    cols = _columns(np.asarray(boxes, np.float32)[order])
+    cls = None if classes is None else np.asarray(classes)[order]
+    kept: list[int] = []
+    for start in range(0, n, _BLOCK):
+        cand = np.arange(start, min(n, start + _BLOCK))
+        if kept:
+            cand = cand[~_suppress_matrix(cols, np.asarray(kept), cand, iou_threshold, cls).any(axis=0)]
+        if not cand.size:
+            continue
+        sup = _suppress_matrix(cols, cand, cand, iou_threshold, cls)
+        # > 1 because the diagonal (a box with itself) is always set; rows that overlap nothing
+        # (the common case) need no bookkeeping at all.
+        overlaps = (np.count_nonzero(sup, axis=1) > 1).tolist()
+        removed = np.zeros(cand.size, bool)
+        for i in range(cand.size):
+            if removed[i]:
+                continue
+            kept.append(int(cand[i]))
+            if len(kept) >= max_detections:
+                return order[np.asarray(kept, np.int64)]
+            if overlaps[i]:
+                removed |= sup[i]
+    return order[np.asarray(kept, np.int64)]
+
+
+def _offset_boxes(boxes: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    """Shift boxes by ``class * (span + 1)`` so classes never overlap (per-class NMS)."""
+    if classes is None or boxes.shape[0] == 0:
+        return boxes
+    # float64: with 90 classes the offsets reach ~1e5 px, where float32 would round IoUs.
+    b = boxes.astype(np.float64)
+    lo = float(b.min())
+    span = float(b.max()) - lo + 1.0
+    return (b - lo) + (classes.astype(np.float64) * span)[:, None]
 
 
 def soft_nms(

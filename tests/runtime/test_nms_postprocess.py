@@ -55,7 +55,7 @@ def ref_soft_nms(boxes, scores, sigma, score_thr, max_det, classes=None):
     return keep, kept
 
 
-@pytest.mark.parametrize("n", [0, 1, 40, 300, 700])  # 700 > the matrix-NMS limit: exercises both paths
+@pytest.mark.parametrize("n", [0, 1, 40, 300, 700])  # > 256: several blocks
 @pytest.mark.parametrize("per_class", [False, True])
 def test_hard_nms_matches_reference(n, per_class):
     rng = np.random.default_rng(n + per_class)
