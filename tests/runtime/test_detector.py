@@ -1,0 +1,150 @@
+"""Detector on real exported files: parity with Keras, int8, batching, bad inputs, delegates."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedet.errors import ConfigError, DataError, ModelFileError, ToolchainError
+from edgedet.runtime.detector import Detector
+
+pytestmark = pytest.mark.slow  # the session fixture exports TFLite/ONNX/OpenVINO files
+
+
+def assert_same_detections(got, want, atol_px: float = 1.0):
+    """Same boxes (within ``atol_px``), classes and ~scores after NMS, in the same order."""
+    assert len(got) == len(want) > 0, (len(got), len(want))
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=atol_px)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["tflite-fp32", "onnx", "openvino"])
+def test_float_runtimes_match_keras(rt_models, rt_image, fmt):
+    path = {"tflite-fp32": lambda: rt_models.tflite("fp32"), "onnx": rt_models.onnx, "openvino": rt_models.openvino}[fmt]()
+    det = Detector.from_file(path, score_threshold=0.3)
+    assert det.labels == ("red", "white", "platelet")
+    got = det.detect(rt_image)
+    want = rt_models.keras_detections(rt_image, score_threshold=0.3)
+    assert_same_detections(got, want)
+    # boxes live in the original image (320x240), not the 128 px network input
+    assert got.boxes[:, 2].max() > 128 and got.boxes.max() <= 320
+    t = det.last_timing
+    assert set(t) == {"pre", "invoke", "post"} and all(v > 0 for v in t.values())
+    info = det.describe()
+    assert info["backend"] in ("litert", "onnxruntime", "openvino") and info["device"]
+
+
+def test_int8_tflite_thresholds_on_quantised_outputs(rt_models, rt_image):
+    det = Detector.from_file(rt_models.tflite("int8"), score_threshold=0.3)
+    assert det.input.dtype == np.uint8 and det.input.lut is not None  # quantised input via LUT
+    assert det._raw.class_quant is not None and all(q for q in det._raw.class_quant)
+    got = det.detect(rt_image)
+    want = rt_models.keras_detections(rt_image, score_threshold=0.3)
+    assert len(got) > 0
+    # int8 is not bit-exact: most float detections have an int8 twin of the same class
+    from edgedet.runtime.boxes import iou_matrix
+
+    iou = iou_matrix(want.boxes, got.boxes) * (want.classes[:, None] == got.classes[None, :])
+    assert (iou.max(axis=1) > 0.5).mean() > 0.6
+
+
+def test_detect_batch_and_paths(rt_models, rt_image, tmp_path):
+    from PIL import Image
+
+    det = Detector.from_file(rt_models.tflite("fp32"))
+    p = tmp_path / "img.png"
+    Image.fromarray(rt_image).save(p)
+    flipped = np.ascontiguousarray(rt_image[:, ::-1])
+    batch = det.detect_batch([str(p), flipped])
+    for got, want in zip(batch, [det.detect(rt_image), det.detect(flipped)]):
+        assert_same_detections(got, want, atol_px=1e-3)
+    assert det.detect_batch([]) == []
+
+
+def test_model_without_metadata_needs_flags(rt_models, rt_image, tmp_path):
+    from edgedet.runtime.metadata import _model_length, read_metadata
+
+    src = rt_models.tflite("fp32")
+    data = open(src, "rb").read()
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(data[: _model_length(data)])
+    assert read_metadata(str(bare)) is None
+    with pytest.raises(ModelFileError, match=r"no edgedet metadata.*--labels, --image-size, --mean, --std"):
+        Detector.from_file(bare)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nwhite\nplatelet\n")
+    meta = Detector.from_file(src).meta
+    det = Detector.from_file(bare, labels=str(labels), image_size=128, mean=meta.mean, std=meta.std)
+    assert_same_detections(det.detect(rt_image), Detector.from_file(src).detect(rt_image), atol_px=1e-3)
+
+
+def test_bad_model_files(rt_models, tmp_path):
+    data = open(rt_models.tflite("fp32"), "rb").read()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="cut.tflite") as e:
+        Detector.from_file(cut)
+    assert "\n" not in str(e.value)
+    tail_cut = tmp_path / "tailcut.tflite"
+    tail_cut.write_bytes(data[:-40])  # the metadata zip's directory is gone
+    with pytest.raises(ModelFileError, match="truncated"):
+        Detector.from_file(tail_cut)
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(ModelFileError, match="not a TFLite model"):
+        Detector.from_file(junk)
+    weird = tmp_path / "model.pb"
+    weird.write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="unknown model suffix"):
+        Detector.from_file(weird)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        Detector.from_file(tmp_path / "missing.tflite")
+    onnx_cut = tmp_path / "cut.onnx"
+    onnx_cut.write_bytes(open(rt_models.onnx(), "rb").read()[:1000])
+    with pytest.raises(ModelFileError, match="cut.onnx"):
+        Detector.from_file(onnx_cut)
+
+
+def test_bad_images(rt_models, tmp_path):
+    det = Detector.from_file(rt_models.tflite("fp32"))
+    txt = tmp_path / "readme.jpg"
+    txt.write_text("hello")
+    with pytest.raises(DataError, match="readme.jpg"):
+        det.detect(str(txt))
+    with pytest.raises(DataError):
+        det.detect(np.zeros((10, 10, 5), np.uint8))
+
+
+def test_delegate_failure_is_loud_and_fallback_is_explicit(rt_models, capsys):
+    path = rt_models.tflite("fp32")
+    for dev in ("usb:0", "pci:0", "edgetpu"):
+        with pytest.raises(ToolchainError, match=r"libedgetpu\.so\.1.*install") as e:
+            Detector.from_file(path, device=dev)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ToolchainError, match="nnapi delegate could not be loaded.*install"):
+        Detector.from_file(path, device="nnapi")
+    with pytest.raises(ToolchainError, match="libedgetpu"):
+        Detector.from_file(path, device="coral-usb")  # a device profile name
+    det = Detector.from_file(path, device="usb:0", fallback="cpu")
+    assert det.backend.device.startswith("CPU (fallback")
+    assert "running on CPU (--fallback cpu)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown LiteRT device"):
+        Detector.from_file(path, device="tpu9")
+    with pytest.raises(ConfigError, match="intel-gpu.*openvino"):
+        Detector.from_file(path, device="intel-gpu")
+    det = Detector.from_file(path, device="raspberry-pi-5")  # CPU profile: XNNPACK, 4 threads
+    assert det.backend.threads == 4
+
+
+def test_openvino_device_selection(rt_models):
+    import openvino as ov
+
+    path = rt_models.openvino()
+    det = Detector.from_file(path, device="CPU", threads=1)
+    assert "CPU" in det.backend.device
+    auto = Detector.from_file(path, device="AUTO")
+    assert auto.backend.device  # the device AUTO actually picked (EXECUTION_DEVICES)
+    if "NPU" not in ov.Core().available_devices:
+        with pytest.raises(ToolchainError, match="NPU is not available"):
+            Detector.from_file(path, device="NPU")
+        assert Detector.from_file(path, device="NPU", fallback="cpu").backend.device == "CPU"
