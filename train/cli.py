@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--no-flip", action="store_true", help="no horizontal flip augmentation")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--eval-every", type=int, default=1, help="evaluate on val every N epochs [1]")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="wall-clock budget in minutes: fewer epochs (shorter cosine schedule) if they would not fit")
     p.add_argument("--check", default="skip", choices=["skip", "fix", "strict"], help="dataset check policy [skip]")
     p.add_argument("--classes", default=None, help="class list (names, comma-separated, or a file)")
     p.add_argument("--seed", type=int, default=0)
@@ -80,6 +82,7 @@ def _train(args) -> int:
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
             strategy=args.strategy, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),
             flip=not args.no_flip, label_smoothing=args.label_smoothing, eval_every=args.eval_every,
+            time_limit=args.time_limit,
             check_policy=args.check, classes=args.classes, progress=not args.no_progress)
         if opts.epochs < 1 or opts.batch < 1:
             raise ConfigError("--epochs and --batch must be >= 1")

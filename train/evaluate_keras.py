@@ -22,6 +22,20 @@ def _prep(sample, size: int, mean, std):
     return normalize(canvas, mean, std), scale, img.shape
 
 
+def to_detections(class_levels, box_levels, anchors, scale, image_shape, *, score_threshold, iou_threshold=0.5,
+                  max_detections=100, soft_nms=False, class_names=()):
+    """One image's raw outputs (per level ``(H, W, A*K)`` / ``(H, W, A*4)``) -> Detections in original pixels.
+
+    The runtime's numpy decode + NMS, then the letterbox undone with ``box / scale``.
+    """
+    from edgedet.runtime.postprocess import postprocess, to_original
+
+    dets = postprocess(class_levels, box_levels, anchors, score_threshold=score_threshold,
+                       iou_threshold=iou_threshold, max_detections=max_detections, soft=soft_nms,
+                       labels=tuple(class_names))
+    return to_original(dets, scale, image_shape)
+
+
 def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_names=(), batch_size: int = 8,
             score_threshold: float = EVAL_SCORE_THRESHOLD, iou_threshold: float = 0.5, soft_nms: bool = False,
             max_detections: int = 100, progress: bool = False) -> list:
@@ -34,7 +48,6 @@ def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_
     import tensorflow as tf
 
     from edgedet.runtime.anchors import generate_anchors
-    from edgedet.runtime.postprocess import postprocess, to_original
 
     anchors = generate_anchors(image_size, anchor_config)
     fn = getattr(model, "_edgedet_predict_fn", None)
@@ -59,10 +72,10 @@ def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_
             outputs = [o.numpy() for o in fn(tf.constant(x))]
             half = len(outputs) // 2
             for j, (_, scale, shape) in enumerate(prepped):
-                dets = postprocess([o[j] for o in outputs[:half]], [o[j] for o in outputs[half:]], anchors,
-                                   score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                   max_detections=max_detections, soft=soft_nms, labels=tuple(class_names))
-                out.append(to_original(dets, scale, shape))
+                out.append(to_detections([o[j] for o in outputs[:half]], [o[j] for o in outputs[half:]], anchors,
+                                         scale, shape, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                         max_detections=max_detections, soft_nms=soft_nms,
+                                         class_names=class_names))
             if bar:
                 bar.update(len(prepped))
     if bar:

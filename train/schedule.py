@@ -13,6 +13,19 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+def warmup_cosine_lr(step: int, base_lr: float, total_steps: int, warmup_steps: int, warmup_init: float = 0.1) -> float:
+    """Learning rate at ``step`` (python floats; the trainer sets it on the optimizer every step).
+
+    Kept in python so ``--time-limit`` can shorten ``total_steps`` mid-run.
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = max(min(int(warmup_steps), total_steps - 1), 0)
+    if step < warmup_steps:
+        return base_lr * (warmup_init + (1.0 - warmup_init) * step / max(warmup_steps, 1))
+    progress = min(max((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0), 1.0)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up then cosine decay.
 

@@ -55,6 +55,7 @@ class TrainOptions:
     weight_decay: float = 4e-5
     momentum: float = 0.9
     eval_every: int = 1
+    time_limit: float | None = None  # minutes; shortens the schedule so the run ends in time
     check_policy: str = "skip"
     classes: str | None = None
     progress: bool = True
@@ -141,7 +142,7 @@ class Trainer:
 
         from edgedet.model import build_model, get_config
         from edgedet.train.input import steps_per_epoch
-        from edgedet.train.schedule import WarmupCosine, WeightEMA
+        from edgedet.train.schedule import WeightEMA
 
         o = self.opts
         self.cfg = get_config(o.model, num_classes=len(self.dataset.class_names), image_size=o.image_size)
@@ -150,18 +151,36 @@ class Trainer:
         if o.batch % self.replicas:
             raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
-        total = self.steps_per_epoch * o.epochs
-        warm = int(round(o.warmup_epochs * self.steps_per_epoch))
+        self.epochs = int((state_meta or {}).get("epochs", o.epochs))  # --time-limit may have shortened it
+        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         bw = o.backbone_weights if o.backbone_weights not in (None, "", "none") else None
+        keras.utils.set_random_seed(o.seed)  # same initial head weights for the same --seed
         with self.strategy.scope():
             self.model = build_model(self.cfg, backbone_weights=None if state_meta else bw)
             self.frozen = freeze_layers(self.model, o.freeze_backbone)
             self.tvars = list(self.model.trainable_variables)
-            self.schedule = WarmupCosine(o.base_lr, total, warm)
-            self.optimizer = keras.optimizers.SGD(self.schedule, momentum=o.momentum)
+            self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
             self.optimizer.build(self.tvars)
             self.ema = WeightEMA(self.model.weights, o.ema_decay)
         self._tf = tf
+
+    def lr_at(self, step: int) -> float:
+        from edgedet.train.schedule import warmup_cosine_lr
+
+        return warmup_cosine_lr(step, self.opts.base_lr, self.epochs * self.steps_per_epoch, self.warmup_steps)
+
+    def _apply_time_limit(self, epochs_done: int, elapsed_s: float, epoch_s: float, eval_s: float) -> None:
+        """Shorten the run (and its cosine schedule) when the remaining epochs would overrun --time-limit."""
+        limit = self.opts.time_limit
+        if not limit or epochs_done >= self.epochs:
+            return
+        budget = limit * 60.0 - elapsed_s - eval_s  # keep time for the final evaluation
+        per_epoch = epoch_s + eval_s / max(self.opts.eval_every, 1)
+        fit = epochs_done + max(int(budget // max(per_epoch, 1e-6)), 0)
+        if fit < self.epochs:
+            self.log(f"--time-limit {limit:g} min: at {per_epoch:.0f} s/epoch only {fit} of {self.epochs} epochs fit; "
+                     f"shortening the run (and its cosine schedule) to {fit} epochs")
+            self.epochs = max(fit, epochs_done)
 
     # ---------------------------------------------------------------- state
     def _save_state(self, epoch: int, best: dict):
@@ -172,8 +191,8 @@ class Trainer:
             "optimizer": [v.numpy() for v in self.optimizer.variables],
             "ema": [v.numpy() for v in self.ema.shadow],
         }
-        meta = {"epochs_done": epoch, "ema_updates": int(self.ema.num_updates.numpy()), "best": best,
-                "num_weights": len(self.model.weights)}
+        meta = {"epochs_done": epoch, "epochs": self.epochs, "ema_updates": int(self.ema.num_updates.numpy()),
+                "best": best, "num_weights": len(self.model.weights), "elapsed_s": round(self.elapsed_s, 1)}
         ckpt.save_state(self.out / ckpt.STATE, arrays, meta)
 
     def _restore_state(self, arrays: dict):
@@ -205,7 +224,7 @@ class Trainer:
             "std": list(self.cfg.std),
             "model_config": self.cfg.to_dict(),
             "dataset": str(Path(o.data).resolve()),
-            "epochs": o.epochs,
+            "epochs": self.epochs,
             "epochs_done": epochs_done,
             "status": status,
             "best": best,
@@ -296,24 +315,31 @@ class Trainer:
             self._restore_state(state_arrays)
             self.ema.num_updates.assign(state_meta["ema_updates"])
             start_epoch, best = int(state_meta["epochs_done"]), dict(state_meta.get("best") or {})
-            self.log(f"resuming {self.out} after epoch {start_epoch}/{o.epochs}")
+            self.log(f"resuming {self.out} after epoch {start_epoch}/{self.epochs}")
         else:
             self.ema.reset()
-        if start_epoch >= o.epochs:
-            self.log(f"{self.out}: all {o.epochs} epochs already done")
+        self.elapsed_s = float((state_meta or {}).get("elapsed_s", 0.0))
+        if start_epoch >= self.epochs:
+            self.log(f"{self.out}: all {self.epochs} epochs already done")
             return best
         self._write_run_json(start_epoch, best, "running")
         self.log(f"training {self.cfg.name} {self.cfg.image_size}px on {len(self.train_samples)} images "
-                 f"({self.steps_per_epoch} steps/epoch x {o.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
+                 f"({self.steps_per_epoch} steps/epoch x {self.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
                  f"{self.replicas} replica(s), {self.frozen} frozen layers, val {len(self.val_samples)} images)")
         step_fn = self._make_step()
         tf = self._tf
         writer = tf.summary.create_file_writer(str(self.out / "tb"))
-        for epoch in range(start_epoch, o.epochs):
+        eval_s = 0.0
+        epoch = start_epoch
+        while epoch < self.epochs:
+            t0 = time.time()
             row = self._train_epoch(epoch, step_fn, writer)
             metrics = {}
-            if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or epoch + 1 == o.epochs):
+            last = epoch + 1 == self.epochs
+            if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or last):
+                t1 = time.time()
                 metrics = self.evaluate_ema()
+                eval_s = time.time() - t1
             live = self.ema.swap_in()  # saved weights are the EMA weights (what was evaluated)
             try:
                 ckpt.save_weights(self.model, self.out / ckpt.LAST)
@@ -323,10 +349,23 @@ class Trainer:
                     best = {"epoch": epoch + 1, "metrics": _summary(metrics)}
             finally:
                 self.ema.swap_out(live)
+            self.elapsed_s += time.time() - t0
+            if not last:
+                self._apply_time_limit(epoch + 1, self.elapsed_s, row["est_epoch_s"], eval_s)
+                last = epoch + 1 >= self.epochs
+                if last and not metrics and self.val_samples:  # the limit ended the run here: evaluate now
+                    metrics = self.evaluate_ema()
+                    live = self.ema.swap_in()
+                    try:
+                        if not best or metrics["AP"] > best["metrics"]["AP"]:
+                            ckpt.save_weights(self.model, self.out / ckpt.BEST)
+                            best = {"epoch": epoch + 1, "metrics": _summary(metrics)}
+                    finally:
+                        self.ema.swap_out(live)
             self._save_state(epoch + 1, best)
             row.update({f"val_{k}": round(metrics[k], 5) for k in ("AP", "AP50", "AP75") if k in metrics})
             self._append_csv(row, epoch)
-            self._write_run_json(epoch + 1, best, "done" if epoch + 1 == o.epochs else "running")
+            self._write_run_json(epoch + 1, best, "done" if last else "running")
             with writer.as_default(step=(epoch + 1) * self.steps_per_epoch):
                 for key in ("AP", "AP50", "AP75"):
                     if key in metrics:
@@ -334,10 +373,11 @@ class Trainer:
             writer.flush()
             from edgedet.train.evaluate_keras import format_metrics
 
-            msg = f"epoch {epoch + 1}/{o.epochs}: loss {row['loss']:.4f} ({row['epoch_s']:.0f}s)"
+            msg = f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} ({row['epoch_s']:.0f}s)"
             if metrics:
                 msg += f"  val {format_metrics(metrics)}" + ("  *best*" if best.get("epoch") == epoch + 1 else "")
             self.log(msg)
+            epoch += 1
         return best
 
     def _train_epoch(self, epoch: int, step_fn, writer) -> dict:
@@ -356,12 +396,16 @@ class Trainer:
         if o.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{o.epochs}", unit="step",
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
                        dynamic_ncols=True, file=sys.stderr)
         t0 = time.time()
         sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
         n = 0
+        lr = self.lr_at(int(self.optimizer.iterations.numpy()))
+        step_times, t_step = [], time.time()
         for images, targets in ds:
+            lr = self.lr_at(int(self.optimizer.iterations.numpy()))
+            self.optimizer.learning_rate.assign(lr)
             out = step_fn(images, targets)
             vals = {k: float(v.numpy()) for k, v in out.items()}
             gstep = int(self.optimizer.iterations.numpy())
@@ -370,12 +414,13 @@ class Trainer:
                     bar.close()
                 raise TrainingDiverged(
                     f"training diverged: loss is {vals['loss']} at epoch {epoch + 1} step {n + 1} "
-                    f"(cls_loss {vals['cls_loss']}, box_loss {vals['box_loss']}, lr {float(self.schedule(gstep)):g}); "
+                    f"(cls_loss {vals['cls_loss']}, box_loss {vals['box_loss']}, lr {lr:g}); "
                     f"try a lower --lr; last good checkpoint kept in {self.out}")
             n += 1
+            step_times.append(time.time() - t_step)
+            t_step = time.time()
             for k in sums:
                 sums[k] += vals[k]
-            lr = float(self.schedule(gstep))
             if gstep % 10 == 0:
                 with writer.as_default(step=gstep):
                     for k, v in vals.items():
@@ -388,8 +433,10 @@ class Trainer:
             bar.close()
         avg = {k: (v / max(n, 1)) for k, v in sums.items()}
         return {"epoch": epoch + 1, "step": int(self.optimizer.iterations.numpy()), **{k: round(v, 6) for k, v in avg.items()},
-                "lr": float(np.float32(self.schedule(int(self.optimizer.iterations.numpy())))),
-                "epoch_s": round(time.time() - t0, 1)}
+                "lr": float(np.float32(lr)),
+                "epoch_s": round(time.time() - t0, 1),
+                # steady-state epoch time (the first step of a session includes tf.function tracing)
+                "est_epoch_s": float(np.median(step_times[1:] or step_times)) * self.steps_per_epoch}
 
 
 def _summary(m: dict) -> dict:

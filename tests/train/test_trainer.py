@@ -1,0 +1,152 @@
+"""Trainer on tiny real computations: loss goes down, run folder + eval CLI, NaN stop, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edgedet.cli import main  # noqa: E402
+from edgedet.train import checkpoint as ckpt  # noqa: E402
+from edgedet.train.trainer import TrainingDiverged, TrainOptions, Trainer, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from edgedet.train.synth import write_synth
+
+    out = tmp_path_factory.mktemp("data") / "synth"
+    write_synth(out, num_images=30, image_size=64, seed=0)
+    return out
+
+
+def _opts(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="test", image_size=64, batch=4, epochs=2, backbone_weights=None,
+                progress=False, warmup_epochs=0.5)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(_opts(synth, out, epochs=2, lr=0.02), log=lambda m: None)
+    return out
+
+
+def test_a_few_steps_reduce_the_loss(synth, tmp_path):
+    from edgedet.train.input import make_dataset
+
+    tr = Trainer(_opts(synth, tmp_path / "r", lr=0.05), log=lambda m: None)
+    tr._load_data()
+    tr._build(None)
+    step = tr._make_step()
+    cfg = tr.cfg
+    images, targets = next(iter(make_dataset(tr.train_samples[:4], image_size=64, num_classes=cfg.num_classes,
+                                             mean=cfg.mean, std=cfg.std, anchor_config=cfg.anchor_config,
+                                             batch_size=4, training=False)))
+    losses = [float(step(images, targets)["loss"]) for _ in range(12)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert int(tr.ema.num_updates.numpy()) == 12
+
+
+def test_run_folder_load_run_and_eval_cli(trained_run, capsys):
+    for name in ("run.json", "best.weights.h5", "last.weights.h5", "state.npz", "log.csv"):
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tb").iterdir())
+    data = json.loads((trained_run / "run.json").read_text())
+    assert data["kind"] == "float" and data["epochs_done"] == 2 and data["status"] == "done"
+    assert data["variant"] == "test" and data["image_size"] == 64 and len(data["class_names"]) == data["num_classes"]
+    assert "AP" in data["best"]["metrics"]
+    rows = (trained_run / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,step,loss")
+    model, info = ckpt.load_run(trained_run)
+    assert info.kind == "float" and info.class_names == data["class_names"] and len(info.weights_sha256) == 64
+    assert model.output_shape[0][-1] == 9 * info.config.num_classes
+    rc = main(["eval", "--weights", str(trained_run), "--split", "test", "--json"])
+    assert rc == 0
+    m = json.loads(capsys.readouterr().out)
+    for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"):
+        assert k in m
+    assert set(m["per_class"]) == set(info.class_names)
+    # the same numbers through the human-readable report
+    assert main(["eval", "--weights", str(trained_run), "--split", "test", "--soft-nms"]) == 0
+    out = capsys.readouterr().out
+    assert "AP50" in out and info.class_names[0] in out
+
+
+def test_existing_run_is_not_overwritten(trained_run, synth, capsys):
+    rc = main(["train", "--data", str(synth), "--model", "test", "--out", str(trained_run), "--backbone-weights", "none"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "--resume" in err and len(err.splitlines()) == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained_run, tmp_path):
+    run = tmp_path / "nan_run"
+    shutil.copytree(trained_run, run)
+    data = json.loads((run / "run.json").read_text())
+    data["train"].update(lr=1e12, epochs=3, warmup_epochs=0)
+    (run / "run.json").write_text(json.dumps(data))
+    before = {n: ckpt.sha256_file(run / n) for n in ("best.weights.h5", "last.weights.h5", "state.npz")}
+    from edgedet.train.trainer import resume_options
+
+    with pytest.raises(TrainingDiverged) as exc:
+        train(resume_options(run), resume=True, log=lambda m: None)
+    msg = str(exc.value)
+    assert "nan" in msg.lower() and "epoch 3" in msg and "--lr" in msg and "\n" not in msg
+    assert {n: ckpt.sha256_file(run / n) for n in before} == before
+    assert ckpt.load_state(run / "state.npz")[1]["epochs_done"] == 2
+
+
+def test_empty_dataset_and_missing_image_dir_are_one_line_errors(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    assert main(["train", "--data", str(empty), "--model", "test", "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgedet: error:") and "empty" in err and len(err.splitlines()) == 1
+    voc = tmp_path / "voc"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>10</width><height>10</height></size>"
+        "<object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
+        "</object></annotation>")
+    assert main(["train", "--data", str(voc), "--model", "test", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "JPEGImages" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r1" / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
+    script = textwrap.dedent(f"""
+        import os, json
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from edgedet.train.trainer import TrainOptions, train
+        from edgedet.train import checkpoint as ckpt
+        opts = TrainOptions(data={str(synth)!r}, out={str(tmp_path / 'm')!r}, model="test", image_size=64, batch=4,
+                            epochs=2, backbone_weights=None, progress=False, strategy="mirrored", lr=0.02)
+        best = train(opts, log=print)
+        info = ckpt.read_run_json(opts.out)
+        print("RESULT", json.dumps({{"epochs_done": info["epochs_done"], "best": best}}))
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 replica(s)" in p.stdout
+    res = json.loads(p.stdout.split("RESULT", 1)[1])
+    assert res["epochs_done"] == 2 and "AP" in res["best"]["metrics"]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "m" / "log.csv")))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
