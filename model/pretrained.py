@@ -189,7 +189,10 @@ def load_backbone_weights(model, cfg, weights) -> None:
             _assign(model, {n: src[n] for n in wanted if n in src}, f"keras.applications {KERAS_APPS[backbone]}",
                     backbone)
         else:
-            raise ConfigError(f"no ImageNet weights for backbone {backbone} of {cfg.name}; pass a weights file path")
+            raise ConfigError(
+                f"no ImageNet weights for {backbone} ({cfg.name}); 'imagenet' is available for "
+                f"{', '.join([*KERAS_APPS, *LITE_PACKAGES])}; pass a .pth or .h5 path instead"
+            )
         return
     path = Path(weights)
     if path.suffix == ".pth" or path.suffix == ".pt":
