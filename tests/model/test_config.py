@@ -108,3 +108,13 @@ def test_info_cli_json_and_errors():
     assert len(r.stderr.strip().splitlines()) == 1
     assert main(["info", "lite0", "--num-classes", "3", "--image-size", "384"]) == 0
     assert main(["info"]) == 0
+
+
+def test_config_and_info_are_tensorflow_free():
+    code = (
+        "import sys, edgedet.model, edgedet.model.cli, edgedet.model.analytic, edgedet.model.bifpn;"
+        "edgedet.model.cli.info_dict('d3');"
+        "sys.exit(int(any(m in sys.modules for m in ('tensorflow', 'tf_keras', 'keras'))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
