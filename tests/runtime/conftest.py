@@ -1,9 +1,8 @@
 """Fixtures for the runtime tests: one tiny edgedet model exported to every runtime format.
 
 Built once per session (TensorFlow is imported here, in the fixtures only — the runtime under
-test never imports it). Exports use the project's own converters where they exist
-(edgedet.quantize.tflite.keras_to_tflite + metadata.embed_tflite); ONNX goes through tf2onnx
-and OpenVINO through openvino.convert_model on that ONNX file.
+test never imports it). Exports go through the project's convert registry
+(edgedet.convert.api.run_targets), so the files are exactly what `edgedet convert` writes.
 """
 from __future__ import annotations
 
@@ -72,61 +71,36 @@ class RuntimeModels:
             canvas, _ = letterbox(synthetic_image(seed=seed), (RT_SIZE, RT_SIZE), self.cfg.mean)
             yield normalize(canvas, self.cfg.mean, self.cfg.std)[None]
 
-    def tflite(self, mode: str = "fp32") -> str:
-        key = f"tflite-{mode}"
+    def _export(self, target: str, nms: bool = False) -> str:
+        """Export with the project's convert registry (edgedet.convert), cached per session."""
+        key = f"{target}{'-nms' if nms else ''}"
         if key not in self._paths:
-            from edgedet.quantize.tflite import keras_to_tflite
-            from edgedet.runtime.metadata import embed_tflite
+            from edgedet.convert.api import Context, run_targets
+            from edgedet.convert.registry import resolve_targets
+            from edgedet.convert.source import Source
+            from PIL import Image
 
+            calib = self.root / "calib"
+            if not calib.is_dir():
+                calib.mkdir()
+                for seed in range(8):
+                    Image.fromarray(synthetic_image(seed=seed)).save(calib / f"{seed}.png")
             model = self.keras
-            rep = list(self.representative()) if mode == "int8" else None
-            data = keras_to_tflite(model, mode, representative=rep)
-            path = self.root / f"test_{key}.tflite"
-            path.write_bytes(data)
-            q = {"method": "ptq", "io_dtype": "uint8"} if mode == "int8" else {"method": "none"}
-            embed_tflite(str(path), self.meta(key, q))
-            self._paths[key] = str(path)
+            src = Source(kind="float", stem="test_nms" if nms else "test", meta=self.meta(""), path=str(self.root), _model=model)
+            ctx = Context(source=src, calib_data=str(calib), calib_count=8, nms=nms, log=lambda msg: None,
+                          work_dir=str(self.root))
+            (art,) = run_targets(ctx, resolve_targets([target]), str(self.root), src.stem)
+            self._paths[key] = art.path
         return self._paths[key]
 
+    def tflite(self, mode: str = "fp32", nms: bool = False) -> str:
+        return self._export(f"tflite-{mode}", nms=nms)
+
     def onnx(self) -> str:
-        if "onnx" not in self._paths:
-            import onnx
-            import tensorflow as tf
-            import tf2onnx
-
-            from edgedet.quantize.tflite import output_names
-
-            model = self.keras
-            names = output_names(model)
-
-            @tf.function(input_signature=[tf.TensorSpec([1, RT_SIZE, RT_SIZE, 3], tf.float32, name="images")])
-            def serve(images):
-                return {n: o for n, o in zip(names, model(images, training=False))}
-
-            proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=13)
-            # from_function names outputs after the dict keys; keep our order
-            order = {n: i for i, n in enumerate(names)}
-            outs = sorted(proto.graph.output, key=lambda o: order.get(o.name.split(":")[0], 99))
-            del proto.graph.output[:]
-            proto.graph.output.extend(outs)
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = "edgedet", self.meta("onnx").to_json()
-            path = self.root / "test_onnx.onnx"
-            onnx.save(proto, str(path))
-            self._paths["onnx"] = str(path)
-        return self._paths["onnx"]
+        return self._export("onnx")
 
     def openvino(self) -> str:
-        if "openvino" not in self._paths:
-            import openvino as ov
-
-            model = ov.convert_model(self.onnx())
-            model.set_rt_info(self.meta("openvino-fp32").to_json(), "edgedet")
-            out = self.root / "test_openvino-fp32"
-            out.mkdir(exist_ok=True)
-            ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
-            self._paths["openvino"] = str(out)
-        return self._paths["openvino"]
+        return self._export("openvino-fp32")
 
     def keras_detections(self, image: np.ndarray, **post):
         """Reference: the Keras float model + the shared pre/post-processing."""

@@ -85,3 +85,20 @@ def test_four_output_tflite_labels_file_and_our_metadata(nms_tflite, tmp_path):
     d = det.detect(np.zeros((100, 200, 3), np.uint8))  # letterbox scale 64/200 = 0.32
     assert d.label(0) == "b"
     np.testing.assert_allclose(d.boxes[0], [0.2 * 64 / 0.32, 0.1 * 64 / 0.32, 0.6 * 64 / 0.32, 100], atol=1e-3)
+
+
+def test_our_nms_export_matches_raw_outputs(rt_models, rt_image):
+    """`edgedet convert --nms` (real TFLite_Detection_PostProcess) agrees with the raw model + our NMS."""
+    from edgedet.runtime.detector import Detector
+
+    nms_det = Detector.from_file(rt_models.tflite("fp32", nms=True), score_threshold=0.3)
+    assert nms_det.meta.outputs == "nms" and nms_det.labels == ("red", "white", "platelet")
+    got = nms_det.detect(rt_image)
+    raw = Detector.from_file(rt_models.tflite("fp32"), score_threshold=0.3, nms="global").detect(rt_image)
+    assert len(got) > 0
+    # The op's "fast" NMS is class-agnostic over each anchor's best class: the strongest
+    # detections are the same boxes, in the original image's pixels.
+    k = min(3, len(got), len(raw))
+    np.testing.assert_array_equal(got.classes[:k], raw.classes[:k])
+    np.testing.assert_allclose(got.boxes[:k], raw.boxes[:k], atol=1.0)
+    np.testing.assert_allclose(got.scores[:k], raw.scores[:k], atol=1e-3)
