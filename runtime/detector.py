@@ -126,6 +126,36 @@ class Detector:
         det.load_seconds = time.perf_counter() - t0
         return det
 
+    @classmethod
+    def from_keras(cls, model, meta: ModelMeta, **post) -> "Detector":
+        """Run an in-memory tf_keras model (float baseline) through the same pipeline.
+
+        Args:
+            model: tf_keras model; input normalised ``(B, S, S, 3)``; outputs ``class_p3..box_p7``.
+            meta: its :class:`ModelMeta` (labels, input size, mean/std, anchors).
+            **post: post-processing settings as in :meth:`from_file`.
+        """
+        from edgedet.runtime.backends.keras import KerasBackend  # noqa: PLC0415  (imports TensorFlow)
+
+        t0 = time.perf_counter()
+        det = cls(KerasBackend(model, meta.output_names or None), meta, path=meta.model or "keras", **post)
+        det.load_seconds = time.perf_counter() - t0
+        return det
+
+    def warmup(self, runs: int = 1) -> float:
+        """Invoke on a blank image ``runs`` times (first-run costs: allocation, JIT); returns the first run's seconds."""
+        h, w = self.input.size
+        blank = np.zeros((1, h, w, 3), np.uint8)
+        x = self.input.prepare(blank)
+        first = 0.0
+        for i in range(max(1, runs)):
+            t = time.perf_counter()
+            outs = self.backend.run(x)
+            del outs
+            if i == 0:
+                first = time.perf_counter() - t
+        return first
+
     # ------------------------------------------------------------------ running
 
     def preprocess(self, image) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:

@@ -153,3 +153,15 @@ def test_openvino_device_selection(rt_models):
         with pytest.raises(ToolchainError, match="NPU is not available"):
             Detector.from_file(path, device="NPU")
         assert Detector.from_file(path, device="NPU", fallback="cpu").backend.device == "CPU"
+
+
+def test_keras_backend_is_the_same_pipeline(rt_models, rt_image):
+    """Detector.from_keras (float baselines) == Keras + shared pre/post-processing, batched too."""
+    det = Detector.from_keras(rt_models.keras, rt_models.meta("keras"), score_threshold=0.3)
+    want = rt_models.keras_detections(rt_image, score_threshold=0.3)
+    assert_same_detections(det.detect(rt_image), want, atol_px=1e-3)
+    flipped = np.ascontiguousarray(rt_image[::-1])
+    a, b = det.detect_batch([rt_image, flipped])  # dynamic batch: one invoke for both
+    assert_same_detections(a, want, atol_px=1e-2)
+    assert_same_detections(b, det.detect(flipped), atol_px=1e-2)
+    assert det.warmup() > 0 and det.describe()["backend"] == "keras"
