@@ -1,0 +1,89 @@
+"""``edgedet validate`` and ``edgedet bench`` (import-light: everything heavy loads in the handlers)."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+LATENCY_METRICS = ("end_to_end.p50", "end_to_end.p90", "end_to_end.p99", "invoke.p50", "invoke.p90", "invoke.p99")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate", help="accuracy drop and latency of exported models against the float baseline",
+        description="Run the float baseline and every model through the same runtime and evaluator on the same "
+                    "images; write report.md, report.json and report.html. Exits 1 when any model missed a "
+                    "threshold or failed to run.",
+    )
+    p.add_argument("--baseline", metavar="RUN|FILE", help="training run folder (Keras float) or an fp32 model file")
+    p.add_argument("--models", nargs="+", default=[], metavar="FILE", help=".tflite, .onnx, OpenVINO .xml or folder")
+    p.add_argument("--data", required=True, metavar="PATH", help="dataset (COCO, VOC or YOLO)")
+    p.add_argument("--split", default="test", help="split to evaluate on (default: test)")
+    p.add_argument("--device", metavar="PROFILE", help="device profile: thresholds, delegate and threads")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md/json/html")
+    p.add_argument("--threads", type=int, help="CPU threads for every model (overrides the profile)")
+    p.add_argument("--runs", type=int, default=0, metavar="N",
+                   help="at least N timed calls per model (images are cycled); default: one per image")
+    p.add_argument("--diagnosis", action="append", metavar="[MODEL=]PATH",
+                   help="quantize diagnosis JSON to embed (for every int8 model, or MODEL=PATH); repeatable")
+    p.add_argument("--max-ap-drop", type=float, metavar="FRAC",
+                   help="allowed AP drop vs float as an AP fraction (0.01 = one point); overrides the profile")
+    p.add_argument("--latency-budget", type=float, metavar="MS", help="latency budget in ms; overrides the profile")
+    p.add_argument("--latency-metric", choices=LATENCY_METRICS, help="what the budget applies to (end_to_end.p50)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds per model before it is stopped (❌)")
+    p.add_argument("--no-html", action="store_true", help="skip report.html (no matplotlib needed)")
+    p.set_defaults(func=_validate)
+
+    b = sub.add_parser(
+        "bench", help="latency of several models, interleaved, as a table",
+        description="Latency only: models (and thread counts) are interleaved run by run so machine drift hits "
+                    "them alike; reports medians and ratios against the first model.",
+    )
+    b.add_argument("--models", nargs="+", required=True, metavar="FILE")
+    b.add_argument("--threads", nargs="+", type=int, metavar="N", help="thread counts to compare (each model x each)")
+    b.add_argument("--device", metavar="PROFILE", help="device profile (delegate/threads for its format)")
+    b.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per configuration (default 50)")
+    b.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs per configuration first")
+    b.add_argument("--image", metavar="PATH", help="image to run on (default: a synthetic 640x480 frame)")
+    b.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    b.set_defaults(func=_bench)
+
+
+def _validate(args) -> int:
+    from edgedet.runtime.report_md import md_table, summary_table
+    from edgedet.runtime.validate import validate
+
+    report = validate(
+        args.models, args.data, args.out, baseline=args.baseline, split=args.split, device=args.device,
+        threads=args.threads, runs=args.runs, diagnosis=args.diagnosis, max_ap_drop=args.max_ap_drop,
+        latency_budget_ms=args.latency_budget, latency_metric=args.latency_metric, limit=args.limit,
+        timeout=args.timeout, html=not args.no_html, progress=sys.stderr.isatty(),
+        command="edgedet " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(md_table(*summary_table(report)))
+    for m in report["models"]:
+        if m["status"] == "miss":
+            print(f"❎ {m['name']}: {'; '.join(m['reasons'])}")
+        elif m["status"] == "fail":
+            print(f"❌ {m['name']}: {m['error']}")
+    s = report["summary"]
+    print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.html")
+    return s["exit_code"]
+
+
+def _bench(args) -> int:
+    import json
+
+    from edgedet.runtime.bench import bench, bench_table
+
+    rows = bench(args.models, threads=args.threads, device=args.device, runs=args.runs, warmup=args.warmup,
+                 image=args.image, progress=sys.stderr.isatty())
+    print(bench_table(rows))
+    if args.json:
+        from pathlib import Path
+
+        from edgedet.runtime.report import _atomic_write
+
+        _atomic_write(Path(args.json), json.dumps(rows, indent=1))
+    return 1 if any(r["error"] for r in rows) else 0

@@ -1,0 +1,268 @@
+"""``edgedet validate``: float baseline vs every exported model, same runtime, same images.
+
+Each model (the baseline included) runs in its own worker process
+(:mod:`edgedet.runtime.validate_worker`): one model's native crash cannot take the others down,
+and one model's thread pools and caches do not colour the next one's latency. The parent stays
+TensorFlow-free; only a Keras baseline's worker imports it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgedet.errors import ConfigError, DataError
+from edgedet.runtime.detections import Detections
+from edgedet.runtime.evaluate import EVAL_POSTPROCESS, coco_evaluate
+from edgedet.runtime.report import assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.stats import gmacs_per_second
+from edgedet.runtime.validate_layers import find_diagnosis, load_diagnosis, output_table
+
+KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
+
+
+def model_format(path: str) -> str:
+    p = str(path).rstrip("/")
+    if is_run_dir(p):
+        return "keras"
+    if p.endswith(".tflite"):
+        return "tflite"
+    if p.endswith(".onnx"):
+        return "onnx"
+    if p.endswith(".xml") or os.path.isdir(p):
+        return "openvino"
+    return "unknown"
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "run.json"))
+
+
+def load_samples(data: str, split: str, limit: int | None = None):
+    """``(samples, class_names)`` of one split, checked the way training and ``edgedet eval`` check it."""
+    from edgedet.train.check import load_checked
+
+    ds = load_checked(data)
+    samples = list(ds.split(split))
+    if limit:
+        samples = samples[: int(limit)]
+    if not samples:
+        raise DataError(f"{data}: split {split!r} has no images")
+    return samples, list(ds.class_names)
+
+
+def resolve_thresholds(device: str | None, max_ap_drop=None, latency_budget_ms=None, latency_metric=None):
+    """``(profile or None, thresholds dict)``: the device profile's, overridden by explicit values."""
+    prof = None
+    th = {"device": None, "max_ap_drop": None, "latency_budget_ms": None, "latency_metric": "end_to_end.p50"}
+    if device:
+        from edgedet.devices import load_profile
+
+        prof = load_profile(device)
+        th.update(device=prof.name, max_ap_drop=prof.max_map_drop, latency_budget_ms=prof.latency_ms)
+    if max_ap_drop is not None:
+        if not 0 <= max_ap_drop <= 1:
+            raise ConfigError(f"--max-ap-drop {max_ap_drop}: give an AP fraction in 0..1 (0.01 = one point)")
+        th["max_ap_drop"] = float(max_ap_drop)
+    if latency_budget_ms is not None:
+        th["latency_budget_ms"] = float(latency_budget_ms)
+    if latency_metric:
+        th["latency_metric"] = latency_metric
+    return prof, th
+
+
+def _device_for(path: str, prof, threads):
+    """The profile applies to files its backend runs; other formats run on their CPU default."""
+    if prof is None:
+        return None, threads
+    from edgedet.runtime.detector import backend_for
+
+    try:
+        kind = backend_for(path)
+    except Exception:  # noqa: BLE001 - the worker reports the bad suffix as the model's error
+        return None, threads
+    if kind == prof.backend:
+        return prof.name, threads
+    return None, threads or prof.threads
+
+
+def _crash_text(rc: int, work: Path) -> str:
+    try:
+        name = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
+    except ValueError:
+        name = f"signal {-rc}"
+    log = (work / "crash.log").read_text(errors="replace") if (work / "crash.log").exists() else ""
+    frames = [ln.strip() for ln in log.splitlines() if ln.strip().startswith("File ")]
+    where = f"; in {frames[0]}" if frames else ""
+    return f"worker process crashed ({name}){where}"
+
+
+def run_worker(job: dict, work: Path, timeout: float | None = None) -> tuple[dict, dict | None]:
+    """Run one job in a subprocess; ``(result, npz or None)``. Never raises for model failures."""
+    work.mkdir(parents=True, exist_ok=True)
+    job = dict(job, out=str(work))
+    (work / "job.json").write_text(json.dumps(job))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.validate_worker", str(work / "job.json")],
+                              env=env, timeout=timeout, check=False)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:g} s"}, None
+    res_path = work / "result.json"
+    if not res_path.exists():
+        return {"ok": False, "error": _crash_text(rc, work)}, None
+    result = json.loads(res_path.read_text())
+    npz = None
+    if result.get("ok") and (work / "detections.npz").exists():
+        with np.load(work / "detections.npz") as z:
+            npz = {k: z[k] for k in z.files}
+    return result, npz
+
+
+def _detections(npz: dict, model_labels: list[str], class_names: list[str]) -> list[Detections]:
+    """Per-image Detections with class ids mapped from the model's labels to the dataset's, by name."""
+    index = {n: i for i, n in enumerate(class_names)}
+    if model_labels == class_names:
+        cmap = np.arange(len(class_names))
+    else:
+        missing = [n for n in class_names if n not in model_labels]
+        if len(missing) == len(class_names):
+            raise DataError(f"model labels {model_labels[:5]} share no class with the dataset's {class_names[:5]}")
+        cmap = np.asarray([index.get(n, -1) for n in model_labels] or [-1])
+    out, start = [], 0
+    for n in npz["counts"]:
+        sl = slice(start, start + int(n))
+        start += int(n)
+        cls = npz["classes"][sl]
+        cls = np.where((cls >= 0) & (cls < len(cmap)), cmap[np.clip(cls, 0, len(cmap) - 1)], -1)
+        keep = cls >= 0
+        out.append(Detections(npz["boxes"][sl][keep], npz["scores"][sl][keep], cls[keep].astype(np.int32),
+                              tuple(class_names)))
+    return out
+
+
+def _entry(name, path, role, result, npz, samples, class_names, base_npz, diagnosis_map) -> dict:
+    fmt = model_format(path)
+    meta = result.get("meta") or {}
+    common = {
+        "target": meta.get("target") or ("keras" if fmt == "keras" else None),
+        "quantization": meta.get("quantization"), "file_size_bytes": result.get("file_size_bytes"),
+        "macs": meta.get("macs"),
+        "provenance": result.get("provenance") or {"backend": None, "backend_version": None, "delegate": None,
+                                                   "threads": None, "device": None},
+    }
+    if not result.get("ok"):
+        err = result.get("error") or "failed"
+        if result.get("images_done"):
+            err += f" (after {result['images_done']} of {len(samples)} images)"
+        return failed_entry(name, path, role, fmt, err, **common)
+    try:
+        dets = _detections(npz, meta.get("labels") or class_names, class_names)
+        evaluation = coco_evaluate(samples, dets, class_names)
+    except Exception as exc:  # noqa: BLE001 - e.g. disjoint labels: this model fails, not the run
+        return failed_entry(name, path, role, fmt, f"{type(exc).__name__}: {exc}", **common)
+    t = result["timings"]
+    lat = latency_block(result.get("init_ms"), result.get("first_run_ms"), t["pre"], t["invoke"], t["post"],
+                        t["end_to_end"])
+    p50 = lat["invoke"]["p50"]
+    entry = model_entry(name, path, role, fmt, evaluation, lat,
+                        gmacs_per_s=gmacs_per_second(meta.get("macs"), p50 / 1e3 if p50 else None), **common)
+    if role == "candidate":
+        diag = find_diagnosis(path, meta, diagnosis_map)
+        table = load_diagnosis(diag) if diag else None
+        if table is None and base_npz is not None:
+            table = output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)))
+        entry["layer_errors"] = table
+    return entry
+
+
+def _names(paths: list[str]) -> list[str]:
+    names, seen = [], {}
+    for p in paths:
+        n = os.path.basename(str(p).rstrip("/")) or str(p)
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+    return names
+
+
+def validate(models: list[str], data: str, out: str, baseline: str | None = None, split: str = "test",
+             device: str | None = None, threads: int | None = None, runs: int = 0,
+             diagnosis: list[str] | None = None, max_ap_drop: float | None = None,
+             latency_budget_ms: float | None = None, latency_metric: str | None = None,
+             limit: int | None = None, timeout: float | None = None, html: bool = True,
+             progress: bool = True, command: str | None = None, log=print) -> dict:
+    """Run the comparison and write report.json / report.md / report.html into ``out``.
+
+    Args:
+        models: exported model files (``.tflite``, ``.onnx``, OpenVINO ``.xml``/folder).
+        data: dataset path (any format ``edgedet data`` reads); ``split`` picks the images.
+        out: report folder (created).
+        baseline: training run folder (Keras float) or an fp32 model file; None: no deltas.
+        device: device profile name: thresholds, and backend device/threads for its format.
+        threads: CPU threads for every model (overrides the profile's).
+        runs: minimum timed calls per model (the images are cycled for the extra ones).
+        diagnosis: quantize diagnosis JSON paths, ``PATH`` (every int8 model) or ``MODEL=PATH``.
+        max_ap_drop, latency_budget_ms, latency_metric: override the profile's thresholds.
+        limit: use only the first N images of the split.
+        timeout: seconds per model before it is stopped and marked ❌.
+
+    Returns:
+        The report dict (``report["summary"]["exit_code"]`` is the CLI's exit code).
+    """
+    if not models and not baseline:
+        raise ConfigError("--models: give at least one model file")
+    prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
+    samples, class_names = load_samples(data, split, limit)
+    diag_map: dict[str, str] = {}
+    for d in diagnosis or []:
+        key, sep, val = d.rpartition("=")
+        diag_map[key if sep else "*"] = val
+    for p in diag_map.values():
+        if not os.path.isfile(p):
+            raise ConfigError(f"--diagnosis {p}: no such file")
+    jobs = []
+    if baseline:
+        if not os.path.exists(baseline):
+            raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
+        jobs.append(("baseline", baseline))
+    jobs += [("candidate", m) for m in models]
+    names = _names([p for _, p in jobs])
+    if baseline and is_run_dir(baseline):
+        names[0] = f"float ({os.path.basename(baseline.rstrip('/'))})"
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))
+    base_job = {"images": [s.image_path for s in samples], "eval_post": EVAL_POSTPROCESS, "runs": runs,
+                "keep_outputs": KEEP_OUTPUTS, "progress": progress}
+    entries, base_npz = [], None
+    try:
+        for k, ((role, path), name) in enumerate(zip(jobs, names)):
+            log(f"[{k + 1}/{len(jobs)}] {name}")
+            dev, thr = _device_for(path, prof, threads)
+            kind = "run" if is_run_dir(path) else "file"
+            job = dict(base_job, model=str(path), kind=kind, device=dev, threads=thr)
+            if kind == "run":
+                from edgedet.runtime.validate_keras import run_weights_size
+
+                job["file_size_bytes"] = run_weights_size(path)
+            result, npz = run_worker(job, work_root / f"m{k}", timeout)
+            if role == "baseline" and npz is not None:
+                base_npz = npz
+            entry = _entry(name, str(path), role, result, npz, samples, class_names, base_npz, diag_map)
+            if entry["status"] == "fail":
+                log(f"    ❌ {entry['error']}")
+            entries.append(entry)
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)
+    dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names}
+    report = assemble(entries, dataset, th, command=command)
+    write_report(report, out_dir, html=html)
+    return report

@@ -1,0 +1,191 @@
+"""One model's share of ``edgedet validate``, run in its own process.
+
+``python -m edgedet.runtime.validate_worker JOB.json`` loads one model (a file through
+:class:`~edgedet.runtime.detector.Detector`, or a training run through the same Detector with a
+Keras backend), runs it on every image and writes into the job's ``out`` folder:
+
+* ``result.json``: ``ok``/``error``, init and first-run times, per-call pre/invoke/post/end-to-end
+  samples (ms), provenance, metadata facts (target, quantization, MACs, labels), file size;
+* ``detections.npz``: ``boxes (M, 4)``, ``scores (M,)``, ``classes (M,)`` and ``counts (n_images,)``
+  (detections of image i are the i-th run of ``counts``), plus ``out_<i>_<name>`` dequantised raw
+  outputs ``(H, W, K)`` of the first ``keep_outputs`` images for the per-output error table.
+
+Its own process means a native crash (a delegate's segfault, an abort) takes down only this
+model: the parent sees the signal, reads the faulthandler log and marks the model ❌.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def _one_line(exc: BaseException) -> str:
+    from edgedet.errors import EdgedetError
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return msg if isinstance(exc, EdgedetError) else f"{type(exc).__name__}: {msg}"
+
+
+def file_size(path: str) -> int | None:
+    """Bytes on disk: an OpenVINO ``.xml`` counts its ``.bin``; a folder counts its files."""
+    try:
+        if os.path.isdir(path):
+            return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        size = os.path.getsize(path)
+        if path.endswith(".xml") and os.path.exists(path[:-4] + ".bin"):
+            size += os.path.getsize(path[:-4] + ".bin")
+        return size
+    except OSError:
+        return None
+
+
+def _canonical_outputs(det, outs) -> dict[str, np.ndarray]:
+    """Raw outputs as float32 ``(H, W, K)`` per level, named class_pL / box_pL, dequantised.
+
+    Empty for 4-output (NMS) models, which have no raw outputs to compare.
+    """
+    raw = getattr(det, "_raw", None)
+    if raw is None or getattr(det, "_nms_idx", None) is not None:
+        return {}
+    cls_l, box_l = raw.split(outs, 0)
+    levels = range(det.meta.anchor_config.min_level, det.meta.anchor_config.min_level + len(cls_l))
+    out = {}
+    for prefix, arrays, quant in (("class", cls_l, raw.class_quant), ("box", box_l, raw.box_quant)):
+        for i, (lv, a) in enumerate(zip(levels, arrays)):
+            a = np.asarray(a)
+            q = quant[i] if quant else None
+            if q is not None and np.issubdtype(a.dtype, np.integer):
+                a = (a.astype(np.float32) - q[1]) * q[0]
+            out[f"{prefix}_p{lv}"] = a.astype(np.float32)
+    return out
+
+
+def _load_detector(job: dict):
+    from edgedet.runtime.detector import Detector
+
+    if job["kind"] == "run":
+        from edgedet.runtime.validate_keras import keras_detector
+
+        return keras_detector(job["model"])
+    return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads"))
+
+
+def run_job(job: dict, result: dict) -> dict:
+    """Run one model on the job's images, filling ``result`` as it goes (so a failure part-way
+    still reports provenance and how far it got)."""
+    from edgedet.runtime.preprocess import load_image
+
+    out_dir = job["out"]
+    result.update({"ok": False, "error": None, "images_done": 0, "file_size_bytes": file_size(job["model"])})
+    t0 = time.perf_counter()
+    det = _load_detector(job)
+    result["init_ms"] = (time.perf_counter() - t0) * 1e3
+    meta = det.meta
+    result["meta"] = {"labels": list(det.labels), "target": meta.target or None, "quantization": meta.quantization,
+                      "macs": meta.macs, "model": meta.model, "outputs": meta.outputs,
+                      "input_size": list(meta.input_size), "extra": meta.extra}
+    prov = det.describe()
+    result["provenance"] = {"backend": prov.get("backend"), "backend_version": prov.get("version") or None,
+                            "delegate": prov.get("delegate"), "threads": prov.get("threads"),
+                            "device": prov.get("device")}
+    if job.get("file_size_bytes") is not None:
+        result["file_size_bytes"] = job["file_size_bytes"]
+    deploy = {k: getattr(det, k) for k in ("score_threshold", "iou_threshold", "max_detections", "nms")}
+    evalpost = job["eval_post"]
+    times = {"pre": [], "invoke": [], "post": [], "end_to_end": []}
+    boxes, scores, classes, counts, kept = [], [], [], [], {}
+    cache: list[np.ndarray] = []
+    fault = os.environ.get("EDGEDET_VALIDATE_FAULT", "")  # test hook: "<model basename>:<image index>"
+    n_images = len(job["images"])
+    n_calls = max(n_images, int(job.get("runs") or 0))
+    first_ms = None
+    bar = None
+    if job.get("progress"):
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_calls, desc=os.path.basename(job["model"].rstrip("/"))[:28], unit="img",
+                       leave=False, file=sys.stderr)
+        except ImportError:  # tqdm is optional on a device
+            bar = None
+    for call in range(n_calls):
+        if bar is not None:
+            bar.update(1)
+        i = call % n_images
+        if call < n_images:
+            image = load_image(job["images"][i])
+            if len(cache) < 16:
+                cache.append(image)
+        else:  # extra timing-only calls reuse images already in memory
+            image = cache[call % len(cache)]
+        if fault and fault == f"{os.path.basename(job['model'])}:{call}":
+            os.abort()
+        # One invoke, two decodes: the timed one with the model's deployment settings, then an
+        # untimed one with the evaluation settings (low score floor) for the accuracy numbers.
+        a = time.perf_counter()
+        x, scales, hw = det.preprocess(image)
+        b = time.perf_counter()
+        outs = det.backend.run(x)
+        c = time.perf_counter()
+        det.decode(outs, scales, hw)
+        d = time.perf_counter()
+        if call < n_images:
+            for k, v in evalpost.items():
+                setattr(det, k, v)
+            dets = det.decode(outs, scales, hw)
+            if i < int(job.get("keep_outputs") or 0):
+                for name, arr in _canonical_outputs(det, outs).items():
+                    kept[f"out_{i}_{name}"] = arr
+            for k, v in deploy.items():
+                setattr(det, k, v)
+            boxes.append(np.asarray(dets.boxes, np.float32).reshape(-1, 4))
+            scores.append(np.asarray(dets.scores, np.float32))
+            classes.append(np.asarray(dets.classes, np.int32))
+            counts.append(len(dets))
+            result["images_done"] = i + 1
+        del outs  # zero-copy views must go before the next invoke
+        if call == 0:
+            first_ms = (d - a) * 1e3  # includes lazy allocation/JIT; kept out of the percentiles
+            continue
+        times["pre"].append((b - a) * 1e3)
+        times["invoke"].append((c - b) * 1e3)
+        times["post"].append((d - c) * 1e3)
+        times["end_to_end"].append((d - a) * 1e3)
+    if bar is not None:
+        bar.close()
+    result.update({"ok": True, "first_run_ms": first_ms, "timings": times,
+                   "deploy_postprocess": deploy})
+    np.savez(os.path.join(out_dir, "detections.npz"),
+             boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+             scores=np.concatenate(scores) if scores else np.zeros((0,), np.float32),
+             classes=np.concatenate(classes) if classes else np.zeros((0,), np.int32),
+             counts=np.asarray(counts, np.int64), **kept)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[0], encoding="utf-8") as f:
+        job = json.load(f)
+    out_dir = job["out"]
+    crash_log = open(os.path.join(out_dir, "crash.log"), "w")  # noqa: SIM115 - lives until exit
+    faulthandler.enable(file=crash_log)
+    result: dict = {}
+    try:
+        run_job(job, result)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the model's ❌ error text
+        result.update({"ok": False, "error": _one_line(exc), "traceback": traceback.format_exc()})
+    tmp = os.path.join(out_dir, "result.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    os.replace(tmp, os.path.join(out_dir, "result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""`edgedet bench`: interleaved schedule, medians and ratios on a tiny real LiteRT model."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from edgedet.runtime.bench import bench, bench_table, schedule
+
+
+def test_schedule_interleaves_and_rotates():
+    order = schedule(3, 4)
+    assert order[:6] == [0, 1, 2, 1, 2, 0]
+    assert Counter(order) == {0: 4, 1: 4, 2: 4}  # every configuration runs once per round
+    # each configuration leads a round as often as the others (no one always runs first/last)
+    assert Counter(order[r * 3] for r in range(3)) == {0: 1, 1: 1, 2: 1}
+    assert schedule(1, 3) == [0, 0, 0]
+
+
+@pytest.mark.slow  # converts the tiny model to TFLite on first use (shared with the runtime tests)
+def test_bench_rows_ratios_and_table(rt_models, tmp_path):
+    path = rt_models.tflite("fp32")
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a model")
+    rows = bench([path, str(broken)], threads=[1, 2], runs=6, warmup=1, progress=False)
+    assert [r["threads"] for r in rows[:2]] == [1, 2]
+    ok = [r for r in rows if r["error"] is None]
+    assert len(ok) == 2 and all(r["runs"] == 6 for r in ok)
+    assert rows[0]["ratio_e2e"] == 1.0 and rows[0]["ratio_invoke"] == 1.0
+    assert rows[1]["ratio_e2e"] == pytest.approx(rows[1]["e2e_p50"] / rows[0]["e2e_p50"])
+    for r in ok:
+        assert r["backend"] == "litert" and 0 < r["invoke_p50"] <= r["e2e_p50"] * 1.5
+        assert r["invoke_p90"] >= r["invoke_p50"] and r["init_ms"] > 0
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 2 and all(r["runs"] == 0 and r["ratio_e2e"] is None for r in bad)
+    table = bench_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "1.00x" in table and "❌" in table
+
+
+def test_bench_cli_json(rt_models, tmp_path, capsys):
+    from edgedet.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--models", rt_models.tflite("fp32"), "--runs", "3", "--warmup", "1", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["runs"] == 3
+    assert "e2e vs first" in capsys.readouterr().out
