@@ -70,6 +70,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--score", type=float, default=0.3)
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--cpu", type=int, default=0, help="pin to this core (Linux), -1 = don't pin")
+    ap.add_argument("--model", help="also measure pre/invoke/post of this model file on --image (runtime overhead)")
+    ap.add_argument("--image", help="image for --model (default: first BCCD image in ../shared)")
+    ap.add_argument("--threads", type=int, default=2, help="interpreter threads for --model (default 2)")
     args = ap.parse_args(argv)
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -89,7 +92,59 @@ def main(argv=None) -> dict:
           f"{cand} candidates and {len(d)} detections at score>{args.score}; one core, median of {args.repeats}")
     for k, (w, c) in res.items():
         print(f"  postprocess {k:<22} wall {w:6.3f} ms   cpu {c:6.3f} ms")
+    if args.model:
+        res["model"] = overhead(args.model, args.image, args.threads, max(30, args.repeats // 4), args.score)
     return res
+
+
+def overhead(model: str, image: str | None, threads: int, repeats: int, score: float) -> dict:
+    """Median pre / invoke / post of ``Detector.detect`` on one image; overhead = (pre + post) / invoke.
+
+    Pre and post run on the calling thread, so their CPU time (thread_time) is reported next to
+    wall time; invoke uses ``threads`` interpreter threads and is reported as wall time.
+    """
+    from pathlib import Path
+
+    from edgedet.runtime.detector import Detector
+    from edgedet.runtime.preprocess import load_image
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))  # invoke gets its threads
+    if image is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "JPEGImages"
+        image = str(sorted(shared.glob("*.jpg"))[0])
+    img = load_image(image)
+    det = Detector.from_file(model, threads=threads, score_threshold=score)
+    det.warmup(3)
+    rows = {"pre": [], "invoke": [], "post": [], "pre_cpu": [], "post_cpu": []}
+    for _ in range(repeats):
+        c0 = time.thread_time()
+        x, scales, hw = det.preprocess(img)
+        c1 = time.thread_time()
+        t1 = time.perf_counter()
+        outs = det.backend.run(x)
+        t2 = time.perf_counter()
+        c2 = time.thread_time()
+        dets = det.decode(outs, scales, hw)
+        del outs
+        c3 = time.thread_time()
+        t3 = time.perf_counter()
+        rows["invoke"].append(t2 - t1)
+        rows["post"].append(t3 - t2)
+        rows["pre_cpu"].append(c1 - c0)
+        rows["post_cpu"].append(c3 - c2)
+        t0 = time.perf_counter()
+        det.preprocess(img)
+        rows["pre"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1000 for k, v in rows.items()}
+    ratio = (med["pre_cpu"] + med["post_cpu"]) / med["invoke"]
+    print(f"{model} ({det.meta.target}, {len(det.labels)} classes, {threads} threads) on {Path(image).name} "
+          f"{img.shape[1]}x{img.shape[0]}: {len(dets)} detections; median of {repeats}")
+    print(f"  pre  wall {med['pre']:6.2f} ms  cpu {med['pre_cpu']:6.2f} ms")
+    print(f"  invoke wall {med['invoke']:6.2f} ms")
+    print(f"  post wall {med['post']:6.2f} ms  cpu {med['post_cpu']:6.2f} ms")
+    print(f"  runtime overhead (pre + post CPU) / invoke = {ratio * 100:.1f}%")
+    return {**med, "overhead": ratio}
 
 
 if __name__ == "__main__":

@@ -55,11 +55,15 @@ class InputPlan:
                 luts = [np.clip(np.round((px - m) / s / scale + zp), info.min, info.max) for m, s in zip(self.mean, self.std)]
             self.lut = np.stack(luts).astype(self.dtype)  # (3, 256)
             self.identity = self.dtype == np.uint8 and all(np.array_equal(lut, px) for lut in luts)
+            # Same normalisation on every channel (Lite models: 127/128): one gather, not three.
+            self.lut_shared = bool((self.lut == self.lut[0]).all())
 
     def prepare(self, canvas: np.ndarray) -> np.ndarray:
         """``(B, h, w, 3)`` uint8 -> the model's input tensor (dtype, quantisation, layout)."""
         if self.identity:
             x = canvas
+        elif self.lut is not None and self.lut_shared:
+            x = np.take(self.lut[0], canvas)
         elif self.lut is not None:
             x = np.empty(canvas.shape, self.dtype)
             for c in range(3):
