@@ -117,7 +117,12 @@ def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8
         return {name: out for name, out in zip(names, outs)}
 
     concrete = serve.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    # The converter saves its trackable object as a SavedModel first. Handing it the Keras model
+    # makes it re-trace every layer's call (~1200 traces: ~10x the CPU time of the conversion
+    # itself); a bare module holding only the variables is all the saved function needs.
+    holder = tf.Module()
+    holder.variables_ = list(model.variables)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     if mode == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -125,8 +130,12 @@ def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     elif mode == "int8":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if representative is not None:
+        if not qat:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # For a QAT model TFLITE_BUILTINS_INT8 cannot be requested: TF 2.20's converter
+        # validates it before it has looked at the graph, sees no fake-quant ops and demands a
+        # representative dataset. keras_to_tflite checks the result for float ops instead.
+        if representative is not None and not qat:
             conv.representative_dataset = _representative_fn(representative, shape)
         dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_dtype]
         conv.inference_input_type = dtype
@@ -165,6 +174,63 @@ def rename_outputs(tflite_bytes: bytes, names: list[str]) -> bytes:
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
+def float_ops(tflite_bytes: bytes) -> list[dict]:
+    """Ops of a (supposedly) integer model that still compute in float.
+
+    An op counts as float if any of its input or output tensors is float32/float16, except
+    the boundary QUANTIZE (float graph input -> int) and DEQUANTIZE (int -> float graph
+    output) of a model with float I/O.
+
+    Returns:
+        ``[{"index": i, "op": "LOGISTIC", "outputs": ["tensor name", ...]}]`` in graph order.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sub = model.subgraphs[0]
+    float_types = {0, 1}  # TensorType.FLOAT32, FLOAT16
+    graph_in, graph_out = set(sub.inputs), set(sub.outputs)
+    found = []
+    for i, op in enumerate(sub.operators):
+        name = fbu.opcode_to_name(model, op.opcodeIndex)
+        ins = [t for t in op.inputs if t >= 0]
+        outs = list(op.outputs)
+        if name == "QUANTIZE" and set(ins) <= graph_in:
+            continue
+        if name == "DEQUANTIZE" and set(outs) <= graph_out:
+            continue
+        if any(sub.tensors[t].type in float_types for t in ins + outs):
+            found.append({"index": i, "op": name, "outputs": [_tensor_name(sub.tensors[t]) for t in outs]})
+    return found
+
+
+def op_counts(tflite_bytes: bytes) -> dict[str, int]:
+    """``{op name: count}`` of subgraph 0 (e.g. ``{"CONV_2D": 40, "ADD": 12}``)."""
+    from collections import Counter
+
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    return dict(Counter(fbu.opcode_to_name(model, op.opcodeIndex) for op in model.subgraphs[0].operators))
+
+
+def interpreter(tflite_bytes: bytes, num_threads: int | None = None):
+    """An allocated LiteRT interpreter (ai_edge_litert, else tf.lite) for in-memory bytes."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - tensorflow's bundled interpreter
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    it = Interpreter(model_content=bytes(tflite_bytes), num_threads=num_threads)
+    it.allocate_tensors()
+    return it
+
+
+def _tensor_name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
 def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
     """Convert a tf_keras model to a TFLite flatbuffer.
 
@@ -194,4 +260,12 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
     except Exception as exc:  # converter errors are multi-line MLIR dumps; keep the gist
         first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise ToolchainError(f"TFLite {mode} conversion failed: {first[:300]}") from exc
-    return rename_outputs(raw, names)
+    out = rename_outputs(raw, names)
+    if mode == "int8":
+        islands = float_ops(out)
+        if islands:
+            desc = ", ".join(f"{f['op']}->{f['outputs'][0] if f['outputs'] else '?'}" for f in islands[:5])
+            raise ToolchainError(
+                f"int8 conversion left {len(islands)} float op(s) ({desc}); a layer lacks quantization ranges"
+            )
+    return out
