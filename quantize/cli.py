@@ -1,0 +1,127 @@
+"""``edgedet quantize {qat,ptq,diagnose}``. Import-light: TensorFlow loads inside the handlers."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def register(sub) -> None:
+    q = sub.add_parser("quantize", help="int8 quantization: QAT fine-tuning, post-training int8/fp16/dynamic, diagnosis",
+                       description="Quantization-aware training, post-training quantization and a per-layer diagnosis.")
+    qs = q.add_subparsers(dest="quantize_command", metavar="{qat,ptq,diagnose}")
+    q.set_defaults(func=lambda args: (q.print_help(), 2)[1])
+
+    p = qs.add_parser("qat", formatter_class=_RAW, help="fine-tune a float run with quantization-aware training",
+                      description="Fine-tune a float run (edgedet train) with fake-quant (tfmot), short low-LR schedule. "
+                                  "Writes a new run folder (kind qat) that `edgedet convert` turns into a full-integer "
+                                  "TFLite without calibration data.",
+                      epilog="example:\n  edgedet quantize qat --weights runs/bccd --data data/bccd --out runs/bccd_qat")
+    p.add_argument("--weights", metavar="RUN", help="float run folder to start from")
+    p.add_argument("--data", default=None, help="dataset (default: the run's own)")
+    p.add_argument("--out", metavar="RUN_QAT", help="QAT run folder to create")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs [5]")
+    p.add_argument("--batch", type=int, default=None, help="batch size [the float run's]")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate [the float run's / 10]")
+    p.add_argument("--train-bn", action="store_true",
+                   help="update BatchNorm statistics (default: frozen, the statistics the converter folds)")
+    p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
+                   help="freeze the backbone weights (its fake-quant ranges still adapt)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MIN", help="wall-clock budget in minutes")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", metavar="RUN_QAT", help="continue an interrupted QAT run")
+    p.set_defaults(func=_qat)
+
+    t = qs.add_parser("ptq", formatter_class=_RAW, help="post-training quantization to int8 (calibrated), fp16 and dynamic-range TFLite",
+                      description="Calibrate a full-integer TFLite on a seeded sample of the dataset's train split "
+                                  "(runtime pre-processing), and write fp16 / dynamic-range variants.",
+                      epilog="example:\n  edgedet quantize ptq --weights runs/bccd --data data/bccd --out runs/bccd/ptq")
+    t.add_argument("--weights", required=True, metavar="RUN", help="float run folder")
+    t.add_argument("--data", required=True, help="calibration data: dataset (train split), image folder or .txt list")
+    t.add_argument("--out", default=None, help="output folder [RUN/ptq]")
+    t.add_argument("--modes", default="int8,fp16,dynamic", help="comma-separated: int8, fp16, dynamic [all]")
+    t.add_argument("--calib-count", type=int, default=300, metavar="N", help="calibration images [300]")
+    t.add_argument("--seed", type=int, default=0, help="calibration sampling seed [0]")
+    t.add_argument("--batch", type=int, default=8, help="calibration batch; a smaller calibration set is an error [8]")
+    t.add_argument("--io", default="uint8", choices=["uint8", "int8"], help="int8 model input/output type [uint8]")
+    t.set_defaults(func=_ptq)
+
+    d = qs.add_parser("diagnose", formatter_class=_RAW, help="float vs int8 layer by layer, worst tensors, selective float fallback",
+                      description="Per-tensor RMSE/scale (TFLite QuantizationDebugger; ~0.29 is healthy), the ten worst "
+                                  "tensors, and whether keeping them float recovers the mAP. Writes diagnosis.md/json.",
+                      epilog="example:\n  edgedet quantize diagnose --weights runs/bccd --data data/bccd")
+    d.add_argument("--weights", required=True, metavar="RUN", help="float (or QAT) run folder")
+    d.add_argument("--data", required=True, help="dataset: train split calibrates, --split is evaluated")
+    d.add_argument("--out", default=None, help="output folder [RUN/diagnosis]")
+    d.add_argument("--target", default="tflite",
+                   help="deployment target; selective float fallback is not offered for edgetpu [tflite]")
+    d.add_argument("--calib-count", type=int, default=300, metavar="N")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--debug-images", type=int, default=32, help="images for per-tensor statistics [32]")
+    d.add_argument("--split", default="test", help="split the mAP is measured on [test]")
+    d.add_argument("--eval-limit", type=int, default=None, metavar="N", help="evaluate on at most N images")
+    d.add_argument("--no-eval", action="store_true", help="skip the mAP evaluation (per-tensor table only)")
+    d.add_argument("--json", action="store_true", help="print the diagnosis JSON")
+    d.set_defaults(func=_diagnose)
+
+
+def _setup_env() -> None:
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _qat(args) -> int:
+    from edgedet.errors import ConfigError
+
+    _setup_env()
+    from edgedet.quantize.qat import qat, resume_qat
+
+    if args.resume:
+        best = resume_qat(args.resume, progress=not args.no_progress)
+    else:
+        if not args.weights or not args.out:
+            raise ConfigError("edgedet quantize qat needs --weights RUN and --out RUN_QAT (or --resume RUN_QAT)")
+        best = qat(args.weights, args.out, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                   train_bn=args.train_bn, freeze_backbone=args.freeze_backbone, time_limit=args.time_limit,
+                   seed=args.seed, progress=not args.no_progress)
+    m = (best or {}).get("metrics") or {}
+    if m:
+        print(f"best epoch {best.get('epoch')}: val AP {m.get('AP', float('nan')):.4f} (QAT Keras model)")
+    out = args.resume or args.out
+    print(f"next: edgedet convert --weights {out} --target tflite-int8")
+    return 0
+
+
+def _ptq(args) -> int:
+    _setup_env()
+    from edgedet.quantize.ptq import ptq
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rep = ptq(args.weights, args.data, args.out, modes=modes, count=args.calib_count, seed=args.seed,
+              batch=args.batch, io_dtype=args.io)
+    for mode, a in rep["artifacts"].items():
+        print(f"{mode:<8} {a['bytes'] / 1e6:7.2f} MB  {a['path']}")
+    return 0
+
+
+def _diagnose(args) -> int:
+    _setup_env()
+    from edgedet.quantize.diagnose import diagnose
+
+    d = diagnose(args.weights, args.data, args.out, target=args.target, count=args.calib_count, seed=args.seed,
+                 batch=args.batch, debug_images=args.debug_images, split=args.split, eval_limit=args.eval_limit,
+                 evaluate=not args.no_eval)
+    if args.json:
+        import json
+
+        print(json.dumps({k: v for k, v in d.items() if k != "all_layers"}, indent=2))
+    else:
+        from edgedet.quantize.diagnose import to_markdown
+
+        sys.stdout.write(to_markdown(d))
+    return 0

@@ -1,0 +1,215 @@
+"""Quantization-aware fine-tuning of a float run (``edgedet quantize qat``).
+
+The float run's model is made quantization-aware (:func:`edgedet.quantize.configs.quantize_model`:
+fake-quant on weights and activations exactly where the int8 TFLite graph quantizes) and
+fine-tuned with the trainer's own loop (:class:`edgedet.train.trainer.Trainer`: same loss,
+SGD, EMA, clipping, checkpoints, resume, evaluation), with a short low-LR schedule:
+
+* ``epochs`` 5, peak LR = the float run's LR / 10, warm-up 0.1 epoch, cosine decay;
+* BatchNorm frozen (inference mode, moving statistics fixed) unless ``train_bn``: the
+  converter folds BN with its *moving* statistics, so training against them means the
+  fake-quant sees the folded conv the device will run; small batches also make batch
+  statistics noisy;
+* augmentation (jitter, flip), seed and batch are the float run's unless overridden.
+
+The result is a run folder like the trainer's (``run.json`` with ``kind: "qat"``,
+``source_run``, ``best/last.weights.h5`` of the QAT model, ``state.npz`` for ``--resume``).
+:func:`load_qat_model` rebuilds it; ``edgedet.train.checkpoint.load_run`` delegates here.
+"""
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+from edgedet.errors import ConfigError, DataError, ModelFileError
+
+DEFAULT_EPOCHS = 5
+LR_FACTOR = 0.1
+WARMUP_EPOCHS = 0.1
+
+
+def _require_float(run_dir) -> dict:
+    from edgedet.train.checkpoint import read_run_json
+
+    data = read_run_json(run_dir)
+    if data.get("kind", "float") == "qat":
+        raise ConfigError(f"--weights {run_dir}: already a QAT run; QAT starts from a float run (its source was "
+                          f"{data.get('source_run', 'unknown')})")
+    return data
+
+
+def qat_options(weights: str, out: str, data: str | None = None, epochs: int | None = None, batch: int | None = None,
+                lr: float | None = None, freeze_backbone: str | None = None, time_limit: float | None = None,
+                seed: int | None = None, progress: bool = True):
+    """TrainOptions for fine-tuning the float run ``weights`` into ``out``.
+
+    Starts from the float run's own training options (augmentation, batch, seed, classes) and
+    applies the QAT schedule. ``data`` defaults to the run's dataset.
+    """
+    from edgedet.train.trainer import TrainOptions
+
+    src = _require_float(weights)
+    base = TrainOptions.from_dict({**(src.get("train") or {}), "data": "", "out": ""})
+    data = data or src.get("dataset")
+    if not data:
+        raise ConfigError(f"--weights {weights}: run.json names no dataset; pass --data PATH")
+    opts = TrainOptions.from_dict(base.to_dict())
+    opts.data, opts.out = str(data), str(out)
+    opts.model = src.get("variant", base.model)
+    opts.image_size = src.get("image_size", base.image_size)
+    opts.epochs = int(epochs or DEFAULT_EPOCHS)
+    if batch:
+        opts.batch = int(batch)
+    opts.lr = float(lr) if lr else base.base_lr * LR_FACTOR
+    opts.warmup_epochs = WARMUP_EPOCHS
+    opts.freeze_backbone = freeze_backbone
+    opts.backbone_weights = None
+    opts.time_limit = time_limit
+    opts.classes = list(src.get("class_names") or []) or None
+    if seed is not None:
+        opts.seed = int(seed)
+    opts.progress = progress
+    if opts.epochs < 1 or opts.batch < 1:
+        raise ConfigError("--epochs and --batch must be >= 1")
+    return opts
+
+
+def _trainer_class():
+    from edgedet.train.trainer import Trainer
+
+    class QATTrainer(Trainer):
+        """The trainer with the model swapped for the QAT version of a float run."""
+
+        def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None):
+            super().__init__(opts, resume=resume, log=log)
+            self.source_run = str(source_run)
+            self.train_bn = bool(train_bn)
+
+        def _load_data(self):
+            super()._load_data()
+            want = list(self.opts.classes or [])
+            if want and list(self.dataset.class_names) != want:
+                raise DataError(f"--data {self.opts.data}: classes {list(self.dataset.class_names)} differ from the "
+                                f"float run's {want}")
+
+        def _build(self, state_meta):
+            import tensorflow as tf
+            import tf_keras as keras
+
+            from edgedet.quantize.configs import quantize_model
+            from edgedet.train.checkpoint import load_run
+            from edgedet.train.input import steps_per_epoch
+            from edgedet.train.schedule import WeightEMA
+            from edgedet.train.trainer import freeze_layers, make_strategy
+
+            o = self.opts
+            _require_float(self.source_run)
+            self.strategy = make_strategy(o.strategy)
+            self.replicas = self.strategy.num_replicas_in_sync
+            if o.batch % self.replicas:
+                raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
+            self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
+            self.epochs = int((state_meta or {}).get("epochs", o.epochs))
+            self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+            keras.utils.set_random_seed(o.seed)
+            with self.strategy.scope():
+                float_model, info = load_run(self.source_run)
+                self.cfg = info.config
+                self.source_info = info
+                self.model = quantize_model(float_model)
+                del float_model
+                inner = [getattr(layer, "layer", layer) for layer in self.model.layers]
+                self.frozen = freeze_layers(types.SimpleNamespace(layers=inner), o.freeze_backbone)
+                if not self.train_bn:
+                    for layer in inner:
+                        if isinstance(layer, keras.layers.BatchNormalization):
+                            layer.trainable = False  # inference-mode BN: the statistics the converter folds
+                self.tvars = list(self.model.trainable_variables)
+                self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
+                self.optimizer.build(self.tvars)
+                # tfmot's integer step counters cannot be averaged; EMA the float variables only.
+                self.ema = WeightEMA([w for w in self.model.weights if w.dtype.is_floating], o.ema_decay)
+            self._tf = tf
+
+        def _write_run_json(self, epochs_done, best, status):
+            import json
+
+            from edgedet.train import checkpoint as ckpt
+
+            super()._write_run_json(epochs_done, best, status)
+            path = self.out / ckpt.RUN_JSON
+            data = json.loads(path.read_text())
+            info = self.source_info
+            data.update({
+                "kind": "qat",
+                "source_run": os.path.abspath(self.source_run),
+                "source_weights_sha256": info.weights_sha256,
+                "source_metrics": dict(info.metrics or {}),
+                "qat": {"train_bn": self.train_bn, "lr_factor": LR_FACTOR, "scheme": "tfmot default 8-bit"},
+            })
+            ckpt.atomic_write_json(path, data)
+
+    return QATTrainer
+
+
+def qat(weights: str, out: str, data: str | None = None, epochs: int | None = None, batch: int | None = None,
+        lr: float | None = None, train_bn: bool = False, freeze_backbone: str | None = None,
+        time_limit: float | None = None, seed: int | None = None, progress: bool = True, log=None) -> dict:
+    """Fine-tune float run ``weights`` with QAT into the new run folder ``out``.
+
+    Returns:
+        The best-epoch record ``{"epoch", "metrics"}`` (val metrics of the QAT Keras model).
+
+    Raises:
+        ConfigError: ``weights`` is already a QAT run, ``out`` already holds a run, bad options.
+    """
+    opts = qat_options(weights, out, data, epochs, batch, lr, freeze_backbone, time_limit, seed, progress)
+    return _trainer_class()(opts, weights, train_bn=train_bn, log=log).run()
+
+
+def resume_qat(run_dir: str, progress: bool = True, log=None) -> dict:
+    """Continue an interrupted ``qat`` run (everything from its run.json)."""
+    from edgedet.train.checkpoint import read_run_json
+    from edgedet.train.trainer import resume_options
+
+    data = read_run_json(run_dir)
+    if data.get("kind") != "qat":
+        raise ConfigError(f"--resume {run_dir}: not a QAT run (use `edgedet train --resume` for float runs)")
+    opts = resume_options(run_dir)
+    opts.progress = progress
+    train_bn = bool((data.get("qat") or {}).get("train_bn", False))
+    return _trainer_class()(opts, data["source_run"], train_bn=train_bn, resume=True, log=log).run()
+
+
+def load_qat_model(run_dir, which: str = "best"):
+    """Rebuild a QAT run's model with its weights (what ``load_run`` returns for kind "qat").
+
+    Returns:
+        ``(qat_model, RunInfo)``; the model takes normalised ``(B, S, S, 3)`` input and has the
+        10 raw outputs (layer names ``quant_class_p3`` ...).
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from edgedet.model import build_model
+    from edgedet.model.config import ModelConfig
+    from edgedet.quantize.configs import quantize_model
+    from edgedet.train.checkpoint import BEST, LAST, RUN_JSON, RunInfo, read_run_json, sha256_file
+
+    run_dir = Path(run_dir)
+    data = read_run_json(run_dir)
+    try:
+        cfg = ModelConfig.from_dict(data["model_config"])
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{run_dir / RUN_JSON}: no valid model_config ({exc})") from exc
+    weights = run_dir / ((data.get("weights") or {}).get(which) or (BEST if which == "best" else LAST))
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: weights file missing")
+    model = quantize_model(build_model(cfg))
+    try:
+        model.load_weights(str(weights))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights}: cannot load QAT weights ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+    info = RunInfo(run_dir=run_dir, config=cfg, class_names=list(data.get("class_names", [])),
+                   metrics=dict((data.get("best") or {}).get("metrics", {})), kind="qat",
+                   weights_path=weights, weights_sha256=sha256_file(weights), data=data)
+    return model, info
