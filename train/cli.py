@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder / COCO json / YOLO yaml")
     p.add_argument("--model", default="lite0", help="variant (lite0..lite4, d0..d7, test) [lite0]")
     p.add_argument("--image-size", type=int, default=None, help="square input side (default: the variant's)")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=None, help="epochs [50]; with --resume: the new total")
     p.add_argument("--batch", type=int, default=8, help="global batch size [8]")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate [0.08 * batch / 64]")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -70,14 +70,14 @@ def _train(args) -> int:
         opts = resume_options(args.resume)
         if args.no_progress:
             opts.progress = False
-        best = train(opts, resume=True)
+        best = train(opts, resume=True, epochs=args.epochs)
     else:
         if not args.data or not args.out:
             raise ConfigError("edgedet train needs --data PATH and --out RUN (or --resume RUN)")
         from edgedet.train.trainer import TrainOptions, train
 
         opts = TrainOptions(
-            data=args.data, out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs,
+            data=args.data, out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs or 50,
             batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_backbone=args.freeze_backbone,
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
             strategy=args.strategy, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),

@@ -116,8 +116,8 @@ def freeze_layers(model, spec: str | None) -> int:
 class Trainer:
     """Builds everything for one run and trains it. See :func:`train`."""
 
-    def __init__(self, opts: TrainOptions, resume: bool = False, log=None):
-        self.opts, self.resume = opts, resume
+    def __init__(self, opts: TrainOptions, resume: bool = False, log=None, epochs: int | None = None):
+        self.opts, self.resume, self.epochs_override = opts, resume, epochs
         self.out = Path(opts.out)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
 
@@ -151,7 +151,8 @@ class Trainer:
         if o.batch % self.replicas:
             raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
-        self.epochs = int((state_meta or {}).get("epochs", o.epochs))  # --time-limit may have shortened it
+        # --time-limit may have shortened the run; `--resume RUN --epochs N` sets a new length
+        self.epochs = int(self.epochs_override or (state_meta or {}).get("epochs", o.epochs))
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         bw = o.backbone_weights if o.backbone_weights not in (None, "", "none") else None
         keras.utils.set_random_seed(o.seed)  # same initial head weights for the same --seed
@@ -436,7 +437,7 @@ class Trainer:
                 "lr": float(np.float32(lr)),
                 "epoch_s": round(time.time() - t0, 1),
                 # steady-state epoch time (the first step of a session includes tf.function tracing)
-                "est_epoch_s": float(np.median(step_times[1:] or step_times)) * self.steps_per_epoch}
+                "est_epoch_s": float(np.mean(step_times[1:] or step_times)) * self.steps_per_epoch}
 
 
 def _summary(m: dict) -> dict:
@@ -447,9 +448,12 @@ def _summary(m: dict) -> dict:
     return out
 
 
-def train(opts: TrainOptions, resume: bool = False, log=None) -> dict:
-    """Train (or resume) a run; returns the best-epoch record ``{"epoch", "metrics"}``."""
-    return Trainer(opts, resume=resume, log=log).run()
+def train(opts: TrainOptions, resume: bool = False, log=None, epochs: int | None = None) -> dict:
+    """Train (or resume) a run; returns the best-epoch record ``{"epoch", "metrics"}``.
+
+    ``epochs`` with ``resume`` changes the run's length (e.g. to train a finished run longer).
+    """
+    return Trainer(opts, resume=resume, log=log, epochs=epochs).run()
 
 
 def resume_options(run_dir) -> TrainOptions:

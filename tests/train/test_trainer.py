@@ -93,13 +93,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained_run, tmp_path):
     run = tmp_path / "nan_run"
     shutil.copytree(trained_run, run)
     data = json.loads((run / "run.json").read_text())
-    data["train"].update(lr=1e12, epochs=3, warmup_epochs=0)
+    data["train"].update(lr=1e12, warmup_epochs=0)
     (run / "run.json").write_text(json.dumps(data))
     before = {n: ckpt.sha256_file(run / n) for n in ("best.weights.h5", "last.weights.h5", "state.npz")}
     from edgedet.train.trainer import resume_options
 
     with pytest.raises(TrainingDiverged) as exc:
-        train(resume_options(run), resume=True, log=lambda m: None)
+        train(resume_options(run), resume=True, log=lambda m: None, epochs=3)
     msg = str(exc.value)
     assert "nan" in msg.lower() and "epoch 3" in msg and "--lr" in msg and "\n" not in msg
     assert {n: ckpt.sha256_file(run / n) for n in before} == before
