@@ -141,7 +141,7 @@ def load_run(run_dir, which: str = "best"):
     if data.get("kind", "float") == "qat":
         from edgedet.quantize.qat import load_qat_model
 
-        return load_qat_model(run_dir)
+        return load_qat_model(run_dir, which=which)
     from edgedet.model import build_model
     from edgedet.model.config import ModelConfig
 
