@@ -48,7 +48,7 @@ class OpenVINOBackend(Backend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{xml}: cannot read OpenVINO model ({first[:200]})") from exc
         config = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads and dev in ("CPU", "AUTO"):
+        if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             self.compiled = core.compile_model(model, dev, config)
