@@ -20,14 +20,21 @@ from edgedet.runtime.metadata import META_KEY, ModelMeta
 
 def _nncf_quantize(ctx, ov_model) -> tuple[object, dict]:
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     cal = ctx.calibration("NCHW" if ctx.source.meta.layout == "NCHW" else "NHWC")
     arrays = list(cal.arrays())
+    # OverflowFix.ENABLE: 7-bit weights in every layer (NNCF's default fixes only the first).
+    # On x86 without VNNI the u8 x s8 dot products saturate int16 otherwise; measured on the
+    # test model: box deltas off by 0.52 (range 1.0) with the default, 0.025 with ENABLE.
+    params = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     try:
-        q = nncf.quantize(ov_model, nncf.Dataset(arrays), subset_size=len(arrays), preset=nncf.QuantizationPreset.MIXED)
+        q = nncf.quantize(ov_model, nncf.Dataset(arrays), subset_size=len(arrays), preset=nncf.QuantizationPreset.MIXED,
+                          advanced_parameters=params)
     except Exception as exc:  # noqa: BLE001
         raise ToolchainError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from exc
-    return q, {"method": "nncf-ptq", "tool": f"nncf {nncf.__version__}", "preset": "mixed", "calibration": cal.describe()}
+    return q, {"method": "nncf-ptq", "tool": f"nncf {nncf.__version__}", "preset": "mixed", "overflow_fix": "enable",
+               "calibration": cal.describe()}
 
 
 def export_openvino(ctx, target, tmp_dir: str, meta: ModelMeta) -> None:

@@ -1,0 +1,151 @@
+"""Fixtures for the convert tests: a tiny run folder and its exports, built once per session.
+
+The run is the ``test-lite`` row (relu6, sum fusion) at 128 px with 3 classes. A freshly
+initialised detector is a poor stand-in for a trained one: its activations shrink layer by
+layer (head features ~1e-3) and it predicts the focal-loss prior everywhere (every logit
+~ -4.6), so int8 parity checks would be either vacuous or meaningless. The fixture therefore
+(1) sets every BatchNorm's moving statistics to the real statistics of a few images (one
+forward pass in training mode with momentum 0), as training would, and (2) rescales the two
+predictor convs so class logits spread over a few units and box deltas over a few tenths.
+Everything else is the real architecture and the real export path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SIZE = 128
+LABELS = ["RBC", "WBC", "Platelets"]
+BN_MIX = 0.5
+
+
+def make_run(out: Path, variant: str = "test-lite", num_classes: int = 3, image_size: int | None = SIZE,
+             seed: int = 0, labels=None) -> Path:
+    """Write a run folder (run.json + best.weights.h5) the way ``edgedet train`` does."""
+    import tensorflow as tf
+
+    from edgedet.model import build_model, get_config
+    from edgedet.train import checkpoint as ck
+
+    tf.keras.utils.set_random_seed(seed)
+    cfg = get_config(variant, num_classes=num_classes, image_size=image_size)
+    model = build_model(cfg)
+    rng = np.random.default_rng(seed)
+    x = _images(cfg.image_size, rng)
+    bns = [l for l in model.layers if "BatchNormalization" in type(l).__name__]
+    for bn in bns:
+        bn.momentum = BN_MIX
+    model(x, training=True)  # moving mean/var := BN_MIX * init + (1 - BN_MIX) * data, layer by layer
+    for bn in bns:
+        bn.momentum = 0.99
+    for kind, target_std, bias in (("class", 2.0, -2.0), ("box", 0.3, 0.0)):
+        layer = model.get_layer(f"{kind}_net_predict_pw")
+        k, b = layer.get_weights()
+        k = rng.normal(0, 1.0, k.shape).astype(np.float32)
+        layer.set_weights([k, np.full_like(b, bias)])
+        outs = model(x[:2])
+        idx = 0 if kind == "class" else len(outs) // 2
+        std = float(np.std(outs[idx].numpy()))
+        layer.set_weights([k * (target_std / max(std, 1e-6)), np.full_like(b, bias)])
+    out.mkdir(parents=True, exist_ok=True)
+    ck.save_weights(model, out / ck.BEST)
+    labels = list(labels or (LABELS if num_classes == 3 else [f"class{i}" for i in range(num_classes)]))
+    data = {
+        "kind": "float", "variant": cfg.name, "image_size": cfg.image_size, "num_classes": cfg.num_classes,
+        "class_names": labels, "mean": list(cfg.mean), "std": list(cfg.std), "model_config": cfg.to_dict(),
+        "dataset": str(Path(os.environ.get("EDGEDET_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "datasets" / "bccd"),
+        "best": {"epoch": 1, "metrics": {"AP": 0.25, "AP50": 0.5}}, "weights": {"best": ck.BEST},
+        "weights_sha256": ck.sha256_file(out / ck.BEST),
+    }
+    (out / ck.RUN_JSON).write_text(json.dumps(data, indent=2))
+    return out
+
+
+def _images(size: int, rng) -> np.ndarray:
+    """``(N, S, S, 3)`` normalised real images (BCCD train split when present, else smooth noise)."""
+    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+
+    root = Path(os.environ.get("EDGEDET_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "datasets" / "bccd"
+    names = (root / "ImageSets" / "Main" / "train.txt").read_text().split()[:8] if (root / "ImageSets").is_dir() else []
+    if names:
+        return np.stack([normalize(letterbox(load_image(root / "JPEGImages" / f"{n}.jpg"), (size, size))[0]) for n in names])
+    low = rng.normal(0, 0.6, (8, size // 16, size // 16, 3)).astype(np.float32)
+    return np.repeat(np.repeat(low, 16, axis=1), 16, axis=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def bccd_images(bccd) -> list[str]:
+    """A few BCCD test-split images (real microscope pictures, 640x480)."""
+    names = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()[:4]
+    return [str(bccd / "JPEGImages" / f"{n}.jpg") for n in names]
+
+
+ALL_TARGETS = [
+    "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "edgetpu",
+    "onnx", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
+]
+
+
+@pytest.fixture(scope="session")
+def calib_dir(bccd) -> str:
+    """The BCCD dataset root: convert uses its train split for calibration."""
+    return str(bccd)
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_run, calib_dir, tmp_path_factory):
+    """Every target of the tiny run, through the same API the CLI uses (one session-wide call)."""
+    from edgedet.convert.api import convert
+
+    out = tmp_path_factory.mktemp("exports")
+    lines: list[str] = []
+    arts, source = convert(ALL_TARGETS, weights=str(tiny_run), calib_data=calib_dir, calib_count=24, out_dir=str(out), log=lines.append)
+    return {"paths": {a.target: a.path for a in arts}, "artifacts": arts, "source": source, "log": lines, "out": out}
+
+
+def keras_outputs(run, x):
+    """Float reference: the run's Keras model on normalised ``(1, S, S, 3)`` input."""
+    from edgedet.train.checkpoint import load_run
+
+    model, _ = _cached_run(str(run))
+    return [o.numpy() for o in model(x, training=False)]
+
+
+_RUNS: dict = {}
+
+
+def _cached_run(run: str):
+    if run not in _RUNS:
+        from edgedet.train.checkpoint import load_run
+
+        _RUNS[run] = load_run(run)
+    return _RUNS[run]
+
+
+def normalised(path: str, size: int = SIZE):
+    """An image letterboxed and normalised like the runtime does it: ``(1, S, S, 3)`` float32."""
+    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+
+    canvas, _ = letterbox(load_image(path), (size, size), (127.0, 127.0, 127.0))
+    return normalize(canvas, (127.0,) * 3, (128.0,) * 3)[None]
+
+
+@pytest.fixture(scope="session")
+def cv():
+    """Helpers for the convert tests (test modules cannot import conftest under importlib mode)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ALL_TARGETS=ALL_TARGETS, LABELS=LABELS, SIZE=SIZE, make_run=make_run,
+                           keras_outputs=keras_outputs, normalised=normalised)

@@ -1,0 +1,110 @@
+"""The target registry drives names, help, validation and toolchain checks (no conversions here)."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from edgedet.convert import registry
+from edgedet.convert.api import check_needs, convert
+from edgedet.errors import ConfigError, ToolchainError
+
+EXPECTED = [
+    "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "edgetpu",
+    "onnx", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
+]
+
+
+def test_every_target_registered_once_in_order():
+    assert registry.target_names() == EXPECTED
+
+
+def test_file_naming():
+    t = registry.get_target
+    assert t("tflite-int8").filename("lite0") == "lite0_tflite-int8.tflite"
+    assert t("edgetpu").filename("lite0") == "lite0_edgetpu.tflite"
+    assert t("onnx-int8").filename("lite0") == "lite0_onnx-int8.onnx"
+    assert t("openvino-fp16").filename("lite0") == "lite0_openvino-fp16"
+    assert t("openvino-fp16").is_folder and not t("onnx").is_folder
+    names = {registry.TARGETS[n].filename("x") for n in EXPECTED}
+    assert len(names) == len(EXPECTED)  # no two targets write the same file
+
+
+def test_needs():
+    int8 = {n for n, t in registry.TARGETS.items() if t.needs == "calib|qat"}
+    assert int8 == {"tflite-int8", "edgetpu", "onnx-int8", "openvino-int8"}
+
+
+def test_unknown_target_did_you_mean():
+    with pytest.raises(ConfigError) as e:
+        registry.get_target("tflite-in8")
+    msg = str(e.value)
+    assert "did you mean 'tflite-int8'" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="openvino-fp16"):
+        registry.resolve_targets(["onnx", "openvino_fp16"])
+
+
+def test_resolve_dedups_and_keeps_order():
+    ts = registry.resolve_targets(["onnx", "tflite-fp32", "onnx"])
+    assert [t.name for t in ts] == ["onnx", "tflite-fp32"]
+
+
+def test_help_lists_every_target():
+    text = registry.help_text()
+    for n in EXPECTED:
+        assert n in text
+
+
+def test_missing_toolchain_names_pip_package(monkeypatch):
+    real = importlib.util.find_spec
+
+    def fake(name, *a, **k):
+        return None if name == "openvino" else real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    with pytest.raises(ToolchainError) as e:
+        registry.get_target("openvino-fp32").check_toolchain()
+    assert "pip install openvino" in str(e.value) and "\n" not in str(e.value)
+    # convert() checks toolchains before loading anything (the run folder need not exist)
+    with pytest.raises(ToolchainError, match="openvino"):
+        convert(["onnx", "openvino-fp16"], weights="/nonexistent/run")
+
+
+def test_int8_needs_qat_or_calibration():
+    ts = registry.resolve_targets(["tflite-fp32", "tflite-int8"])
+    with pytest.raises(ConfigError) as e:
+        check_needs(ts, "float", None)
+    assert "--calib-data" in str(e.value) and "QAT" in str(e.value) and "\n" not in str(e.value)
+    check_needs(ts, "qat", None)
+    check_needs(ts, "float", "some/folder")
+
+
+def test_device_profile_targets_are_registered():
+    devices = pytest.importorskip("edgedet.devices")
+    for prof in devices.load_all():
+        for t in prof.targets:
+            registry.get_target(t)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgedet", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_cli_help_and_errors(tmp_path):
+    r = _cli("convert", "--help")
+    assert r.returncode == 0
+    for n in EXPECTED:
+        assert n in r.stdout
+    r = _cli("convert", "--weights", str(tmp_path), "--target", "onxx")
+    assert r.returncode == 2
+    assert "did you mean 'onnx'" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("convert", "--weights", str(tmp_path), "--target", "tflite-fp32")
+    assert r.returncode == 2 and "run.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_is_import_light():
+    code = "import sys, edgedet.convert.cli, edgedet.convert.registry; print(any(m.split('.')[0] in ('tensorflow', 'openvino', 'onnx2tf', 'tf2onnx', 'tf_keras') for m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False"
