@@ -42,7 +42,7 @@ def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:
         met, d = m.get("metrics") or {}, m.get("delta") or {}
         base = m["role"] == "baseline"
         rows.append([
-            m["status_icon"], m["name"] + (" (float baseline)" if base else ""), m.get("target") or "-",
+            m["status_icon"], m["name"] + (" — baseline" if base else ""), m.get("target") or "-",
             fmt_pct(met.get("AP"), 2), "" if base else fmt_pct(d.get("AP"), 2, signed=True),
             fmt_pct(met.get("AP50"), 2), "" if base else fmt_pct(d.get("AP50"), 2, signed=True),
             fmt_pct(met.get("AP75"), 2), fmt_pct(met.get("APs"), 2), fmt_pct(met.get("APm"), 2),

@@ -29,10 +29,27 @@ def _colors(report: dict) -> dict[str, tuple]:
     return out
 
 
+MAX_PR_CLASSES = 12  # beyond this the PR grid shows the classes that lost the most AP
+
+
+def _worst_classes(report: dict, models: list[dict], limit: int) -> list[str]:
+    """All class names, or the ``limit`` with the largest AP loss in any model (in class order)."""
+    names = list(report["dataset"]["class_names"])
+    if len(names) <= limit:
+        return names
+
+    def worst(n):
+        ds = [(m["per_class"].get(n) or {}).get("delta_ap") for m in models]
+        return min([d for d in ds if d is not None] or [0.0])
+
+    keep = set(sorted(names, key=worst)[:limit])
+    return [n for n in names if n in keep]
+
+
 def pr_curves(report: dict, plt, colors):
     """Per-class precision-recall at IoU 0.5: the float baseline against every model."""
     models = _models_with(report, "per_class")
-    names = report["dataset"]["class_names"]
+    names = _worst_classes(report, models, MAX_PR_CLASSES)
     if not models or not names:
         return None
     recall = report["recall_thresholds"]
@@ -70,7 +87,7 @@ def delta_ap_bars(report: dict, plt, colors):
     if not models or not names:
         return None
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) * max(1, len(models)) ** 0.5 + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 1.1 * len(names) * max(1, len(models)) ** 0.5 + 2)), 3.6))
     for i, m in enumerate(models):
         xs, ys = [], []
         for j, name in enumerate(names):
@@ -145,7 +162,8 @@ def latency_breakdown(report: dict, plt, colors):
 
 
 FIGURES = (
-    ("pr_curves", "Per-class precision-recall (IoU 0.5): float vs each model", pr_curves),
+    ("pr_curves", "Per-class precision-recall (IoU 0.5): float vs each model (the 12 worst classes when there are more)",
+     pr_curves),
     ("delta_ap", "Per-class ΔAP against float", delta_ap_bars),
     ("latency_breakdown", "Latency breakdown (median)", latency_breakdown),
     ("latency_hist", "Latency histograms", latency_histograms),

@@ -45,11 +45,15 @@ def is_run_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "run.json"))
 
 
-def load_samples(data: str, split: str, limit: int | None = None):
-    """``(samples, class_names)`` of one split, checked the way training and ``edgedet eval`` check it."""
+def load_samples(data: str, split: str, limit: int | None = None, classes: list[str] | None = None):
+    """``(samples, class_names)`` of one split, checked the way training and ``edgedet eval`` check it.
+
+    ``classes``: the baseline run's class list, passed on as ``edgedet eval`` does (it fixes the
+    class order of VOC datasets and rejects a dataset that disagrees).
+    """
     from edgedet.train.check import load_checked
 
-    ds = load_checked(data)
+    ds = load_checked(data, "skip", classes=classes)
     samples = list(ds.split(split))
     if limit:
         samples = samples[: int(limit)]
@@ -220,7 +224,12 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     if not models and not baseline:
         raise ConfigError("--models: give at least one model file")
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
-    samples, class_names = load_samples(data, split, limit)
+    run_classes = None
+    if baseline and is_run_dir(baseline):
+        from edgedet.runtime.validate_keras import run_class_names
+
+        run_classes = run_class_names(baseline)
+    samples, class_names = load_samples(data, split, limit, classes=run_classes)
     diag_map: dict[str, str] = {}
     for d in diagnosis or []:
         key, sep, val = d.rpartition("=")

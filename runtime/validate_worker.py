@@ -2,7 +2,8 @@
 
 ``python -m edgedet.runtime.validate_worker JOB.json`` loads one model (a file through
 :class:`~edgedet.runtime.detector.Detector`, or a training run through the same Detector with a
-Keras backend), runs it on every image and writes into the job's ``out`` folder:
+Keras backend; its accuracy detections come from ``edgedet eval``'s own predict), runs it on
+every image and writes into the job's ``out`` folder:
 
 * ``result.json``: ``ok``/``error``, init and first-run times, per-call pre/invoke/post/end-to-end
   samples (ms), provenance, metadata facts (target, quantization, MACs, labels), file size;
@@ -66,14 +67,23 @@ def _canonical_outputs(det, outs) -> dict[str, np.ndarray]:
     return out
 
 
+def _append(dets, boxes, scores, classes, counts) -> None:
+    boxes.append(np.asarray(dets.boxes, np.float32).reshape(-1, 4))
+    scores.append(np.asarray(dets.scores, np.float32))
+    classes.append(np.asarray(dets.classes, np.int32))
+    counts.append(len(dets))
+
+
 def _load_detector(job: dict):
+    """``(detector, eval_fn or None)``; for a training run, eval_fn gives ``edgedet eval``'s detections."""
     from edgedet.runtime.detector import Detector
 
     if job["kind"] == "run":
-        from edgedet.runtime.validate_keras import keras_detector
+        from edgedet.runtime.validate_keras import eval_detections, keras_detector, load_baseline
 
-        return keras_detector(job["model"])
-    return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads"))
+        model, info, meta = load_baseline(job["model"])
+        return keras_detector(model, meta), lambda: eval_detections(model, info, job["images"], job["eval_post"])
+    return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads")), None
 
 
 def run_job(job: dict, result: dict) -> dict:
@@ -84,7 +94,7 @@ def run_job(job: dict, result: dict) -> dict:
     out_dir = job["out"]
     result.update({"ok": False, "error": None, "images_done": 0, "file_size_bytes": file_size(job["model"])})
     t0 = time.perf_counter()
-    det = _load_detector(job)
+    det, eval_fn = _load_detector(job)
     result["init_ms"] = (time.perf_counter() - t0) * 1e3
     meta = det.meta
     result["meta"] = {"labels": list(det.labels), "target": meta.target or None, "quantization": meta.quantization,
@@ -136,18 +146,15 @@ def run_job(job: dict, result: dict) -> dict:
         det.decode(outs, scales, hw)
         d = time.perf_counter()
         if call < n_images:
-            for k, v in evalpost.items():
-                setattr(det, k, v)
-            dets = det.decode(outs, scales, hw)
             if i < int(job.get("keep_outputs") or 0):
                 for name, arr in _canonical_outputs(det, outs).items():
                     kept[f"out_{i}_{name}"] = arr
-            for k, v in deploy.items():
-                setattr(det, k, v)
-            boxes.append(np.asarray(dets.boxes, np.float32).reshape(-1, 4))
-            scores.append(np.asarray(dets.scores, np.float32))
-            classes.append(np.asarray(dets.classes, np.int32))
-            counts.append(len(dets))
+            if eval_fn is None:
+                for k, v in evalpost.items():
+                    setattr(det, k, v)
+                _append(det.decode(outs, scales, hw), boxes, scores, classes, counts)
+                for k, v in deploy.items():
+                    setattr(det, k, v)
             result["images_done"] = i + 1
         del outs  # zero-copy views must go before the next invoke
         if call == 0:
@@ -159,6 +166,9 @@ def run_job(job: dict, result: dict) -> dict:
         times["end_to_end"].append((d - a) * 1e3)
     if bar is not None:
         bar.close()
+    if eval_fn is not None:
+        for dets in eval_fn():
+            _append(dets, boxes, scores, classes, counts)
     result.update({"ok": True, "first_run_ms": first_ms, "timings": times,
                    "deploy_postprocess": deploy})
     np.savez(os.path.join(out_dir, "detections.npz"),

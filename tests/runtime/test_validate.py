@@ -38,7 +38,7 @@ def _image(seed: int, h: int = 240, w: int = 320) -> np.ndarray:
 def _build_models(root: Path) -> dict[str, str]:
     import tf_keras as keras
 
-    from edgedet.model import build_model, get_config
+    from edgedet.model import build_model, count_macs, get_config
     from edgedet.quantize.tflite import keras_to_tflite, output_names
     from edgedet.runtime.metadata import ModelMeta, embed_tflite
     from edgedet.runtime.preprocess import letterbox, normalize
@@ -58,10 +58,12 @@ def _build_models(root: Path) -> dict[str, str]:
     k, b = model.get_layer("box_net_predict_pw").get_weights()
     model.get_layer("box_net_predict_pw").set_weights([k * 2.0, b])
 
+    macs = int(count_macs(model))
+
     def meta(target, method):
         return ModelMeta(labels=LABELS, input_size=(SIZE, SIZE), mean=tuple(cfg.mean), std=tuple(cfg.std),
                          anchors=cfg.anchor_config.to_dict(), output_names=output_names(model), model="test",
-                         target=target, quantization={"method": method}, macs=123_000_000)
+                         target=target, quantization={"method": method}, macs=macs)
 
     paths = {}
     for name, mode, rep, target, method in (
@@ -72,11 +74,23 @@ def _build_models(root: Path) -> dict[str, str]:
         p.write_bytes(keras_to_tflite(model, mode, representative=rep))
         embed_tflite(str(p), meta(target, method))
         paths[name] = str(p)
+    # The same weights as a training run folder (the run.json contract of edgedet.train.checkpoint).
+    from edgedet.train.checkpoint import atomic_write_json, save_weights
+
+    run = root / "run"
+    run.mkdir()
+    save_weights(model, run / "best.weights.h5")
+    atomic_write_json(run / "run.json", {"model_config": cfg.to_dict(), "class_names": LABELS, "kind": "float",
+                                         "weights": {"best": "best.weights.h5"}})
+    paths["run"] = str(run)
     return paths
 
 
-def _build_dataset(root: Path, fp32: str) -> Path:
-    """COCO layout (annotations/instances_test.json + test/*.png) labelled by the fp32 model."""
+def _build_dataset(root: Path, fp32: str, jitter: float = 0.0) -> Path:
+    """COCO layout (annotations/instances_test.json + test/*.png) labelled by the fp32 model.
+
+    ``jitter``: shift every ground-truth corner by up to this many pixels (AP well below 1).
+    """
     from PIL import Image
 
     from edgedet.runtime.detector import Detector
@@ -93,6 +107,7 @@ def _build_dataset(root: Path, fp32: str) -> Path:
     # all true ones across the whole split (COCO ranks detections split-wide, not per image).
     thr = np.sort(np.concatenate([d.scores for d in dets]))[::-1][N_IMAGES * GT_PER_IMAGE]
     images, anns = [], []
+    rng = np.random.default_rng(7)
     for i, (img, d) in enumerate(zip(imgs, dets)):
         Image.fromarray(img).save(root / "test" / f"{i:03d}.png")
         images.append({"id": i + 1, "file_name": f"{i:03d}.png", "width": img.shape[1], "height": img.shape[0]})
@@ -103,6 +118,7 @@ def _build_dataset(root: Path, fp32: str) -> Path:
             if any(c == qc and iou_matrix(b[None], q[None])[0, 0] > DUPLICATE_IOU for q, qc in chosen):
                 continue
             chosen.append((b, c))
+            b = np.clip(b + rng.uniform(-jitter, jitter, 4), 0, [img.shape[1], img.shape[0]] * 2)
             x0, y0, x1, y1 = (float(v) for v in b)
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c) + 1, "iscrowd": 0,
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
@@ -118,11 +134,13 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("validate")
     paths = _build_models(root)
     data = _build_dataset(root / "data", paths["fp32"])
+    jittered = _build_dataset(root / "data_jitter", paths["fp32"], jitter=6.0)
     good = root / "good.tflite"  # a second artifact that must pass: the fp32 file under another name
     shutil.copy(paths["fp32"], good)
     truncated = root / "truncated.tflite"
     truncated.write_bytes(Path(paths["fp32"]).read_bytes()[:5000])
-    return {"root": root, "data": str(data), "fp32": paths["fp32"], "good": str(good),
+    return {"root": root, "data": str(data), "fp32": paths["fp32"], "good": str(good), "run": paths["run"],
+            "data_jitter": str(jittered),
             "blank": paths["blank-int8"], "truncated": str(truncated)}
 
 
@@ -146,7 +164,8 @@ def test_broken_model_is_flagged_with_per_class_and_per_output_damage(setup, tmp
     lat = base["latency"]
     assert lat["init_ms"] > 0 and lat["first_run_ms"] > 0 and lat["end_to_end"]["n"] == N_IMAGES - 1
     assert lat["end_to_end"]["p50"] >= lat["invoke"]["p50"] > 0
-    assert base["gmacs_per_s"] == pytest.approx(0.123 / (lat["invoke"]["p50"] / 1e3), rel=1e-6)
+    assert base["macs"] > 1e6
+    assert base["gmacs_per_s"] == pytest.approx(base["macs"] / 1e9 / (lat["invoke"]["p50"] / 1e3), rel=1e-6)
 
     good = by["good.tflite"]
     assert good["status"] == "pass" and good["delta"]["AP"] == pytest.approx(0.0, abs=1e-9)
@@ -212,3 +231,25 @@ def test_thresholds_from_profile_and_overrides():
         resolve_thresholds(None, max_ap_drop=2.0)
     with pytest.raises(ConfigError, match="unknown device profile"):
         resolve_thresholds("x86-cpuu")
+
+
+@pytest.mark.slow
+def test_run_baseline_ap_equals_edgedet_eval_exactly(setup, tmp_path):
+    from edgedet.runtime.validate import validate
+    from edgedet.train.evaluate_keras import run_eval
+
+    # Jittered ground truth so the AP compared is an unremarkable number, not a saturated 1.0.
+    report = validate([setup["fp32"]], setup["data_jitter"], str(tmp_path / "r"), baseline=setup["run"],
+                      progress=False, log=lambda m: None)
+    base = report["models"][0]
+    assert base["name"] == "float (run)" and base["format"] == "keras" and base["status"] == "pass"
+    assert base["provenance"]["backend"] == "keras" and base["macs"] > 0
+    assert base["latency"]["invoke"]["n"] == N_IMAGES - 1
+    ref = run_eval(setup["run"], data=setup["data_jitter"])
+    assert 0.1 < ref["AP"] < 0.9
+    assert base["metrics"]["AP"] == ref["AP"]  # exactly: the same predict, the same evaluator
+    assert all(base["per_class"][n]["ap"] == ref["per_class"][n] for n in LABELS)
+    # the exported fp32 file of the same weights lands within float noise of the Keras model
+    tfl = report["models"][1]
+    assert abs(tfl["delta"]["AP"]) < 0.01
+    assert tfl["layer_errors"]["rows"][0]["rel_rmse"] < 1e-3
