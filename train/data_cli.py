@@ -5,6 +5,7 @@ Import-light: numpy/Pillow load inside the handlers, TensorFlow never.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -44,6 +45,8 @@ def register(sub) -> None:
     y.add_argument("--image-size", type=int, default=256, metavar="S", help="square image side in px (default 256)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     y.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    y.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="generator processes (default: up to 4 CPUs); the output does not depend on it")
     y.set_defaults(func=_synth)
 
 
@@ -115,7 +118,8 @@ def _synth(args) -> int:
 
     t = time.time()
     info = write_synth(args.out, num_images=args.num_images or DEFAULT_NUM_IMAGES, image_size=args.image_size,
-                       seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty())
+                       seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty(),
+                       workers=args.workers or min(4, os.cpu_count() or 1))
     counts = ", ".join(f"{k} {v['images']} images/{v['boxes']} boxes" for k, v in info["splits"].items())
     print(f"wrote {args.out}: {counts}; {len(info['classes'])} classes in {time.time() - t:.1f} s")
     return 0

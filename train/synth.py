@@ -306,8 +306,19 @@ def split_counts(num_images: int) -> dict[str, int]:
     return {"train": num_images - val - test, "val": val, "test": test}
 
 
+def _render_job(job) -> tuple[bytes, list, list]:
+    """``(seed, split_idx, i, size, quality)`` -> (JPEG bytes, boxes, classes); top-level so it pickles."""
+    from PIL import Image
+
+    seed, split_idx, i, size, quality = job
+    img, boxes, classes = render_image(np.random.default_rng([seed, split_idx, i]), size)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    return buf.getvalue(), boxes.tolist(), classes.tolist()
+
+
 def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256, seed: int = 0,
-                overwrite: bool = False, progress: bool = False, quality: int = 90) -> dict:
+                overwrite: bool = False, progress: bool = False, quality: int = 90, workers: int = 1) -> dict:
     """Write the synthetic dataset to ``out`` atomically (built next to it, then renamed).
 
     Args:
@@ -318,12 +329,12 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         overwrite: replace an existing ``out``.
         progress: tqdm bar.
         quality: JPEG quality.
+        workers: processes ("spawn", safe inside a TensorFlow process); the output does not
+            depend on it.
 
     Returns:
         The ``synth.json`` content (parameters, classes, per-split image and box counts).
     """
-    from PIL import Image
-
     out = Path(out)
     if image_size < 64:
         raise DataError(f"--image-size {image_size}: must be at least 64")
@@ -342,21 +353,25 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         bar = tqdm(total=num_images, desc="synth", unit="img", leave=False)
     info = {**params, "classes": list(CLASSES), "splits": {}}
     image_id = ann_id = 0
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         (tmp / "annotations").mkdir(parents=True)
         for split_idx, (split, n) in enumerate(counts.items()):
             (tmp / split).mkdir()
             images, anns = [], []
-            for i in range(n):
-                rng = np.random.default_rng([seed, split_idx, i])
-                img, boxes, classes = render_image(rng, image_size)
+            jobs = [(seed, split_idx, i, image_size, quality) for i in range(n)]
+            results = pool.map(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
+            for i, (jpg, boxes, classes) in enumerate(results):
                 image_id += 1
                 name = f"{i:06d}.jpg"
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, "JPEG", quality=quality)
-                (tmp / split / name).write_bytes(buf.getvalue())
+                (tmp / split / name).write_bytes(jpg)
                 images.append({"id": image_id, "file_name": name, "width": image_size, "height": image_size})
-                for b, c in zip(boxes.tolist(), classes.tolist()):
+                for b, c in zip(boxes, classes):
                     ann_id += 1
                     w, h = b[2] - b[0], b[3] - b[1]
                     anns.append({"id": ann_id, "image_id": image_id, "category_id": c + 1,
@@ -377,6 +392,8 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
+        if pool is not None:
+            pool.shutdown()
         if bar is not None:
             bar.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,10 @@ def test_same_seed_same_bytes(synth, tmp_path):
     more = tmp_path / "more"
     write_synth(more, num_images=40, image_size=128, seed=3)
     assert _digest(more)["val/000000.jpg"] == b["val/000000.jpg"]
+    # worker processes do not change a byte
+    par = tmp_path / "par"
+    write_synth(par, num_images=24, image_size=128, seed=3, workers=2)
+    assert _digest(par) == b
 
 
 def test_layout_loads_and_checks_clean(synth):
