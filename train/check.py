@@ -126,7 +126,7 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
             results = tqdm(results, total=len(paths), desc="check images", unit="img", leave=False)
         real = dict(zip(paths, results))
 
-    per_sample: list[tuple[str, list[Issue]]] = []
+    per_sample: list[tuple[tuple[str, str], list[Issue]]] = []
     splits: dict[str, list[Sample]] = {name: [] for name in ds.splits}
     for name, s in jobs:
         found: list[Issue] = []
@@ -134,7 +134,7 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
         if clean is not None:
             splits[name].append(clean)
         if found:
-            per_sample.append((s.ann_path or s.image_path, found))
+            per_sample.append(((s.ann_path or s.image_path, s.image_path), found))
     # File by file in path order (not split order); within a file, in the order found.
     per_sample.sort(key=lambda kv: kv[0])
     issues = [i for _, found in per_sample for i in found]
