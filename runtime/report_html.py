@@ -77,8 +77,9 @@ def _layer_section(m: dict) -> str:
     t = m["layer_errors"]
     title = "Per-layer int8 error" if t.get("kind") == "diagnosis" else "Per-output error vs float"
     cols = list(t["columns"])
-    # The first numeric column is the error measure the rows are sorted by; draw it as a bar.
-    key = next((c for c in cols if any(isinstance(r.get(c), (int, float)) for r in t["rows"])), None)
+    # The error measure the rows are sorted by, drawn as a bar.
+    numeric = [c for c in cols if c not in ("rank", "index") and any(isinstance(r.get(c), (int, float)) for r in t["rows"])]
+    key = next((c for c in ("rmse_over_scale", "rel_rmse") if c in numeric), numeric[0] if numeric else None)
     top = max((abs(float(r.get(key) or 0)) for r in t["rows"]), default=0.0) if key else 0.0
     rows_html = []
     for r in t["rows"][: md.LAYER_ROWS_SHOWN * 2]:

@@ -181,9 +181,9 @@ def _entry(name, path, role, result, npz, samples, class_names, base_npz, diagno
                         gmacs_per_s=gmacs_per_second(meta.get("macs"), p50 / 1e3 if p50 else None), **common)
     if role == "candidate":
         diag = find_diagnosis(path, meta, diagnosis_map)
-        table = load_diagnosis(diag) if diag else None
+        table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
         if table is None and base_npz is not None:
-            table = output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)))
+            table = output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)), why)
         entry["layer_errors"] = table
     return entry
 

@@ -57,7 +57,7 @@ def compare_outputs(base: dict, other: dict) -> list[dict]:
     return rows
 
 
-def output_table(base: dict, other: dict, n_images: int) -> dict | None:
+def output_table(base: dict, other: dict, n_images: int, why: str | None = None) -> dict | None:
     """The ``layer_errors`` section from an output comparison, or None when there is nothing to compare."""
     rows = compare_outputs(base, other)
     if not rows:
@@ -65,7 +65,8 @@ def output_table(base: dict, other: dict, n_images: int) -> dict | None:
     return {
         "source": "computed by edgedet validate", "kind": "outputs", "columns": OUTPUT_COLUMNS, "rows": rows,
         "note": (f"Head outputs (dequantised) against the float baseline on the first {n_images} images, worst first; "
-                 "rel_rmse = RMSE / std of the float output. No quantize diagnosis was found for this model."),
+                 "rel_rmse = RMSE / std of the float output. "
+                 + (f"Not the quantize diagnosis: {why}." if why else "No quantize diagnosis was found for this model.")),
     }
 
 
@@ -98,7 +99,11 @@ def find_diagnosis(model_path: str, meta: dict, explicit: dict[str, str] | None 
             if cand.is_file():
                 return str(cand)
     stem = Path(model_path).name.split(".")[0]
-    for cand in (folder / f"{stem}.diagnosis.json", folder / "diagnosis.json"):
+    cands = [folder / f"{stem}.diagnosis.json", folder / "diagnosis.json"]
+    run = ((meta.get("extra") or {}).get("source") or {}).get("run")
+    if isinstance(run, str):  # `edgedet quantize diagnose RUN` writes RUN/diagnosis/diagnosis.json
+        cands.append(Path(run) / "diagnosis" / "diagnosis.json")
+    for cand in cands:
         if cand.is_file():
             return str(cand)
     return None
@@ -113,28 +118,51 @@ def _rows_of(d) -> tuple[list[dict], dict]:
     return [], d
 
 
-def load_diagnosis(path: str) -> dict | None:
-    """A diagnosis JSON as a ``layer_errors`` section, or None when unreadable or empty.
+# Shown first, in this order, when a diagnosis row has them (edgedet quantize diagnose's rows).
+_FIRST = ("rank", "tensor", "layer", "op", "rmse_over_scale")
+_FACTS = ("float_AP", "int8_AP", "selective_AP", "ap_drop", "recovered_AP", "healthy_rmse_over_scale", "run_kind",
+          "target")
 
-    Accepts a list of row dicts, or a dict holding one under ``layers``/``rows``/``table``/
-    ``per_layer``; scalar fields of that dict (e.g. the float/int8 mAP, the selective-float result)
-    go into the section's note. Rows keep their order (the diagnosis sorts worst first).
+
+def load_diagnosis(path: str, calib_sha256: str | None = None) -> tuple[dict | None, str | None]:
+    """A diagnosis JSON as a ``layer_errors`` section.
+
+    Accepts ``edgedet quantize diagnose``'s ``diagnosis.json`` (rows under ``layers``; a QAT run's
+    diagnosis has only output cosines under ``outputs``, which become the rows), or any list of row
+    dicts, or a dict holding one under ``rows``/``table``/``per_layer``. Its headline numbers (float
+    and int8 AP, selective-float AP, ...) go into the note. Rows keep their order (worst first).
+
+    Args:
+        calib_sha256: the model's calibration-set hash; a diagnosis made with a different
+            calibration set describes another model and is not used.
+
+    Returns:
+        ``(section or None, why not)``.
     """
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (OSError, ValueError):
-        return None
-    rows, top = _rows_of(d)
+    except (OSError, ValueError) as exc:
+        return None, f"diagnosis {path} unreadable ({exc})"
+    top = d if isinstance(d, dict) else {}
+    diag_sha = ((top.get("calibration") or {}).get("sha256")) if isinstance(top.get("calibration"), dict) else None
+    if calib_sha256 and diag_sha and calib_sha256 != diag_sha:
+        return None, f"diagnosis {path} was made with another calibration set"
+    rows, _ = _rows_of(d)
+    if not rows and isinstance(top.get("outputs"), dict):
+        rows = [{"output": k, "cosine": v} for k, v in top["outputs"].items()]
+        rows.sort(key=lambda r: r["cosine"] if isinstance(r["cosine"], (int, float)) else 2.0)
     if not rows:
-        return None
+        return None, f"diagnosis {path} has no rows"
     columns: list[str] = []
     for r in rows:
         for k, v in r.items():
             if k not in columns and (v is None or isinstance(v, (str, int, float, bool))):
                 columns.append(k)
+    columns = [c for c in _FIRST if c in columns] + [c for c in columns if c not in _FIRST]
     clean = [{k: r.get(k) for k in columns} for r in rows]
-    facts = [f"{k}={v}" for k, v in top.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
-             and len(str(v)) < 60]
+    keys = [k for k in _FACTS if k in top] + [k for k in top if k not in _FACTS]
+    facts = [f"{k}={top[k]}" for k in keys if isinstance(top[k], (int, float, str)) and not isinstance(top[k], bool)
+             and len(str(top[k])) < 60 and k not in ("kind", "version", "run", "model")]
     return {"source": str(path), "kind": "diagnosis", "columns": columns, "rows": clean,
-            "note": ("; ".join(facts[:8]) or None)}
+            "note": ("; ".join(facts[:8]) or None)}, None

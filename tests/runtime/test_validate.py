@@ -128,6 +128,60 @@ def _build_dataset(root: Path, fp32: str, jitter: float = 0.0) -> Path:
     return root
 
 
+def _diagnosis(**extra) -> dict:
+    """A diagnosis.json in `edgedet quantize diagnose`'s format (version 1), trimmed."""
+    row = {"tensor": "class_net/conv_p3", "op": "CONV_2D", "rmse_over_scale": 4.2, "rmse": 0.8, "scale": 0.19,
+           "max_abs_error": 3.0, "mean_error": 0.1, "num_elements": 6912, "rank": 1}
+    row2 = dict(row, tensor="box_net/conv_p3", rmse_over_scale=0.3, rank=2)
+    d = {"kind": "edgedet-quant-diagnosis", "version": 1, "run": "/runs/x", "run_kind": "float", "target": "tflite",
+         "healthy_rmse_over_scale": 0.289, "float_AP": 0.5, "int8_AP": 0.1, "selective_AP": 0.45,
+         "calibration": {"images": 300, "seed": 0, "sha256": "abc"}, "layers": [row, row2],
+         "all_layers": [row, row2], "outputs": {"class_p3": 0.7}}
+    d.update(extra)
+    return d
+
+
+def test_find_and_load_diagnosis(tmp_path):
+    from edgedet.runtime.validate_layers import find_diagnosis, load_diagnosis
+
+    model = tmp_path / "export" / "m_tflite-int8.tflite"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    int8 = {"quantization": {"method": "ptq"}, "target": "tflite-int8"}
+    assert find_diagnosis(str(model), int8) is None
+    run_diag = tmp_path / "run" / "diagnosis" / "diagnosis.json"  # where `quantize diagnose RUN` writes it
+    run_diag.parent.mkdir(parents=True)
+    run_diag.write_text(json.dumps(_diagnosis()))
+    int8["extra"] = {"source": {"run": str(tmp_path / "run")}}
+    assert find_diagnosis(str(model), int8) == str(run_diag)
+    assert find_diagnosis(str(model), {"quantization": {"method": "fp16"}, "extra": int8["extra"]}) is None
+    (model.parent / "diagnosis.json").write_text("{}")  # next to the model wins
+    assert find_diagnosis(str(model), int8) == str(model.parent / "diagnosis.json")
+    assert find_diagnosis(str(model), {}, {"m_tflite-int8.tflite": "x.json"}) == "x.json"
+
+    table, why = load_diagnosis(str(run_diag), calib_sha256="abc")
+    assert why is None and [r["tensor"] for r in table["rows"]] == ["class_net/conv_p3", "box_net/conv_p3"]
+    table, why = load_diagnosis(str(run_diag), calib_sha256="other")
+    assert table is None and "another calibration set" in why
+    qat = tmp_path / "qat.json"  # a QAT run's diagnosis has output cosines only
+    qat.write_text(json.dumps(_diagnosis(layers=[], all_layers=[], outputs={"class_p3": 0.99, "box_p3": 0.9})))
+    table, _ = load_diagnosis(str(qat))
+    assert table["rows"][0] == {"output": "box_p3", "cosine": 0.9}
+
+
+def test_compare_outputs_known_values():
+    from edgedet.runtime.validate_layers import compare_outputs, output_table
+
+    a = np.array([[[1.0], [-1.0]], [[1.0], [-1.0]]], np.float32)  # std 1
+    base = {"out_0_class_p3": a, "out_0_box_p3": a}
+    other = {"out_0_class_p3": a + 0.5, "out_0_box_p3": -a}
+    rows = compare_outputs(base, other)
+    assert [r["output"] for r in rows] == ["box_p3", "class_p3"]  # worst first
+    assert rows[0]["rel_rmse"] == pytest.approx(2.0) and rows[0]["cosine"] == pytest.approx(-1.0)
+    assert rows[1]["rel_rmse"] == pytest.approx(0.5) and rows[1]["max_abs"] == pytest.approx(0.5)
+    assert output_table(base, {}, 1) is None
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pytest.importorskip("tensorflow")
@@ -202,8 +256,7 @@ def test_crash_mid_run_is_reported_and_the_others_are_written(setup, tmp_path, m
     # Test hook: the worker running good.tflite aborts (a real SIGABRT) on its 4th image.
     monkeypatch.setenv("EDGEDET_VALIDATE_FAULT", "good.tflite:3")
     diag = tmp_path / "diag.json"
-    diag.write_text(json.dumps({"float_AP": 0.5, "layers": [{"layer": "class_net/conv_p3", "rmse_scale": 4.2},
-                                                             {"layer": "box_net/conv_p3", "rmse_scale": 0.3}]}))
+    diag.write_text(json.dumps(_diagnosis()))
     report = validate([setup["good"], setup["blank"]], setup["data"], str(tmp_path / "r"), baseline=setup["fp32"],
                       diagnosis=[str(diag)], progress=False, log=lambda m: None)
     by = {m["name"]: m for m in report["models"]}
@@ -212,8 +265,9 @@ def test_crash_mid_run_is_reported_and_the_others_are_written(setup, tmp_path, m
     assert by["test_fp32.tflite"]["status"] == "pass"
     assert by["test_blank-int8.tflite"]["metrics"] is not None  # results of the others survive
     table = by["test_blank-int8.tflite"]["layer_errors"]  # the diagnosis is embedded for the int8 model
-    assert table["kind"] == "diagnosis" and table["rows"][0]["layer"] == "class_net/conv_p3"
-    assert "float_AP=0.5" in table["note"]
+    assert table["kind"] == "diagnosis" and table["rows"][0]["tensor"] == "class_net/conv_p3"
+    assert table["columns"][:4] == ["rank", "tensor", "op", "rmse_over_scale"]
+    assert table["note"].startswith("float_AP=0.5; int8_AP=0.1")
     written = json.loads((tmp_path / "r" / "report.json").read_text())
     assert written["summary"]["failed"] == 1 and "class_net/conv_p3" in (tmp_path / "r" / "report.md").read_text()
 
