@@ -1,0 +1,86 @@
+"""`edgedet pipeline` end to end on a tiny config and tiny data, killed during training.
+
+The run is SIGKILLed (whole process group, as a machine reset or OOM kill would) once the
+trainer has written its first epoch checkpoint; the re-run must skip the finished data stage,
+resume training rather than restart it, and finish; a third run must redo nothing and leave
+the report byte-identical.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def _cmd(data: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "edgedet", "pipeline", "--data", str(data), "--model", "test",
+        "--image-size", "64", "--epochs", "3", "--qat-epochs", "1", "--batch", "8",
+        "--backbone-weights", "none", "--targets", "tflite-fp32,tflite-int8", "--out", str(out),
+    ]
+
+
+def test_pipeline_kill_and_resume(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "edgedet", "data", "synth", str(data), "--num-images", "40",
+                    "--image-size", "64"], check=True, env=ENV, capture_output=True)
+
+    # 1) start, wait for the first finished epoch, then kill the whole process group.
+    log1 = open(tmp_path / "run1.log", "w")
+    proc = subprocess.Popen(_cmd(data, out), env=ENV, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    train_log = out / "2_train" / "log.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if train_log.exists() and len(train_log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "1_data" / "manifest.json").exists()
+    assert not (out / "2_train" / "manifest.json").exists()
+    data_manifest = (out / "1_data" / "manifest.json").stat().st_mtime_ns
+
+    # 2) re-run: data skipped, training resumed, pipeline completes.
+    r2 = subprocess.run(_cmd(data, out), env=ENV, capture_output=True, text=True, timeout=1500)
+    assert r2.returncode in (0, 1), r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "[1/5 data] up to date, skipped" in r2.stdout
+    assert (out / "1_data" / "manifest.json").stat().st_mtime_ns == data_manifest
+    stage_log = (out / "2_train" / "stage.log").read_text()
+    assert "--resume" in stage_log
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(train_log))]
+    assert epochs == [1, 2, 3], epochs  # resumed from epoch 2, first epoch kept, none redone
+    report = out / "5_validate" / "report.json"
+    rep = json.loads(report.read_text())
+    names = {m["target"] for m in rep["models"]}
+    assert {"tflite-fp32", "tflite-int8"} <= names
+    assert all(m["status"] in ("pass", "missed") for m in rep["models"]), [m.get("error") for m in rep["models"]]
+    assert (out / "5_validate" / "report.html").exists()
+    assert "report:" in r2.stdout
+
+    # 3) nothing changed: every stage is skipped and the report is byte-identical.
+    before = report.read_bytes()
+    r3 = subprocess.run(_cmd(data, out), env=ENV, capture_output=True, text=True, timeout=300)
+    assert r3.stdout.count("up to date, skipped") == 5, r3.stdout
+    assert report.read_bytes() == before
+
+
+def test_pipeline_bad_input_one_line_errors(tmp_path):
+    base = [sys.executable, "-m", "edgedet", "pipeline", "--out", str(tmp_path / "r")]
+    r = subprocess.run(base + ["--data", str(tmp_path / "nope")], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "dataset path does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(base + ["--device", "raspbery-pi-4"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "raspberry-pi-4" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
