@@ -28,8 +28,8 @@ Outputs: ``OUT/diagnosis.md`` and ``OUT/diagnosis.json``. JSON schema (version 1
      "float_ops": [{"index", "op", "outputs"}], "calibration": {...}, "ap_split", "ap_images",
      "layers": [10 worst rows], "all_layers": [every row, worst first],
      "outputs": {"class_p3": cosine, ...}}
-    row = {"rank", "tensor", "op", "rmse_over_scale", "rmse", "scale", "max_abs_error",
-           "mean_error", "num_elements"}
+    row = {"rank", "layer", "op", "rmse_over_scale", "rmse", "scale", "max_abs_error",
+           "mean_error", "num_elements", "tensor"}   (layer: short name; tensor: full TFLite name)
 
 ``layers`` holds the rows the report stage embeds (``edgedet.runtime.validate_layers.load_diagnosis``).
 """
@@ -65,14 +65,22 @@ def layer_rows(debugger) -> list[dict]:
     for r in csv.DictReader(buf):
         scale = float(r["scale"])
         rmse = math.sqrt(max(float(r["mean_squared_error"]), 0.0))
-        rows.append({"tensor": r["tensor_name"], "op": r["op_name"],
+        rows.append({"layer": short_name(r["tensor_name"]), "op": r["op_name"],
                      "rmse_over_scale": round(rmse / scale, 4) if scale > 0 else None,
                      "rmse": rmse, "scale": scale, "max_abs_error": float(r["max_abs_error"]),
-                     "mean_error": float(r["mean_error"]), "num_elements": int(float(r["num_elements"]))})
+                     "mean_error": float(r["mean_error"]), "num_elements": int(float(r["num_elements"])),
+                     "tensor": r["tensor_name"]})
     rows.sort(key=lambda r: -(r["rmse_over_scale"] if r["rmse_over_scale"] is not None else -1))
-    for i, r in enumerate(rows):
-        r["rank"] = i + 1
-    return rows
+    return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
+
+
+def short_name(tensor: str) -> str:
+    """Readable layer name of a TFLite tensor: the converter joins fused ops' names with ';'
+    (``model/block3a_se_reduce/BiasAdd;model/block3a_se_reduce/Conv2D;...``); keep the first
+    op's layer (``block3a_se_reduce``)."""
+    first = tensor.split(";")[0]
+    parts = first.split("/")
+    return parts[1] if len(parts) > 2 else first
 
 
 def tflite_ap(tflite_bytes: bytes, meta, samples, class_names) -> dict:
@@ -120,9 +128,16 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
 
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r}: unknown{did_you_mean(target, TARGETS)}; choose from {', '.join(TARGETS)}")
+    from edgedet.quantize.ptq import heldout_arrays, make_calibration, output_cosines, run_model_config
+    from edgedet.train.checkpoint import read_run_json
+
+    cfg = run_model_config(run_dir)
+    cal = None
+    if read_run_json(run_dir).get("kind", "float") != "qat":  # check the calibration set before loading TF
+        cal = make_calibration(data, (cfg.image_size, cfg.image_size), cfg.mean, cfg.std, count=count, seed=seed,
+                               batch=batch, log=log)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.convert.source import load_run_source
-    from edgedet.quantize.ptq import heldout_arrays, make_calibration, output_cosines
     from edgedet.quantize.tflite import float_ops, keras_to_tflite, make_converter
     from edgedet.train.checkpoint import atomic_write_bytes, atomic_write_json
 
@@ -141,7 +156,6 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     if source.is_qat:
         int8 = keras_to_tflite(model, "int8")
     else:
-        cal = make_calibration(data, meta.input_size, meta.mean, meta.std, count=count, seed=seed, batch=batch, log=log)
         result["calibration"] = cal.describe()
         log(f"calibrating on {len(cal)} images, per-tensor statistics on {min(debug_images, len(cal))}")
         int8 = keras_to_tflite(model, "int8", cal.arrays)
@@ -250,9 +264,9 @@ def to_markdown(d: dict) -> str:
     lines.append("")
     if d.get("layers"):
         lines += [f"## The {len(d['layers'])} worst tensors (RMSE / scale; healthy ~ {d['healthy_rmse_over_scale']})", "",
-                  "| # | tensor | op | RMSE/scale | RMSE | scale | max abs err |", "|---|---|---|---|---|---|---|"]
+                  "| # | layer | op | RMSE/scale | RMSE | scale | max abs err |", "|---|---|---|---|---|---|---|"]
         for r in d["layers"]:
-            lines.append(f"| {r['rank']} | `{r['tensor']}` | {r['op']} | {_fmt(r['rmse_over_scale'])} | {_fmt(r['rmse'], 4)} | "
+            lines.append(f"| {r['rank']} | `{r['layer']}` | {r['op']} | {_fmt(r['rmse_over_scale'])} | {_fmt(r['rmse'], 4)} | "
                          f"{_fmt(r['scale'], 4)} | {_fmt(r['max_abs_error'], 4)} |")
         n_bad = sum(1 for r in d.get("all_layers", []) if (r["rmse_over_scale"] or 0) > 2 * HEALTHY)
         lines += ["", f"{len(d.get('all_layers', []))} tensors compared; {n_bad} above twice the healthy value.", ""]

@@ -34,6 +34,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def run_model_config(run_dir):
+    """The run's :class:`edgedet.model.config.ModelConfig` from run.json (no TensorFlow)."""
+    from edgedet.errors import ModelFileError
+    from edgedet.model.config import ModelConfig
+    from edgedet.train.checkpoint import read_run_json
+
+    try:
+        return ModelConfig.from_dict(read_run_json(run_dir)["model_config"])
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{run_dir}/run.json: no valid model_config ({exc})") from exc
+
+
 def make_calibration(data: str, input_size, mean, std, count: int = DEFAULT_COUNT, seed: int = 0, batch: int = 8,
                      log=_log):
     """A seeded calibration set, checked for size.
@@ -165,6 +177,10 @@ def ptq(run_dir: str, data: str, out_dir: str | None = None, modes=MODES, count:
     if read_run_json(run_dir).get("kind", "float") == "qat":
         raise ConfigError(f"{run_dir}: already a QAT run; post-training quantization needs the float run "
                           f"(convert a QAT run with `edgedet convert --weights {run_dir} --target tflite-int8`)")
+    cfg = run_model_config(run_dir)
+    # Check the calibration set before the (slow) model load.
+    cal = make_calibration(data, (cfg.image_size, cfg.image_size), cfg.mean, cfg.std, count=count, seed=seed,
+                           batch=batch, log=log)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.convert.api import Context, run_targets
     from edgedet.convert.registry import resolve_targets
@@ -173,7 +189,6 @@ def ptq(run_dir: str, data: str, out_dir: str | None = None, modes=MODES, count:
     t0 = time.perf_counter()
     source = load_run_source(run_dir)
     meta = source.meta
-    cal = make_calibration(data, meta.input_size, meta.mean, meta.std, count=count, seed=seed, batch=batch, log=log)
     out_dir = out_dir or os.path.join(run_dir, "ptq")
     ctx = Context(source=source, calib_data=data, calib_count=count, io_dtype=io_dtype, log=log)
     ctx.cache[("calib", "NHWC")] = cal  # the seeded, size-checked set (Context would sample with seed 0)

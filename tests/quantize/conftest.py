@@ -1,0 +1,102 @@
+"""Fixtures for the quantize tests: a tiny synthetic dataset and tiny float runs of both families.
+
+A freshly initialised detector is a poor stand-in for a trained one: its activations shrink
+layer by layer and every class logit sits at the focal-loss prior, so "int8 tracks float" would
+be vacuous. :func:`make_realistic` therefore (1) sets every BatchNorm's moving statistics from a
+forward pass over real (synthetic-dataset) images, as training would, and (2) rescales the two
+predictor convs so class logits spread over a few units and box deltas over a few tenths.
+Everything else is the real architecture.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SIZE = 128
+FAMILIES = {"d": "test", "lite": "test-lite"}  # swish+SE+fast fusion / relu6+sum fusion
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> Path:
+    """16 synthetic 128 px images (12 train / 2 val / 2 test), 6 classes."""
+    from edgedet.train.synth import write_synth
+
+    out = tmp_path_factory.mktemp("qsynth") / "synth"
+    write_synth(out, num_images=16, image_size=SIZE, seed=0)
+    return out
+
+
+def synth_images(root: Path, size: int = SIZE, n: int = 8, split: str = "train", mean=(127.0,) * 3,
+                 std=(128.0,) * 3) -> np.ndarray:
+    """``(n, S, S, 3)`` float32 normalised images of one synthetic split."""
+    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+
+    files = sorted((Path(root) / split).glob("*.jpg"))[:n]
+    return np.stack([normalize(letterbox(load_image(f), (size, size), mean)[0], mean, std) for f in files]).astype(np.float32)
+
+
+def make_realistic(model, images: np.ndarray, seed: int = 0) -> None:
+    """BN statistics from data and spread-out predictor outputs (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    bns = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(images, training=True)  # moving statistics := this batch's, layer by layer
+    for bn in bns:
+        bn.momentum = 0.99
+    for kind, target_std, bias in (("class", 2.0, -2.0), ("box", 0.3, 0.0)):
+        layer = model.get_layer(f"{kind}_net_predict_pw")
+        k, b = layer.get_weights()
+        k = rng.normal(0, 1.0, k.shape).astype(np.float32)
+        layer.set_weights([k, np.full_like(b, bias)])
+        outs = model(images[:2])
+        idx = 0 if kind == "class" else len(outs) // 2
+        std = float(np.std(outs[idx].numpy()))
+        layer.set_weights([k * (target_std / max(std, 1e-6)), np.full_like(b, bias)])
+
+
+def build_realistic(variant: str, root: Path, num_classes: int = 6, seed: int = 0):
+    import tf_keras as keras
+
+    from edgedet.model import build_model, get_config
+
+    keras.utils.set_random_seed(seed)
+    cfg = get_config(variant, num_classes=num_classes, image_size=SIZE)
+    model = build_model(cfg)
+    make_realistic(model, synth_images(root, SIZE, mean=cfg.mean, std=cfg.std), seed)
+    return model, cfg
+
+
+def make_run(out: Path, model, cfg, class_names, dataset: Path, kind: str = "float") -> Path:
+    """A run folder (run.json + best.weights.h5) laid out the way ``edgedet train`` writes it."""
+    from edgedet.train import checkpoint as ck
+
+    out.mkdir(parents=True, exist_ok=True)
+    ck.save_weights(model, out / ck.BEST)
+    data = {
+        "kind": kind, "variant": cfg.name, "image_size": cfg.image_size, "num_classes": cfg.num_classes,
+        "class_names": list(class_names), "mean": list(cfg.mean), "std": list(cfg.std),
+        "model_config": cfg.to_dict(), "dataset": str(dataset), "epochs": 1, "epochs_done": 1, "status": "done",
+        "best": {"epoch": 1, "metrics": {"AP": 0.1}}, "weights": {"best": ck.BEST},
+        "train": {"data": str(dataset), "out": str(out), "model": cfg.name, "batch": 4, "epochs": 1, "seed": 0,
+                  "backbone_weights": None, "progress": False, "eval_every": 1},
+        "weights_sha256": ck.sha256_file(out / ck.BEST),
+    }
+    (out / ck.RUN_JSON).write_text(json.dumps(data, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def float_run(tmp_path_factory, synth) -> Path:
+    """A float run of the D-family ``test`` row (swish, SE, fast fusion) on the synthetic data."""
+    from edgedet.train.synth import CLASSES
+
+    model, cfg = build_realistic("test", synth)
+    return make_run(tmp_path_factory.mktemp("qrun") / "run", model, cfg, CLASSES, synth)
