@@ -75,7 +75,7 @@ def html_table(header, rows, row_classes=None) -> str:
 
 def _layer_section(m: dict) -> str:
     t = m["layer_errors"]
-    title = "Per-layer int8 error" if t.get("kind") == "diagnosis" else "Per-output error vs float"
+    title = md.LAYER_TITLES.get(t.get("kind"), "Per-layer error")
     cols = list(t["columns"])
     # The error measure the rows are sorted by, drawn as a bar.
     numeric = [c for c in cols if c not in ("rank", "index") and any(isinstance(r.get(c), (int, float)) for r in t["rows"])]

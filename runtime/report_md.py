@@ -9,6 +9,8 @@ from edgedet.runtime.stats import fmt_ms, fmt_pct
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 LAYER_ROWS_SHOWN = 15
+LAYER_TITLES = {"diagnosis": "Per-layer int8 error (quantize diagnosis)", "tensors": "Per-tensor int8 error vs fp32 TFLite",
+                "outputs": "Per-output error vs float"}
 
 
 def _size(n: int | None) -> str:
@@ -179,7 +181,7 @@ def render_markdown(report: dict) -> str:
         t = m.get("layer_errors")
         if not t or not t.get("rows"):
             continue
-        title = "Per-layer int8 error" if t.get("kind") == "diagnosis" else "Per-output error vs float"
+        title = LAYER_TITLES.get(t.get("kind"), "Per-layer error")
         lines += [f"## {title}: {m['name']}", "", f"Source: `{t['source']}`"
                   + (f". {t['note']}" if t.get("note") else ""), "",
                   md_table(*layer_table(t)), ""]

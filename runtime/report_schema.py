@@ -47,7 +47,7 @@ _LAYER_TABLE = {
     "required": ["source", "columns", "rows"],
     "properties": {
         "source": {"type": "string"},
-        "kind": {"type": "string", "enum": ["diagnosis", "outputs"]},
+        "kind": {"type": "string", "enum": ["diagnosis", "tensors", "outputs"]},
         "columns": {"type": "array", "items": {"type": "string"}},
         "rows": {"type": "array", "items": {"type": "object"}},
         "note": _STR,

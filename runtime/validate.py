@@ -26,6 +26,7 @@ from edgedet.runtime.stats import gmacs_per_second
 from edgedet.runtime.validate_layers import find_diagnosis, load_diagnosis, output_table
 
 KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
+TENSOR_IMAGES = 2  # images for the tensor-by-tensor TFLite comparison
 
 
 def model_format(path: str) -> str:
@@ -153,7 +154,7 @@ def _detections(npz: dict, model_labels: list[str], class_names: list[str]) -> l
     return out
 
 
-def _entry(name, path, role, result, npz, samples, class_names, base_npz, diagnosis_map) -> dict:
+def _entry(name, path, role, result, npz, samples, class_names) -> dict:
     fmt = model_format(path)
     meta = result.get("meta") or {}
     common = {
@@ -179,13 +180,46 @@ def _entry(name, path, role, result, npz, samples, class_names, base_npz, diagno
     p50 = lat["invoke"]["p50"]
     entry = model_entry(name, path, role, fmt, evaluation, lat,
                         gmacs_per_s=gmacs_per_second(meta.get("macs"), p50 / 1e3 if p50 else None), **common)
-    if role == "candidate":
-        diag = find_diagnosis(path, meta, diagnosis_map)
-        table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
-        if table is None and base_npz is not None:
-            table = output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)), why)
-        entry["layer_errors"] = table
     return entry
+
+
+def _is_fp32_tflite(entry: dict) -> bool:
+    q = (entry.get("quantization") or {}).get("method") or "none"
+    return entry["format"] == "tflite" and entry["status"] != "fail" and q == "none" and entry.get("target") != "tflite-fp16"
+
+
+def layer_section(entry: dict, meta: dict, npz, base_npz, samples, entries: list[dict], diagnosis_map) -> dict | None:
+    """The per-layer section of a candidate, best source first.
+
+    1. the quantize diagnosis (when it belongs to this model);
+    2. for an int8 TFLite file, every tensor against an fp32 TFLite file of the run (the baseline or a
+       candidate), via LiteRT;
+    3. the ten head outputs against the float baseline (any backend).
+    """
+    if entry["role"] != "candidate" or entry["status"] == "fail":
+        return None
+    from edgedet.runtime.validate_layers import is_int8
+
+    diag = find_diagnosis(entry["path"], meta, diagnosis_map)
+    table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
+    if table is not None:
+        return table
+    ref = next((e for e in entries if _is_fp32_tflite(e) and e is not entry), None)
+    if entry["format"] == "tflite" and is_int8(meta) and ref is not None:
+        from edgedet.runtime.validate_tensors import tensor_table
+
+        try:
+            images = [s.image_path for s in samples[:TENSOR_IMAGES]]
+            table = tensor_table(ref["path"], entry["path"], images)
+        except Exception as exc:  # noqa: BLE001 - an analysis failure must not sink the report
+            why = f"tensor comparison failed ({type(exc).__name__}: {exc})"
+        if table is not None:
+            if why:
+                table["note"] += f" Not the quantize diagnosis: {why}."
+            return table
+    if base_npz is not None and npz is not None:
+        return output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)), why)
+    return None
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -251,7 +285,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))
     base_job = {"images": [s.image_path for s in samples], "eval_post": EVAL_POSTPROCESS, "runs": runs,
                 "keep_outputs": KEEP_OUTPUTS, "progress": progress}
-    entries, base_npz = [], None
+    entries, base_npz, kept = [], None, []
     try:
         for k, ((role, path), name) in enumerate(zip(jobs, names)):
             log(f"[{k + 1}/{len(jobs)}] {name}")
@@ -265,10 +299,13 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             result, npz = run_worker(job, work_root / f"m{k}", timeout)
             if role == "baseline" and npz is not None:
                 base_npz = npz
-            entry = _entry(name, str(path), role, result, npz, samples, class_names, base_npz, diag_map)
+            entry = _entry(name, str(path), role, result, npz, samples, class_names)
+            kept.append((entry, result.get("meta") or {}, npz))
             if entry["status"] == "fail":
                 log(f"    ❌ {entry['error']}")
             entries.append(entry)
+        for entry, meta, npz in kept:
+            entry["layer_errors"] = layer_section(entry, meta, npz, base_npz, samples, entries, diag_map)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names}

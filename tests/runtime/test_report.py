@@ -128,7 +128,7 @@ def test_write_report_markdown(tmp_path):
     text = paths["md"].read_text()
     assert "| ❎ | model-int8.tflite | tflite-int8 |" in text
     assert "❌ **broken.onnx** failed to run: `ModelFileError: truncated`" in text
-    assert "## Per-layer int8 error: model-int8.tflite" in text and "box_net/conv" in text
+    assert "## Per-layer int8 error (quantize diagnosis): model-int8.tflite" in text and "box_net/conv" in text
     wbc = next(line for line in text.splitlines() if line.startswith("| WBC |"))
     assert "100.00 |" in wbc and "(-" in wbc  # float AP, then the int8 drop
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
@@ -169,7 +169,7 @@ def test_html_renders_in_chromium(tmp_path):
     assert 'data-images="4"' in status  # PR curves, ΔAP bars, latency breakdown, histograms
     for fid in ("fig-pr_curves", "fig-delta_ap", "fig-latency_hist", "fig-latency_breakdown"):
         assert f'id="{fid}"' in dom
-    assert "Per-layer int8 error: model-int8.tflite" in dom and "box_net/conv" in dom
+    assert "Per-layer int8 error (quantize diagnosis): model-int8.tflite" in dom and "box_net/conv" in dom
     assert (tmp_path / "shot.png").stat().st_size > 10_000
 
 
