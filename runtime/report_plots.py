@@ -104,7 +104,11 @@ def delta_ap_bars(report: dict, plt, colors):
     ax.set_xticklabels(names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
     ax.set_ylabel("ΔAP vs float (points)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(4, len(models) + 1))
+    # Legend under the axes: over them it would hide the bars it explains.
+    ncol = min(4, len(models) + 1)
+    rows = -(-(len(models) + 1) // ncol)
+    fig.set_size_inches(fig.get_size_inches()[0], 3.6 + 0.22 * rows)
+    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -194,6 +198,6 @@ def make_figures(report: dict, dpi: int = 90) -> list[tuple[str, str, str]]:
         if fig is None:
             continue
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         out.append((fid, title, base64.b64encode(buf.getvalue()).decode("ascii")))
     return out
