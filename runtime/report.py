@@ -101,7 +101,8 @@ def apply_thresholds(entry: dict, baseline: dict | None, thresholds: dict) -> No
         if drop is not None:
             d = (entry.get("delta") or {}).get("AP")
             if not base_ok:
-                reasons.append("AP drop not checked: the float baseline did not run")
+                reasons.append("AP drop not checked: " + ("the float baseline failed" if baseline is not None
+                                                           else "no float baseline given"))
             elif d is None:
                 reasons.append("AP undefined (no ground truth)")
             elif -d > drop + 1e-12:

@@ -258,12 +258,13 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     if not models and not baseline:
         raise ConfigError("--models: give at least one model file")
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
+    if baseline and not os.path.exists(baseline):
+        raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
     run_classes = None
     if baseline and is_run_dir(baseline):
         from edgedet.runtime.validate_keras import run_class_names
 
         run_classes = run_class_names(baseline)
-    samples, class_names = load_samples(data, split, limit, classes=run_classes)
     diag_map: dict[str, str] = {}
     for d in diagnosis or []:
         key, sep, val = d.rpartition("=")
@@ -271,11 +272,8 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     for p in diag_map.values():
         if not os.path.isfile(p):
             raise ConfigError(f"--diagnosis {p}: no such file")
-    jobs = []
-    if baseline:
-        if not os.path.exists(baseline):
-            raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
-        jobs.append(("baseline", baseline))
+    samples, class_names = load_samples(data, split, limit, classes=run_classes)
+    jobs = [("baseline", baseline)] if baseline else []
     jobs += [("candidate", m) for m in models]
     names = _names([p for _, p in jobs])
     if baseline and is_run_dir(baseline):
