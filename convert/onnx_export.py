@@ -57,6 +57,63 @@ def _modern_resize(model_proto) -> None:
                 nm.s = b"round_prefer_ceil"
 
 
+def quantize_conv_weights(model_proto, bits: int = 7) -> int:
+    """Give float Conv weights of a QAT QDQ graph their own per-channel DequantizeLinear.
+
+    tf2onnx constant-folds tfmot's weight fake-quant and then folds BatchNorm into the result, so
+    the QAT ONNX has QDQ on activations only and float weights: onnxruntime cannot fuse such a
+    Conv into QLinearConv and runs it in float. Per output channel, BN folding only rescales the
+    fake-quantized grid, so re-quantizing each channel symmetrically recovers the QAT integers
+    (8 bits). ``bits=7`` keeps one bit of headroom: x86 CPUs without VNNI accumulate u8 x s8
+    pairs in saturating int16, which overflows with full-range 8-bit weights.
+
+    Returns:
+        The number of Conv nodes rewritten.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    qmax = float(2 ** (bits - 1) - 1)
+    new_nodes, done, made = [], 0, set()
+    for node in g.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        src = producers.get(node.input[0])
+        if src is None or src.op_type != "DequantizeLinear":
+            continue  # only convs whose input is already quantized
+        base = node.input[1]
+        if base + "_dq" in made:  # a weight shared by several convs (e.g. the heads across levels)
+            node.input[1] = base + "_dq"
+            done += 1
+            continue
+        made.add(base + "_dq")
+        w = numpy_helper.to_array(inits[base]).astype(np.float32)  # (O, I/g, kh, kw)
+        amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+        scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+        q = np.clip(np.round(w / scale[:, None, None, None]), -qmax, qmax).astype(np.int8)
+        g.initializer.extend([
+            numpy_helper.from_array(q, base + "_q"),
+            numpy_helper.from_array(scale, base + "_scale"),
+            numpy_helper.from_array(np.zeros_like(q[:, 0, 0, 0]), base + "_zp"),
+        ])
+        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [base + "_q", base + "_scale", base + "_zp"],
+                                               [base + "_dq"], name=base + "_DequantizeLinear", axis=0))
+        node.input[1] = base + "_dq"
+        done += 1
+    # DequantizeLinear nodes have only initializer inputs, so putting them first keeps topological order.
+    for n in reversed(new_nodes):
+        g.node.insert(0, n)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return done
+
+
 def keras_to_onnx(model, path: str, output_names: list[str] | None = None) -> None:
     """tf_keras model -> ONNX file at ``path`` (input ``image`` (1,S,S,3), opset :data:`OPSET`)."""
     import tensorflow as tf
@@ -96,6 +153,12 @@ def onnx_file(ctx, kind: str) -> str:
     path = os.path.join(ctx.work_dir, f"model_{kind}.onnx")
     model = src.model()
     keras_to_onnx(model, path, _clean_names(model))
+    if kind == "qat":
+        import onnx
+
+        proto = onnx.load(path)
+        ctx.cache[("onnx", "qat-weights")] = quantize_conv_weights(proto, bits=7)
+        onnx.save(proto, path)
     ctx.cache[key] = path
     return path
 
@@ -152,7 +215,9 @@ def export_onnx(ctx, target, tmp_path: str, meta: ModelMeta) -> None:
         meta.quantization = {"method": "none"}
     elif ctx.source.is_qat:
         src = onnx_file(ctx, "qat")
-        meta.quantization = {"method": "qat", "tool": "tf2onnx", "format": "QDQ", "opset": OPSET}
+        meta.quantization = {"method": "qat", "tool": "tf2onnx", "format": "QDQ", "opset": OPSET,
+                             "weights": "int8 per-channel, 7-bit range (re-quantized after tf2onnx's BN folding)",
+                             "quantized_convs": ctx.cache.get(("onnx", "qat-weights"))}
     else:
         src = os.path.join(ctx.work_dir, "model_ptq.onnx")
         if ("onnx", "ptq") not in ctx.cache:

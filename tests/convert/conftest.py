@@ -149,3 +149,43 @@ def cv():
 
     return SimpleNamespace(ALL_TARGETS=ALL_TARGETS, LABELS=LABELS, SIZE=SIZE, make_run=make_run,
                            keras_outputs=keras_outputs, normalised=normalised)
+
+
+def make_qat_run(float_run: Path, out: Path) -> Path:
+    """A QAT run folder from ``float_run``, saved the way ``edgedet quantize qat`` saves it.
+
+    Instead of fine-tuning, the fake-quant ranges are calibrated: one training-mode pass over
+    real images with tfmot's moving-average decay forced to 0, so every activation range is the
+    batch min/max (a QAT run reaches the same state after enough steps; with the stock decay of
+    0.999 a few passes would leave the initial [-6, 6] ranges and a meaningless model)."""
+    import tf_keras as keras
+    from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+
+    from edgedet.quantize.configs import quantize_model
+    from edgedet.train import checkpoint as ck
+
+    model, info = ck.load_run(float_run)
+    qmodel = quantize_model(model)
+    for layer in qmodel.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False
+    x = _images(info.config.image_size, np.random.default_rng(1))
+    orig = quantizers.quant_ops.MovingAvgQuantize
+
+    def no_decay(*args, **kwargs):
+        kwargs["ema_decay"] = 0.0
+        return orig(*args, **kwargs)
+
+    quantizers.quant_ops.MovingAvgQuantize = no_decay
+    try:
+        qmodel(x, training=True)  # every fake-quant range := this batch's min/max
+    finally:
+        quantizers.quant_ops.MovingAvgQuantize = orig
+    out.mkdir(parents=True, exist_ok=True)
+    ck.save_weights(qmodel, out / ck.BEST)
+    data = json.loads((Path(float_run) / ck.RUN_JSON).read_text())
+    data.update({"kind": "qat", "source_run": str(Path(float_run).resolve()), "weights": {"best": ck.BEST},
+                 "weights_sha256": ck.sha256_file(out / ck.BEST), "best": {"epoch": 0, "metrics": {"AP": 0.24, "AP50": 0.49}}})
+    (out / ck.RUN_JSON).write_text(json.dumps(data, indent=2))
+    return out
