@@ -188,12 +188,17 @@ def _is_fp32_tflite(entry: dict) -> bool:
     return entry["format"] == "tflite" and entry["status"] != "fail" and q == "none" and entry.get("target") != "tflite-fp16"
 
 
-def layer_section(entry: dict, meta: dict, npz, base_npz, samples, entries: list[dict], diagnosis_map) -> dict | None:
+def _source(meta: dict) -> str:
+    """What a file was exported from (weights hash, else the run folder); '' when unknown."""
+    return meta.get("source_sha256") or str(((meta.get("extra") or {}).get("source") or {}).get("run") or "")
+
+
+def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, diagnosis_map) -> dict | None:
     """The per-layer section of a candidate, best source first.
 
     1. the quantize diagnosis (when it belongs to this model);
-    2. for an int8 TFLite file, every tensor against an fp32 TFLite file of the run (the baseline or a
-       candidate), via LiteRT;
+    2. for an int8 TFLite file, every tensor against an fp32 TFLite file of the same weights (the
+       baseline or a candidate; a QAT model's fine-tuned weights have no such twin), via LiteRT;
     3. the ten head outputs against the float baseline (any backend).
     """
     if entry["role"] != "candidate" or entry["status"] == "fail":
@@ -204,7 +209,7 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, entries: list
     table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
     if table is not None:
         return table
-    ref = next((e for e in entries if _is_fp32_tflite(e) and e is not entry), None)
+    ref = next((e for e, m, _ in kept if _is_fp32_tflite(e) and e is not entry and _source(m) == _source(meta)), None)
     if entry["format"] == "tflite" and is_int8(meta) and ref is not None:
         from edgedet.runtime.validate_tensors import tensor_table
 
@@ -303,7 +308,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
                 log(f"    ❌ {entry['error']}")
             entries.append(entry)
         for entry, meta, npz in kept:
-            entry["layer_errors"] = layer_section(entry, meta, npz, base_npz, samples, entries, diag_map)
+            entry["layer_errors"] = layer_section(entry, meta, npz, base_npz, samples, kept, diag_map)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names}

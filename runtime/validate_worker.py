@@ -98,7 +98,8 @@ def run_job(job: dict, result: dict) -> dict:
     result["init_ms"] = (time.perf_counter() - t0) * 1e3
     meta = det.meta
     result["meta"] = {"labels": list(det.labels), "target": meta.target or None, "quantization": meta.quantization,
-                      "macs": meta.macs, "model": meta.model, "calib_sha256": meta.calib_sha256 or None, "outputs": meta.outputs,
+                      "macs": meta.macs, "model": meta.model, "calib_sha256": meta.calib_sha256 or None,
+                      "source_sha256": meta.source_sha256 or None, "outputs": meta.outputs,
                       "input_size": list(meta.input_size), "extra": meta.extra}
     prov = det.describe()
     result["provenance"] = {"backend": prov.get("backend"), "backend_version": prov.get("version") or None,
