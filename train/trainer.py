@@ -163,7 +163,31 @@ class Trainer:
             self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
             self.optimizer.build(self.tvars)
             self.ema = WeightEMA(self.model.weights, o.ema_decay)
+            self._warm_start_batchnorm(tf, keras)
         self._tf = tf
+
+    def _warm_start_batchnorm(self, tf, keras):
+        """Make trainable BN layers' moving-average momentum a variable, warmed up like the EMA.
+
+        With a fixed 0.99, the moving statistics of the freshly initialised BiFPN/heads still
+        carry (0.99 ** 200 =) 13 % of their initial (0, 1) after 200 steps: the inference-mode
+        model then scores far below the training-mode one, and a short run's val AP (and the
+        final model of a run of a few hundred steps) is badly off. The momentum is set to
+        ``min(m, (1 + n) / (10 + n))`` per step ``n`` instead (see :meth:`_set_bn_momentum`).
+        """
+        self.bn_layers = [layer for layer in self.model.layers
+                          if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        self.bn_max_momentum = max([float(layer.momentum) for layer in self.bn_layers] or [0.99])
+        self.bn_momentum = tf.Variable(self.bn_max_momentum, trainable=False, dtype=tf.float32, name="bn_momentum",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        for layer in self.bn_layers:
+            # object.__setattr__: not tracked as a layer weight (saved weights stay loadable by
+            # a fresh model); tf_keras then uses its unfused tensor-momentum update.
+            object.__setattr__(layer, "momentum", self.bn_momentum)
+
+    def _set_bn_momentum(self, step: int) -> None:
+        if getattr(self, "bn_layers", None):  # subclasses (QAT) may build without it
+            self.bn_momentum.assign(min(self.bn_max_momentum, (1.0 + step) / (10.0 + step)))
 
     def lr_at(self, step: int) -> float:
         from edgedet.train.schedule import warmup_cosine_lr
@@ -407,6 +431,7 @@ class Trainer:
         for images, targets in ds:
             lr = self.lr_at(int(self.optimizer.iterations.numpy()))
             self.optimizer.learning_rate.assign(lr)
+            self._set_bn_momentum(int(self.optimizer.iterations.numpy()))
             out = step_fn(images, targets)
             vals = {k: float(v.numpy()) for k, v in out.items()}
             gstep = int(self.optimizer.iterations.numpy())
