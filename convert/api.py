@@ -66,6 +66,11 @@ class Context:
 def check_needs(targets: list[Target], source_kind: str | None, calib_data: str | None) -> None:
     """One-line error when an int8 target has neither a QAT source nor calibration data."""
     for t in targets:
+        if source_kind == "qat" and t.needs != "calib|qat":
+            raise ConfigError(
+                f"--target {t.name}: a QAT run only exports int8 targets (tflite-int8, edgetpu, onnx-int8, openvino-int8); "
+                f"convert its float run (run.json source_run) for float targets"
+            )
         if t.needs == "calib|qat" and source_kind != "qat" and not calib_data:
             raise ConfigError(
                 f"--target {t.name} needs a QAT run (--weights RUN_QAT from `edgedet quantize qat`) "

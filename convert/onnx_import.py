@@ -83,4 +83,22 @@ def import_onnx(path: str, meta=None):
             raise ToolchainError(f"onnx2tf could not convert {path}: {reason[:300]} (check the opset/ops, or export NHWC with static shapes)") from None
     if model is None:
         raise ToolchainError(f"onnx2tf could not convert {path}: it returned no model")
+    _track_captured_variables(model)
     return model
+
+
+def _track_captured_variables(model) -> None:
+    """Make the variables onnx2tf's op layers create (e.g. depthwise kernels) part of ``model.variables``.
+
+    They are captured by the model's call but tracked by no layer, so saving a function of the
+    model (what the TFLite converter does to keep the signature and output names) fails with
+    "untracked resource". Assigning them to a model attribute lets Keras track them.
+    """
+    import tensorflow as tf
+
+    shape = [1, *[int(d) for d in model.inputs[0].shape[1:]]]
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(shape, tf.float32))
+    known = {id(v) for v in model.variables}
+    extra = [v for v in fn.graph.variables if id(v) not in known]
+    if extra:
+        model.onnx2tf_variables = extra

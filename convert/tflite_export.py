@@ -64,6 +64,8 @@ def export_tflite(ctx, target, tmp_path: str, meta: ModelMeta, embed: bool = Tru
     with open(tmp_path, "wb") as f:
         f.write(data)
     meta.quantization = dict(q)
+    if ctx.source.kind == "onnx":
+        meta.layout = "NHWC"  # onnx2tf always produces an NHWC input
     if q.get("calibration"):
         meta.calib_sha256 = q["calibration"]["sha256"]
     if ctx.nms:

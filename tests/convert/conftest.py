@@ -142,13 +142,57 @@ def normalised(path: str, size: int = SIZE):
     return normalize(canvas, (127.0,) * 3, (128.0,) * 3)[None]
 
 
+NAMES = [f"class_p{i}" for i in range(3, 8)] + [f"box_p{i}" for i in range(3, 8)]
+
+
+def run_raw(path: str, x: np.ndarray) -> list[np.ndarray]:
+    """Raw outputs (class_p3..box_p7, float, dequantised) of any artifact for normalised input ``x``."""
+    if path.endswith(".tflite"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=path, num_threads=1)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        if np.issubdtype(d["dtype"], np.integer):
+            s, z = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            xin = np.clip(np.round(x / s + z), info.min, info.max).astype(d["dtype"])
+        else:
+            xin = x.astype(d["dtype"])
+        it.set_tensor(d["index"], xin)
+        it.invoke()
+        by = {}
+        for o in it.get_output_details():
+            a = it.get_tensor(o["index"]).astype(np.float32)
+            if np.issubdtype(o["dtype"], np.integer):
+                s, z = o["quantization"]
+                a = (a - z) * s
+            by[o["name"]] = a
+        return [by[n] for n in NAMES]
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        outs = sess.run(NAMES, {sess.get_inputs()[0].name: x})
+        return [np.asarray(o, np.float32) for o in outs]
+    import openvino as ov
+
+    from edgedet.runtime.metadata import openvino_xml
+
+    compiled = ov.Core().compile_model(openvino_xml(path), "CPU")
+    res = compiled(x)
+    by = {o.get_any_name(): np.asarray(res[o], np.float32) for o in compiled.outputs}
+    return [by[n] for n in NAMES]
+
+
 @pytest.fixture(scope="session")
 def cv():
     """Helpers for the convert tests (test modules cannot import conftest under importlib mode)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(ALL_TARGETS=ALL_TARGETS, LABELS=LABELS, SIZE=SIZE, make_run=make_run,
-                           keras_outputs=keras_outputs, normalised=normalised)
+                           keras_outputs=keras_outputs, normalised=normalised, run_raw=run_raw,
+                           make_qat_run=make_qat_run)
 
 
 def make_qat_run(float_run: Path, out: Path) -> Path:

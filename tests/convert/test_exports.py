@@ -6,49 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from edgedet.runtime.metadata import openvino_xml, read_metadata
+from edgedet.runtime.metadata import read_metadata
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 NAMES = [f"class_p{i}" for i in range(3, 8)] + [f"box_p{i}" for i in range(3, 8)]
-
-
-def run_raw(path: str, x: np.ndarray) -> list[np.ndarray]:
-    """Raw outputs (class_p3..box_p7, float, dequantised) of any artifact for normalised input ``x``."""
-    if path.endswith(".tflite"):
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=path, num_threads=1)
-        it.allocate_tensors()
-        d = it.get_input_details()[0]
-        if np.issubdtype(d["dtype"], np.integer):
-            s, z = d["quantization"]
-            info = np.iinfo(d["dtype"])
-            xin = np.clip(np.round(x / s + z), info.min, info.max).astype(d["dtype"])
-        else:
-            xin = x.astype(d["dtype"])
-        it.set_tensor(d["index"], xin)
-        it.invoke()
-        by = {}
-        for o in it.get_output_details():
-            a = it.get_tensor(o["index"]).astype(np.float32)
-            if np.issubdtype(o["dtype"], np.integer):
-                s, z = o["quantization"]
-                a = (a - z) * s
-            by[o["name"]] = a
-        return [by[n] for n in NAMES]
-    if path.endswith(".onnx"):
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        outs = sess.run(NAMES, {sess.get_inputs()[0].name: x})
-        return [np.asarray(o, np.float32) for o in outs]
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(openvino_xml(path), "CPU")
-    res = compiled(x)
-    by = {o.get_any_name(): np.asarray(res[o], np.float32) for o in compiled.outputs}
-    return [by[n] for n in NAMES]
 
 
 def _rel(a, b) -> float:
@@ -104,12 +66,12 @@ def test_float_parity(exports, tiny_run, bccd_images, cv):
     x = cv.normalised(bccd_images[0])
     ref = cv.keras_outputs(tiny_run, x)
     for target in ("tflite-fp32", "onnx", "openvino-fp32"):
-        got = run_raw(exports["paths"][target], x)
+        got = cv.run_raw(exports["paths"][target], x)
         for name, g, r in zip(NAMES, got, ref):
             assert g.shape == r.shape, (target, name)
             assert _rel(g, r) <= 1e-4, (target, name, _rel(g, r))
     for target in ("tflite-fp16", "openvino-fp16", "tflite-dynamic"):
-        got = run_raw(exports["paths"][target], x)
+        got = cv.run_raw(exports["paths"][target], x)
         assert min(_cos(g, r) for g, r in zip(got, ref)) >= 0.99, target
 
 
@@ -122,7 +84,7 @@ def test_int8_parity(exports, tiny_run, bccd_images, cv):
         for img in bccd_images[:2]:
             x = cv.normalised(img)
             ref = cv.keras_outputs(tiny_run, x)
-            got = run_raw(exports["paths"][target], x)
+            got = cv.run_raw(exports["paths"][target], x)
             cls_r = np.concatenate([r.reshape(-1, 3) for r in ref[:5]])
             cls_g = np.concatenate([g.reshape(-1, 3) for g in got[:5]])
             assert _cos(cls_g, cls_r) >= 0.98, (target, _cos(cls_g, cls_r))
