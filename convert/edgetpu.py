@@ -254,7 +254,8 @@ def parse_compiler_log(text: str) -> dict:
         m = re.search(pat, text)
         if m:
             out[key] = int(m.group(1))
-    if "on_tpu" not in out and "total" in out and "successfully compiled" in text and "not all operations" not in text:
+    ok = "compiled successfully" in text or "successfully compiled" in text
+    if "on_tpu" not in out and "total" in out and ok and "not all operations" not in text:
         out["on_tpu"], out["on_cpu"] = out["total"], 0
     cpu_ops = {}
     in_table = False
