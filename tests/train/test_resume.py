@@ -68,7 +68,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    t.join(timeout=540)
+    t.join(timeout=1500)
     victim.wait(timeout=60)
     assert seen, "never saw epoch 2 in progress"
     assert victim.returncode == -signal.SIGKILL
@@ -79,10 +79,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     epoch1 = _rows(killed)[0]
 
     res = subprocess.run([sys.executable, "-m", "edgedet", "train", "--resume", str(killed), "--no-progress"],
-                         env=_env(), capture_output=True, text=True, timeout=540)
+                         env=_env(), capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming" in res.stderr and "after epoch 1/3" in res.stderr
-    out_ref, err_ref = ref.communicate(timeout=540)
+    out_ref, err_ref = ref.communicate(timeout=1500)
     assert ref.returncode == 0, err_ref[-3000:]
 
     rows_k, rows_f = _rows(killed), _rows(full)
