@@ -107,6 +107,56 @@ class QuantizedWeightedFusion(WeightedFusion):
         return out
 
 
+class DepthwiseKernelQuantizer(quantizers.LastValueQuantizer):
+    """Per-channel symmetric int8 for a depthwise kernel ``(kh, kw, C, M)``, one range per C*M.
+
+    tfmot's default quantizes along the last axis, which for a depthwise kernel is the depth
+    multiplier (1): one range for the whole kernel. The converter then folds the following BN
+    (a different scale per channel) into the kernel and re-quantizes it per channel, so the
+    device's weights differ from the ones QAT trained against by a few steps. With a range per
+    channel the BN scale commutes with the quantization and QAT sees the device's weights.
+    """
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        channels = int(tensor_shape[-2]) * int(tensor_shape[-1])
+        min_w = layer.add_weight(name + "_min", shape=(channels,), initializer=keras.initializers.Constant(-6.0),
+                                 trainable=False)
+        max_w = layer.add_weight(name + "_max", shape=(channels,), initializer=keras.initializers.Constant(6.0),
+                                 trainable=False)
+        return {"min_var": min_w, "max_var": max_w}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+        kh, kw, c, m = (int(d) for d in inputs.shape)
+        flat = tf.reshape(inputs, (kh, kw, 1, c * m))  # rank 4, channels last: what LastValueQuantize reduces
+        out = quant_ops.LastValueQuantize(flat, weights["min_var"], weights["max_var"], is_training=training,
+                                          num_bits=8, per_channel=True, symmetric=True, narrow_range=True)
+        return tf.reshape(out, (kh, kw, c, m))
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+
+class DepthwiseQuantizeConfig(d8_registry.Default8BitQuantizeConfig):
+    """DepthwiseConv2D: per-channel kernel ranges (see :class:`DepthwiseKernelQuantizer`)."""
+
+    def __init__(self, weight_attrs=("depthwise_kernel",), activation_attrs=("activation",), quantize_output=False):
+        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
+        self.weight_quantizer = DepthwiseKernelQuantizer()
+
+    def get_config(self):
+        return {"weight_attrs": list(self.weight_attrs), "activation_attrs": list(self.activation_attrs),
+                "quantize_output": self.quantize_output}
+
+
 class OutputQuantizeConfig(d8_configs.Default8BitOutputQuantizeConfig):
     """Quantize only the layer output (Multiply, fusion, standalone BN)."""
 
@@ -135,6 +185,25 @@ class FusionQuantizeConfig(QuantizeConfig):
         return {}
 
 
+class _Registry(d8_registry.Default8BitQuantizeRegistry):
+    """tfmot's default registry with per-channel depthwise kernels.
+
+    Given through the scheme (not as an annotation), because tfmot skips its Conv+BN folding
+    transforms for any layer that carries a custom annotation config.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._layer_quantize_map[keras.layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
+
+
+class EdgedetQuantizeScheme(tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
+    """The default 8-bit scheme (TFLite int8 layout transforms) with :class:`_Registry`."""
+
+    def get_quantize_registry(self):
+        return _Registry()
+
+
 def custom_objects() -> dict:
     """Everything needed to deserialise a float or QAT edgedet model."""
     from edgedet.model import custom_objects as model_objects
@@ -145,6 +214,8 @@ def custom_objects() -> dict:
         "edgedet>QuantizedWeightedFusion": QuantizedWeightedFusion,
         "OutputQuantizeConfig": OutputQuantizeConfig,
         "FusionQuantizeConfig": FusionQuantizeConfig,
+        "DepthwiseQuantizeConfig": DepthwiseQuantizeConfig,
+        "DepthwiseKernelQuantizer": DepthwiseKernelQuantizer,
     })
     return objs
 
@@ -163,7 +234,8 @@ def _copy_name(layer, call_index: int) -> str:
 
 
 def prepare_for_qat(model: keras.Model, annotate: bool = False) -> keras.Model:
-    """A copy of ``model`` in the form tfmot quantizes well (same function, same weights).
+    """A copy of ``model`` in the form tfmot quantizes well (same weights; same function except the
+    fusion layers' intermediate fake-quant).
 
     * each call of a shared layer becomes its own layer (``name_pL``), so Conv+BN folding
       patterns match per level;
@@ -276,7 +348,7 @@ def quantize_model(model: keras.Model) -> keras.Model:
     """
     annotated = annotate(model)
     with quantize_scope():
-        return tfmot.quantization.keras.quantize_apply(annotated)
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme=EdgedetQuantizeScheme())
 
 
 def unfolded_batchnorms(qat_model: keras.Model) -> list[str]:
@@ -297,3 +369,55 @@ def unfolded_batchnorms(qat_model: keras.Model) -> list[str]:
         if not (isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and "NoOpActivation" in str(act)):
             bad.append(inner.name)
     return bad
+
+
+# --------------------------------------------------------------------------- range calibration
+def calibrate_ranges(qat_model: keras.Model, batches) -> int:
+    """Set every activation range of a fresh QAT model from data (min/max over ``batches``).
+
+    tfmot starts activation ranges at [-6, 6] and moves them with an EMA of decay 0.999, so a
+    short fine-tune (a few hundred steps) would end with ranges that are still mostly that
+    guess: small tensors (SE gates, head features) quantized with a 0.047 step, large logits
+    clipped. Like TFLite's post-training calibrator, this takes the min/max over all calibration
+    values (BN in inference mode, drop-connect off), so QAT starts from the PTQ model and the
+    EMA then only refines.
+
+    Args:
+        qat_model: from :func:`quantize_model`.
+        batches: iterable of normalised float32 ``(B, S, S, 3)`` arrays.
+
+    Returns:
+        The number of range variables set.
+    """
+    import contextlib
+
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    def all_values_call(self, inputs, training, weights, **kwargs):
+        return quant_ops.AllValuesQuantize(inputs, weights["min_var"], weights["max_var"], is_training=training,
+                                           num_bits=self.num_bits, symmetric=self.symmetric,
+                                           narrow_range=self.narrow_range)
+
+    ranges = [v for v in qat_model.non_trainable_weights if v.name.split("/")[-1].split(":")[0].endswith(("_min", "_max"))]
+    for v in ranges:
+        v.assign(tf.zeros_like(v))
+    inner = [getattr(layer, "layer", layer) for layer in qat_model.layers]
+    saved_bn = [(layer, layer.trainable) for layer in inner if isinstance(layer, keras.layers.BatchNormalization)]
+    saved_drop = [(layer, layer.rate) for layer in inner if isinstance(layer, keras.layers.Dropout)]
+    original = quantizers.MovingAverageQuantizer.__call__
+    with contextlib.ExitStack() as stack:
+        quantizers.MovingAverageQuantizer.__call__ = all_values_call
+        stack.callback(setattr, quantizers.MovingAverageQuantizer, "__call__", original)
+        for layer, _ in saved_bn:
+            layer.trainable = False
+        for layer, _ in saved_drop:
+            layer.rate = 0.0
+        try:
+            for x in batches:
+                qat_model(tf.constant(x), training=True)
+        finally:
+            for layer, flag in saved_bn:
+                layer.trainable = flag
+            for layer, rate in saved_drop:
+                layer.rate = rate
+    return len(ranges)

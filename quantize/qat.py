@@ -5,6 +5,8 @@ fake-quant on weights and activations exactly where the int8 TFLite graph quanti
 fine-tuned with the trainer's own loop (:class:`edgedet.train.trainer.Trainer`: same loss,
 SGD, EMA, clipping, checkpoints, resume, evaluation), with a short low-LR schedule:
 
+* activation ranges start from the min/max over 64 train images (a PTQ calibration), not
+  tfmot's [-6, 6] guess that an EMA of decay 0.999 would take thousands of steps to forget;
 * ``epochs`` 5, peak LR = the float run's LR / 10, warm-up 0.1 epoch, cosine decay;
 * BatchNorm frozen (inference mode, moving statistics fixed) unless ``train_bn``: the
   converter folds BN with its *moving* statistics, so training against them means the
@@ -27,6 +29,7 @@ from edgedet.errors import ConfigError, DataError, ModelFileError
 DEFAULT_EPOCHS = 5
 LR_FACTOR = 0.1
 WARMUP_EPOCHS = 0.1
+CALIB_IMAGES = 64  # train images whose min/max initialise the activation ranges
 
 
 def _require_float(run_dir) -> dict:
@@ -75,6 +78,22 @@ def qat_options(weights: str, out: str, data: str | None = None, epochs: int | N
     return opts
 
 
+def calibration_batches(samples, cfg, count: int | None = None, batch: int = 8, seed: int = 0):
+    """Normalised ``(B, S, S, 3)`` batches of a seeded sample of ``samples`` (runtime pre-processing)."""
+    import random
+
+    import numpy as np
+
+    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+
+    count = CALIB_IMAGES if count is None else count
+    idx = sorted(random.Random(seed).sample(range(len(samples)), min(count, len(samples))))
+    size = (cfg.image_size, cfg.image_size)
+    for i in range(0, len(idx), batch):
+        yield np.stack([normalize(letterbox(load_image(samples[j].image_path), size, cfg.mean)[0], cfg.mean, cfg.std)
+                        for j in idx[i:i + batch]]).astype(np.float32)
+
+
 def _trainer_class():
     from edgedet.train.trainer import Trainer
 
@@ -97,7 +116,7 @@ def _trainer_class():
             import tensorflow as tf
             import tf_keras as keras
 
-            from edgedet.quantize.configs import quantize_model
+            from edgedet.quantize.configs import calibrate_ranges, quantize_model
             from edgedet.train.checkpoint import load_run
             from edgedet.train.input import steps_per_epoch
             from edgedet.train.schedule import WeightEMA
@@ -119,6 +138,10 @@ def _trainer_class():
                 self.source_info = info
                 self.model = quantize_model(float_model)
                 del float_model
+                if not state_meta:  # a fresh run: start from calibrated (PTQ-like) ranges, not [-6, 6]
+                    n = calibrate_ranges(self.model, calibration_batches(self.train_samples, self.cfg, seed=o.seed))
+                    self.log(f"QAT: {n} quantizer ranges calibrated on {min(CALIB_IMAGES, len(self.train_samples))} "
+                             f"train images")
                 inner = [getattr(layer, "layer", layer) for layer in self.model.layers]
                 self.frozen = freeze_layers(types.SimpleNamespace(layers=inner), o.freeze_backbone)
                 if not self.train_bn:

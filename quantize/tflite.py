@@ -143,6 +143,32 @@ def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8
     return conv, names
 
 
+def _desplat_biases(model) -> list:
+    """Make every conv bias of a QAT model non-uniform for the duration of a conversion.
+
+    TF 2.20's converter quantizes a per-channel conv's int32 bias with the FIRST channel's scale
+    when the bias constant is a splat (all channels equal, e.g. an untrained class bias still at
+    the focal-loss prior): the other channels come out shifted by up to several output steps,
+    while post-training quantization is unaffected. A relative change of 1e-6 (far below the
+    int32 bias step) breaks the splat. Returns ``[(variable, original value)]`` to restore.
+    """
+    import numpy as np
+
+    restore = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        bias = getattr(inner, "bias", None)
+        if bias is None or int(np.prod(bias.shape)) < 2:
+            continue
+        value = bias.numpy()
+        if np.all(value == value.flat[0]):
+            ramp = np.linspace(-1.0, 1.0, value.size, dtype=np.float64).reshape(value.shape)
+            eps = 1e-6 * max(abs(float(value.flat[0])), 1e-3)
+            bias.assign((value + ramp * eps).astype(value.dtype))
+            restore.append((bias, value))
+    return restore
+
+
 def rename_outputs(tflite_bytes: bytes, names: list[str]) -> bytes:
     """Name each output tensor after its signature key and order outputs like ``names``.
 
@@ -253,6 +279,7 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
     from edgedet.errors import ToolchainError
 
     conv, names = make_converter(model, mode, representative, io_dtype)
+    restore = _desplat_biases(model) if mode == "int8" and is_qat_model(model) else []
     try:
         raw = conv.convert()
     except ConfigError:
@@ -260,6 +287,9 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
     except Exception as exc:  # converter errors are multi-line MLIR dumps; keep the gist
         first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise ToolchainError(f"TFLite {mode} conversion failed: {first[:300]}") from exc
+    finally:
+        for var, value in restore:
+            var.assign(value)
     out = rename_outputs(raw, names)
     if mode == "int8":
         islands = float_ops(out)
