@@ -53,6 +53,19 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def selective_policy(target: str, is_qat: bool) -> dict:
+    """Whether selective float fallback is offered: ``{"offered", "reason", "denylist": []}``.
+
+    Not for integer-only targets (the Edge TPU would cut the graph at the first float op and
+    run the rest on the CPU), and not for QAT runs (their float twin has different weights).
+    """
+    if target in INTEGER_ONLY_TARGETS:
+        return {"offered": False, "reason": f"{target} runs integer ops only", "denylist": []}
+    if is_qat:
+        return {"offered": False, "reason": "QAT model: no float twin to fall back to", "denylist": []}
+    return {"offered": True, "reason": "", "denylist": []}
+
+
 def layer_rows(debugger) -> list[dict]:
     """Per-tensor statistics of a run ``QuantizationDebugger``, worst ``rmse_over_scale`` first."""
     import csv
@@ -148,10 +161,7 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     result = {"kind": "edgedet-quant-diagnosis", "version": 1, "run": os.path.abspath(run_dir),
               "run_kind": source.kind, "model": meta.model, "target": target,
               "healthy_rmse_over_scale": round(HEALTHY, 3)}
-    integer_only = target in INTEGER_ONLY_TARGETS
-    selective = {"offered": not integer_only and not source.is_qat, "denylist": [],
-                 "reason": ("the target runs integer ops only" if integer_only else
-                            "QAT model: no float twin to fall back to" if source.is_qat else "")}
+    selective = selective_policy(target, source.is_qat)
     rows, sel_bytes = [], None
     if source.is_qat:
         int8 = keras_to_tflite(model, "int8")

@@ -45,7 +45,7 @@ def test_quantize_apply_wraps_every_layer_and_folds_bn(family):
         annotate(qat)
 
 
-def test_qat_trains_a_step(family, synth):
+def test_qat_trains_a_step(family, synth, qhelpers):
     import tensorflow as tf
     import tf_keras as keras
 
@@ -53,8 +53,11 @@ def test_qat_trains_a_step(family, synth):
     from edgedet.train.input import make_dataset
     from edgedet.train.losses import detection_loss
 
+    from edgedet.quantize.configs import calibrate_ranges
+
     _, cfg, _, qat = family
     _freeze_bn(qat)
+    calibrate_ranges(qat, [qhelpers.synth_images(synth, cfg.image_size, mean=cfg.mean, std=cfg.std)])
     ds = load_dataset(synth)
     batch = make_dataset(ds.splits["train"][:4], image_size=cfg.image_size, num_classes=cfg.num_classes, mean=cfg.mean,
                          std=cfg.std, anchor_config=cfg.anchor_config, batch_size=4, training=True)
@@ -68,8 +71,11 @@ def test_qat_trains_a_step(family, synth):
     assert sum(g is None for g in grads) == 0  # gradients flow through every fake-quant (straight-through)
     opt.apply_gradients(zip(grads, qat.trainable_weights))
     assert np.isfinite(float(loss))
-    moved = sum(not np.array_equal(a, v.numpy()) for a, v in zip(before[0], qat.trainable_weights))
-    assert moved > 0.9 * len(before[0])
+    # The focal loss reaches every class-net and shared weight; the box net only at levels with a
+    # positive anchor in these 4 images.
+    still = [v.name for a, v in zip(before[0], qat.trainable_weights)
+             if np.array_equal(a, v.numpy()) and not v.name.startswith("box_net")]
+    assert still == []
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before[1], ranges))  # ranges learn too
 
 

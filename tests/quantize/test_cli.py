@@ -1,0 +1,73 @@
+"""``edgedet quantize`` from the command line: bad input (fast) and a QAT run end to end (slow)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _main(argv):
+    from edgedet.cli import main
+
+    return main(argv)
+
+
+def test_cli_is_import_light():
+    code = ("import sys, edgedet.cli as c; c.build_parser(); "
+            "bad = [m for m in ('tensorflow', 'tf_keras', 'tensorflow_model_optimization') if m in sys.modules]; "
+            "sys.exit(len(bad))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_qat_of_a_qat_run_is_a_one_line_error(tmp_path, capsys):
+    run = tmp_path / "run_qat"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"kind": "qat", "source_run": "/runs/float"}))
+    rc = _main(["quantize", "qat", "--weights", str(run), "--out", str(tmp_path / "again")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "already a QAT run" in err and "\n" not in err
+    rc = _main(["quantize", "qat", "--weights", str(run)])
+    assert rc == 2 and "--out" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+
+
+def test_ptq_small_calibration_set_is_a_one_line_error(float_run_json, synth, capsys):
+    rc = _main(["quantize", "ptq", "--weights", str(float_run_json), "--data", str(synth), "--batch", "64"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "fewer than the batch of 64" in err and "\n" not in err
+
+
+@pytest.fixture()
+def float_run_json(tmp_path):
+    """A run.json alone (enough for the checks that run before the model loads)."""
+    from edgedet.model import get_config
+
+    cfg = get_config("test-lite", num_classes=6, image_size=128)
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "float", "model_config": cfg.to_dict()}))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys):
+    """Float run -> `quantize qat` (1 epoch) -> resume -> load_run -> full-integer TFLite."""
+    from edgedet.quantize.tflite import float_ops, is_qat_model, keras_to_tflite
+    from edgedet.train.checkpoint import load_run
+    from edgedet.train.synth import CLASSES
+
+    model, cfg = qhelpers.build_realistic("test-lite", synth)
+    run = qhelpers.make_run(tmp_path / "run", model, cfg, CLASSES, synth)
+    out = tmp_path / "run_qat"
+    rc = _main(["quantize", "qat", "--weights", str(run), "--out", str(out), "--epochs", "1", "--batch", "4",
+                "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "run.json").read_text())
+    assert data["kind"] == "qat" and data["source_run"] == str(run.resolve()) and data["status"] == "done"
+    assert data["train"]["lr"] == pytest.approx(0.08 * 4 / 64 / 10) and data["class_names"] == list(CLASSES)
+    assert (out / "best.weights.h5").is_file() and (out / "state.npz").is_file()
+    assert _main(["quantize", "qat", "--resume", str(out), "--no-progress"]) == 0
+    assert "already done" in capsys.readouterr().err
+    qat, info = load_run(str(out))  # delegates to edgedet.quantize.qat.load_qat_model
+    assert info.kind == "qat" and is_qat_model(qat)
+    assert float_ops(keras_to_tflite(qat, "int8")) == []
