@@ -10,17 +10,15 @@ full resumable state is saved — all atomically (see :mod:`edgedet.train.checkp
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
-import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.train import checkpoint as ckpt
+from edgedet.train.options import TrainOptions, freeze_layers, make_strategy  # noqa: F401 (re-exported)
 
 CSV_FIELDS = ("epoch", "step", "loss", "cls_loss", "box_loss", "lr", "epoch_s", "val_AP", "val_AP50", "val_AP75")
 
@@ -29,88 +27,6 @@ class TrainingDiverged(EdgedetError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
     exit_code = 3
-
-
-@dataclass
-class TrainOptions:
-    """Everything ``edgedet train`` takes (stored in run.json so ``--resume`` needs nothing else)."""
-
-    data: str
-    out: str
-    model: str = "lite0"
-    image_size: int | None = None
-    epochs: int = 50
-    batch: int = 8
-    lr: float | None = None  # default: automl's 0.08 per 64 images, scaled linearly
-    warmup_epochs: float = 1.0
-    freeze_backbone: str | None = None  # None, "all", or "N": stem + blocks 1..N
-    backbone_weights: str | None = "imagenet"
-    strategy: str = "default"
-    seed: int = 0
-    ema_decay: float = 0.9998
-    jitter: tuple = (0.1, 2.0)
-    flip: bool = True
-    label_smoothing: float = 0.0
-    clip_norm: float = 10.0
-    weight_decay: float = 4e-5
-    momentum: float = 0.9
-    eval_every: int = 1
-    time_limit: float | None = None  # minutes; shortens the schedule so the run ends in time
-    check_policy: str = "skip"
-    classes: str | None = None
-    progress: bool = True
-
-    @property
-    def base_lr(self) -> float:
-        return self.lr if self.lr else 0.08 * self.batch / 64.0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["jitter"] = list(self.jitter)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["jitter"] = tuple(d.get("jitter", (0.1, 2.0)))
-        return cls(**d)
-
-
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    if name in (None, "", "default", "none"):
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    from edgedet.errors import did_you_mean
-
-    raise ConfigError(f"--strategy {name!r}: unknown{did_you_mean(name, ['mirrored', 'multiworker'])} "
-                      "(choose default, mirrored or multiworker)")
-
-
-def freeze_layers(model, spec: str | None) -> int:
-    """Freeze backbone layers: "all" (stem + every block) or "N" (stem + blocks 1..N). Returns count."""
-    if not spec:
-        return 0
-    if spec == "all":
-        prefixes = ("stem_", "block", "top_")
-    else:
-        try:
-            n = int(spec)
-        except ValueError:
-            raise ConfigError(f"--freeze-backbone {spec!r}: expected 'all' or a number of backbone stages") from None
-        prefixes = ("stem_",)
-    count = 0
-    for layer in model.layers:
-        m = re.match(r"block(\d+)[a-z]+_", layer.name)
-        if layer.name.startswith(prefixes) or (spec != "all" and m and int(m.group(1)) <= n):
-            layer.trainable = False  # BN layers then also run in inference mode (tf_keras)
-            count += 1
-    return count
 
 
 class Trainer:
@@ -209,8 +125,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _save_state(self, epoch: int, best: dict):
-        import numpy as np  # noqa: F401
-
         arrays = {
             "model": [v.numpy() for v in self.model.weights],
             "optimizer": [v.numpy() for v in self.optimizer.variables],
