@@ -8,7 +8,7 @@ SGD, EMA, clipping, checkpoints, resume, evaluation), with a short low-LR schedu
 * activation ranges start from the min/max over 64 train images (a PTQ calibration), not
   tfmot's [-6, 6] guess that an EMA of decay 0.999 would take thousands of steps to forget;
 * ``epochs`` 5, peak LR = the float run's LR / 10, warm-up 0.1 epoch, cosine decay;
-* BatchNorm frozen (inference mode, moving statistics fixed) unless ``train_bn``: the
+* BatchNorm in inference mode (moving statistics fixed, gamma/beta still learn) unless ``train_bn``: the
   converter folds BN with its *moving* statistics, so training against them means the
   fake-quant sees the folded conv the device will run; small batches also make batch
   statistics noisy;
@@ -144,11 +144,15 @@ def _trainer_class():
                              f"train images")
                 inner = [getattr(layer, "layer", layer) for layer in self.model.layers]
                 self.frozen = freeze_layers(types.SimpleNamespace(layers=inner), o.freeze_backbone)
+                # tfmot's wrapper keeps listing a frozen layer's weights as trainable: drop them here.
+                frozen = {id(v) for layer in inner if not layer.trainable for v in layer.weights}
                 if not self.train_bn:
                     for layer in inner:
                         if isinstance(layer, keras.layers.BatchNormalization):
-                            layer.trainable = False  # inference-mode BN: the statistics the converter folds
-                self.tvars = list(self.model.trainable_variables)
+                            # Inference-mode BN: the moving statistics the converter folds stay fixed
+                            # (gamma/beta still learn).
+                            layer.trainable = False
+                self.tvars = [v for v in self.model.trainable_variables if id(v) not in frozen]
                 self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
                 self.optimizer.build(self.tvars)
                 # tfmot's integer step counters cannot be averaged; EMA the float variables only.
