@@ -194,7 +194,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
     return arts, source
 
 
-def validate_command(arts: list[Artifact], source) -> str:
+def validate_command(arts: list[Artifact], source, device: str | None = None) -> str:
     """The ready-to-paste ``edgedet validate`` line for what was just written."""
     import shlex
 
@@ -204,6 +204,8 @@ def validate_command(arts: list[Artifact], source) -> str:
     if base:
         parts += ["--baseline", base]
     parts += ["--models", *[a.path for a in arts], "--data", data]
+    if device:
+        parts += ["--device", device]
     out = os.path.join(os.path.dirname(arts[0].path) if arts else ".", "report")
     parts += ["--out", out]
     return " ".join(shlex.quote(p) for p in parts)

@@ -62,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
         calib_count=args.calib_count, nms=args.nms, out_dir=args.out, io_dtype=args.io, log=log,
     )
     log(f"{'done':<16} {time.perf_counter() - start:6.1f} s  {len(arts)} artifact(s)")
-    print(validate_command(arts, source))
+    print(validate_command(arts, source, device=args.device))
     return 0

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from edgedet.convert.tflite_inspect import OpInfo, read_graph
 
 INSTALL_HINT = (
-    "edgetpu_compiler not found; install it on x86-64 Debian/Ubuntu: "
-    "curl https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && "
-    "echo 'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list && "
-    "sudo apt-get update && sudo apt-get install edgetpu-compiler"
+    "edgetpu_compiler not on PATH (x86-64 Debian/Ubuntu only): add the apt repo "
+    "'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main' (key: "
+    "https://packages.cloud.google.com/apt/doc/apt-key.gpg) and `sudo apt-get install edgetpu-compiler`"
 )
 
 _Q8 = ("int8", "uint8")
@@ -318,7 +317,7 @@ def export_edgetpu(ctx, target, tmp_path: str, meta) -> None:
             os.replace(compiled, tmp_path)
         ctx.log(f"edgetpu_compiler: {parsed.get('on_tpu', '?')} ops on the Edge TPU, {parsed.get('on_cpu', '?')} on CPU")
     else:
-        ctx.log(INSTALL_HINT + f"; then: edgetpu_compiler <file>")
+        ctx.log(INSTALL_HINT + f"; then `edgetpu_compiler -s {os.path.basename(target.filename(ctx.source.stem))}`")
     meta.extra["edgetpu"] = report.to_dict()
     meta.extra["edgetpu"]["compiled"] = report.compiler is not None
     from edgedet.runtime.metadata import embed_tflite

@@ -50,7 +50,7 @@ def test_op_table_covers_what_our_models_use():
                "STRIDED_SLICE", "MUL", "LOGISTIC", "CONCATENATION", "RESHAPE"):
         assert op in EDGETPU_OPS
     assert "DEQUANTIZE" not in EDGETPU_OPS and "TFLite_Detection_PostProcess" not in EDGETPU_OPS
-    assert "apt-get install edgetpu-compiler" in INSTALL_HINT
+    assert "apt-get install edgetpu-compiler" in INSTALL_HINT and "coral-edgetpu-stable" in INSTALL_HINT
 
 
 def test_failed_export_leaves_nothing_behind(tiny_run, tmp_path):

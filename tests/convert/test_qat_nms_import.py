@@ -21,16 +21,14 @@ def qat_exports(tiny_run, tmp_path_factory, cv):
 
     root = tmp_path_factory.mktemp("qat")
     qrun = cv.make_qat_run(tiny_run, root / "qat_run")
-    arts, _ = convert(["tflite-int8", "onnx-int8", "openvino-int8"], weights=str(qrun), out_dir=str(root / "out"), log=lambda m: None)
-    return qrun, {a.target: a.path for a in arts}
+    arts, source = convert(["tflite-int8", "onnx-int8", "openvino-int8"], weights=str(qrun), out_dir=str(root / "out"), log=lambda m: None)
+    return qrun, {a.target: a.path for a in arts}, source.model()
 
 
 def test_qat_run_converts_without_calibration(qat_exports, bccd_images, cv):
     from edgedet.runtime import Detector
-    from edgedet.train.checkpoint import load_run
 
-    qrun, paths = qat_exports
-    model, _ = load_run(qrun)
+    qrun, paths, model = qat_exports  # model: the QAT Keras model the exports came from
     x = cv.normalised(bccd_images[0])
     ref = [o.numpy() for o in model(x, training=False)]
     for target, path in paths.items():
@@ -51,7 +49,7 @@ def test_float_target_from_qat_run_is_a_clear_error(qat_exports, tmp_path):
     from edgedet.convert.api import convert
     from edgedet.errors import ConfigError
 
-    qrun, _ = qat_exports
+    qrun = qat_exports[0]
     with pytest.raises(ConfigError, match="float run"):  # checked before anything loads
         convert(["onnx"], weights=str(qrun), out_dir=str(tmp_path), log=lambda m: None)
     assert list(tmp_path.iterdir()) == []

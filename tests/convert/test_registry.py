@@ -77,8 +77,10 @@ def test_int8_needs_qat_or_calibration():
     with pytest.raises(ConfigError) as e:
         check_needs(ts, "float", None)
     assert "--calib-data" in str(e.value) and "QAT" in str(e.value) and "\n" not in str(e.value)
-    check_needs(ts, "qat", None)
     check_needs(ts, "float", "some/folder")
+    check_needs(registry.resolve_targets(["tflite-int8", "openvino-int8"]), "qat", None)
+    with pytest.raises(ConfigError, match="float run"):  # a QAT run has no float export
+        check_needs(ts, "qat", None)
 
 
 def test_device_profile_targets_are_registered():
