@@ -32,7 +32,7 @@ ALL = ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "edgetpu",
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=os.environ.get("EDGEDET_BENCH_WORK", "/tmp/edgedet-bench-lite0"))
-    ap.add_argument("--calib-count", type=int, default=100)
+    ap.add_argument("--calib-count", type=int, default=300)
     ap.add_argument("--targets", nargs="+", default=ALL)
     args = ap.parse_args(argv)
     work = Path(args.work)

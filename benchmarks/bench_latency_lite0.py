@@ -44,7 +44,7 @@ CANDIDATES = 300  # anchor-class pairs above score 0.3 per image, as in a traine
 
 
 def calibration_images() -> list[str]:
-    files = sorted(glob.glob(str(SHARED / "datasets" / "bccd" / "JPEGImages" / "*.jpg")))[:64]
+    files = sorted(glob.glob(str(SHARED / "datasets" / "bccd" / "JPEGImages" / "*.jpg")))[:296]
     files += sorted(glob.glob(str(SHARED / "images" / "imagenet" / "*.jpg")))
     if not files:
         sys.exit(f"no images under {SHARED} (set EDGEDET_SHARED)")
