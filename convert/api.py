@@ -178,6 +178,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         from edgedet.train.checkpoint import read_run_json
 
         check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
+    if nms and any(t.family != "tflite" for t in ts):
+        log("note: --nms applies to TFLite targets only; ONNX/OpenVINO artifacts keep raw outputs")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgedet.convert.source import load_onnx_source, load_run_source
