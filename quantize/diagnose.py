@@ -66,11 +66,16 @@ def selective_policy(target: str, is_qat: bool) -> dict:
     return {"offered": True, "reason": "", "denylist": []}
 
 
-def layer_rows(debugger) -> list[dict]:
-    """Per-tensor statistics of a run ``QuantizationDebugger``, worst ``rmse_over_scale`` first."""
+def layer_rows(debugger, names: dict[str, str] | None = None) -> list[dict]:
+    """Per-tensor statistics of a run ``QuantizationDebugger``, worst ``rmse_over_scale`` first.
+
+    ``names`` maps tensor names to display names (the model outputs, which the converter calls
+    ``StatefulPartitionedCall:N``, to ``class_p3`` ...).
+    """
     import csv
     import io
 
+    names = names or {}
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
     buf.seek(0)
@@ -78,7 +83,7 @@ def layer_rows(debugger) -> list[dict]:
     for r in csv.DictReader(buf):
         scale = float(r["scale"])
         rmse = math.sqrt(max(float(r["mean_squared_error"]), 0.0))
-        rows.append({"layer": short_name(r["tensor_name"]), "op": r["op_name"],
+        rows.append({"layer": names.get(r["tensor_name"]) or short_name(r["tensor_name"]), "op": r["op_name"],
                      "rmse_over_scale": round(rmse / scale, 4) if scale > 0 else None,
                      "rmse": rmse, "scale": scale, "max_abs_error": float(r["max_abs_error"]),
                      "mean_error": float(r["mean_error"]), "num_elements": int(float(r["num_elements"])),
@@ -202,7 +207,9 @@ def _debug(model, cal, debug_images: int, worst: int, selective: dict):
 
     dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data)
     dbg.run()
-    rows = layer_rows(dbg)
+    from edgedet.quantize.tflite import signature_output_names
+
+    rows = layer_rows(dbg, signature_output_names(dbg.calibrated_model))
     sel_bytes = None
     if selective["offered"]:
         deny = [r["tensor"] for r in rows[:worst] if r["rmse_over_scale"] is not None and r["rmse_over_scale"] > HEALTHY]

@@ -143,6 +143,18 @@ def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8
     return conv, names
 
 
+def signature_output_names(tflite_bytes: bytes) -> dict[str, str]:
+    """``{output tensor name: signature key}`` (e.g. ``{"StatefulPartitionedCall:5": "class_p3"}``)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    if not model.signatureDefs:
+        return {}
+    sub = model.subgraphs[0]
+    return {_tensor_name(sub.tensors[t.tensorIndex]): (t.name.decode() if isinstance(t.name, bytes) else t.name)
+            for t in model.signatureDefs[0].outputs}
+
+
 def _desplat_biases(model) -> list:
     """Make every conv bias of a QAT model non-uniform for the duration of a conversion.
 

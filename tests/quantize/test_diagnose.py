@@ -61,5 +61,7 @@ def test_diagnose_float_run(float_run, synth, tmp_path):
     if sel["denylist"]:  # the worst tensors in float: a model with float ops, evaluated too
         assert saved["selective_AP"] is not None and set(sel["denylist"]) <= {r["tensor"] for r in rows[:10]}
     section = load_diagnosis(str(out / "diagnosis.json"))  # what the report stage embeds
+    if isinstance(section, tuple):  # (section, why not)
+        section = section[0]
     assert section and len(section["rows"]) == 10 and "rmse_over_scale" in section["columns"]
     assert d["layers"] == saved["layers"]
