@@ -96,9 +96,15 @@ def short_name(tensor: str) -> str:
     """Readable layer name of a TFLite tensor: the converter joins fused ops' names with ';'
     (``model/block3a_se_reduce/BiasAdd;model/block3a_se_reduce/Conv2D;...``); keep the first
     op's layer (``block3a_se_reduce``)."""
+    import re
+
     first = tensor.split(";")[0]
     parts = first.split("/")
-    return parts[1] if len(parts) > 2 else first
+    if len(parts) <= 2:
+        return first
+    # A shared layer's later calls get op names like ``depthwise1``: keep the call index.
+    call = re.search(r"(\d+)$", parts[-1])
+    return f"{parts[1]}#{call.group(1)}" if call and len(parts) == 3 else parts[1]
 
 
 def tflite_ap(tflite_bytes: bytes, meta, samples, class_names) -> dict:

@@ -70,4 +70,11 @@ def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys):
     assert "already done" in capsys.readouterr().err
     qat, info = load_run(str(out))  # delegates to edgedet.quantize.qat.load_qat_model
     assert info.kind == "qat" and is_qat_model(qat)
-    assert float_ops(keras_to_tflite(qat, "int8")) == []
+    islands = float_ops(keras_to_tflite(qat, "int8"))
+    # The diagnosis of the QAT run lists exactly the float ops the int8 model has: none.
+    rc = _main(["quantize", "diagnose", "--weights", str(out), "--data", str(synth), "--no-eval",
+                "--out", str(tmp_path / "diag")])
+    assert rc == 0
+    diag = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    assert diag["run_kind"] == "qat" and diag["float_ops"] == islands == []
+    assert not diag["selective"]["offered"] and min(diag["outputs"].values()) > 0.99
