@@ -88,8 +88,13 @@ def load_run_source(run_dir: str) -> Source:
         raise ModelFileError(f"{run_dir}: run.json lists {len(meta.labels)} class names for a {cfg.num_classes}-class model")
     try:
         meta.macs = int(count_macs(model))
-    except Exception:  # noqa: BLE001 - MACs are informative only (QAT wrappers may hide layers)
+    except Exception:  # noqa: BLE001 - MACs are informative only
         meta.macs = info.data.get("macs")
+    if not meta.macs:
+        # QAT wrappers hide the conv layers from the graph walk: count the float twin (same config).
+        from edgedet.model import build_model
+
+        meta.macs = int(count_macs(build_model(cfg)))
     meta.extra["source"] = {"run": os.path.abspath(str(run_dir)), "kind": info.kind, "weights": str(info.weights_path)}
     stem = f"{cfg.name}"
     data = info.data.get("dataset")

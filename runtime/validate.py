@@ -228,9 +228,15 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, d
 
 
 def _names(paths: list[str]) -> list[str]:
+    """Row names: the file name, or ``parent/file`` where file names collide (e.g. the
+    ``float/`` PTQ and ``qat/`` QAT exports are both ``lite0_tflite-int8.tflite``)."""
+    base = [os.path.basename(str(p).rstrip("/")) or str(p) for p in paths]
     names, seen = [], {}
-    for p in paths:
-        n = os.path.basename(str(p).rstrip("/")) or str(p)
+    for p, b in zip(paths, base):
+        n = b
+        if base.count(b) > 1:
+            parent = os.path.basename(os.path.dirname(os.path.abspath(str(p).rstrip("/"))))
+            n = f"{parent}/{b}" if parent else b
         seen[n] = seen.get(n, 0) + 1
         names.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
     return names

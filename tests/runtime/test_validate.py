@@ -311,3 +311,12 @@ def test_run_baseline_ap_equals_edgedet_eval_exactly(setup, tmp_path):
     tfl = report["models"][1]
     assert abs(tfl["delta"]["AP"]) < 0.01
     assert tfl["layer_errors"]["rows"][0]["rel_rmse"] < 1e-3
+
+
+def test_row_names_disambiguate_colliding_file_names():
+    from edgedet.runtime.validate import _names
+
+    got = _names(["r/4_convert/float/lite0_tflite-int8.tflite", "r/4_convert/qat/lite0_tflite-int8.tflite",
+                  "r/4_convert/float/lite0_onnx.onnx", "a/x.tflite", "a/x.tflite"])
+    assert got == ["float/lite0_tflite-int8.tflite", "qat/lite0_tflite-int8.tflite", "lite0_onnx.onnx",
+                   "a/x.tflite", "a/x.tflite #2"]
