@@ -30,6 +30,7 @@ give the same bytes.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, Iterable
 
 from edgedet.errors import ConfigError
@@ -181,12 +182,14 @@ def _desplat_biases(model) -> list:
     return restore
 
 
-def rename_outputs(tflite_bytes: bytes, names: list[str]) -> bytes:
+def rename_outputs(tflite_bytes: bytes, names: list[str], graph_order: list[str] | None = None) -> bytes:
     """Name each output tensor after its signature key and order outputs like ``names``.
 
     Args:
         tflite_bytes: a converted model with one signature whose output keys are ``names``.
         names: desired output order, e.g. class_p3..class_p7, box_p3..box_p7.
+        graph_order: for a model converted without a signature (the frozen-graph path), the
+            name of each graph output in order; a ``serving_default`` signature is then added.
 
     Returns:
         The rewritten flatbuffer (same weights and ops; only names/order of outputs change).
@@ -195,6 +198,19 @@ def rename_outputs(tflite_bytes: bytes, names: list[str]) -> bytes:
 
     model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
     sub = model.subgraphs[0]
+    if not model.signatureDefs and graph_order and len(graph_order) == len(sub.outputs) and len(sub.inputs) == 1:
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        def tmap(name, index):
+            t = schema.TensorMapT()
+            t.name, t.tensorIndex = name.encode(), index
+            return t
+
+        sig = schema.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
+        sig.inputs = [tmap(INPUT_NAME, sub.inputs[0])]
+        sig.outputs = [tmap(n, i) for n, i in zip(graph_order, sub.outputs)]
+        model.signatureDefs = [sig]
     if not model.signatureDefs:
         return tflite_bytes
     sig = model.signatureDefs[0]
@@ -291,9 +307,21 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
     from edgedet.errors import ToolchainError
 
     conv, names = make_converter(model, mode, representative, io_dtype)
-    restore = _desplat_biases(model) if mode == "int8" and is_qat_model(model) else []
+    restore, graph_order = [], None
+    if mode == "int8" and is_qat_model(model):
+        restore = _desplat_biases(model)
+        # The converter's SavedModel detour costs ~4x the conversion itself for a QAT graph
+        # (it traces a gradient function for every fake-quant op). The frozen-graph path gives
+        # the same ops and values, minus the signature, which rename_outputs adds back;
+        # tf.nest flattens the serving dict by sorted key, which fixes the output order.
+        conv.experimental_lower_to_saved_model = False
+        graph_order = sorted(names)
     try:
-        raw = conv.convert()
+        with warnings.catch_warnings():
+            # Frozen-graph path of a QAT model: the input range comes from its fake-quant node,
+            # so the converter's "statistics for quantized inputs were expected" is noise.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            raw = conv.convert()
     except ConfigError:
         raise
     except Exception as exc:  # converter errors are multi-line MLIR dumps; keep the gist
@@ -302,7 +330,7 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
     finally:
         for var, value in restore:
             var.assign(value)
-    out = rename_outputs(raw, names)
+    out = rename_outputs(raw, names, graph_order)
     if mode == "int8":
         islands = float_ops(out)
         if islands:

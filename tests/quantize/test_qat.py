@@ -82,6 +82,7 @@ def test_qat_trains_a_step(family, synth, qhelpers):
 
 
 def test_qat_converts_to_full_integer_tflite(family, synth, qhelpers):
+    from edgedet.model.efficientdet import OUTPUT_NAMES
     from edgedet.quantize.tflite import float_ops, interpreter, keras_to_tflite, op_counts
 
     name, cfg, _, qat = family
@@ -97,6 +98,10 @@ def test_qat_converts_to_full_integer_tflite(family, synth, qhelpers):
     if name == "d":  # swish = LOGISTIC * x, SE gate, fusion weights: all as int8 ops
         assert ops.get("LOGISTIC", 0) > 0 and ops.get("MUL", 0) > 0 and ops.get("MEAN", 0) > 0
     it = interpreter(blob)
+    # Converted through the frozen-graph path (no SavedModel detour); the signature is rebuilt.
+    sig = it.get_signature_list()["serving_default"]
+    assert sig["inputs"] == ["images"] and sorted(sig["outputs"]) == sorted(OUTPUT_NAMES)
+    assert [d["name"] for d in it.get_output_details()] == list(OUTPUT_NAMES)
     for t in it.get_tensor_details():  # activations int8, biases int32: nothing float anywhere
         assert np.dtype(t["dtype"]) in (np.int8, np.int32), (t["name"], t["dtype"])
     inp = it.get_input_details()[0]
