@@ -6,9 +6,8 @@ stride-2 3x3 max-pool down or nearest 2x up), fuses them, then applies
 activation -> depthwise-separable 3x3 conv (with bias) -> BN (automl's default
 ``conv_bn_act_pattern=False`` puts the activation *before* the conv).
 
-Ops used (MAX_POOL_2D, CONCATENATION + RESHAPE for the nearest 2x upsampling, STRIDED_SLICE,
-ADD, MUL, DEPTHWISE_CONV_2D, CONV_2D) all run on TFLite's XNNPACK delegate and the Edge TPU
-(RESIZE_NEAREST_NEIGHBOR does not run on XNNPACK: see ``layers.NearestUpsample2x``).
+Ops used (MAX_POOL_2D, RESIZE_NEAREST_NEIGHBOR via UpSampling2D, STRIDED_SLICE, ADD, MUL,
+DEPTHWISE_CONV_2D, CONV_2D) all run on TFLite's XNNPACK delegate and the Edge TPU.
 
 The node list is importable without TensorFlow (the analytic counter uses it); tf_keras is
 imported inside the builders.
@@ -55,8 +54,6 @@ def resample(x, target_hw: tuple[int, int], width: int, prefix: str):
     """
     import tf_keras as keras
 
-    from edgedet.model.layers import NearestUpsample2x
-
     h, w, c = _shape(x)
     th, tw = target_hw
     if c != width:
@@ -67,7 +64,7 @@ def resample(x, target_hw: tuple[int, int], width: int, prefix: str):
             h, w = (h + 1) // 2, (w + 1) // 2
     elif h < th:
         while h < th:
-            x = NearestUpsample2x(name=f"{prefix}_up{h}")(x)
+            x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}_up{h}")(x)
             h, w = 2 * h, 2 * w
         if (h, w) != (th, tw):
             x = keras.layers.Cropping2D(((0, h - th), (0, w - tw)), name=prefix + "_crop")(x)

@@ -79,34 +79,6 @@ class WeightedFusion(keras.layers.Layer):
         return config
 
 
-@keras.utils.register_keras_serializable(package="edgedet")
-class NearestUpsample2x(keras.layers.Layer):
-    """Nearest-neighbour 2x upsampling ``(B, H, W, C) -> (B, 2H, 2W, C)`` from CONCATENATION +
-    RESHAPE, not RESIZE_NEAREST_NEIGHBOR.
-
-    TFLite's XNNPACK delegate has no RESIZE_NEAREST_NEIGHBOR kernel, so each BiFPN upsample
-    cut the delegated graph (Lite0: 12 resizes -> 13 XNNPACK partitions, with the int8 resize
-    run by the slow reference kernels in between). Concatenation and reshape run on XNNPACK
-    and on the Edge TPU, keep rank 4, and keep the int8 scale (same-scale ops), so the values
-    are bit-identical to nearest resizing:
-
-        [x, x] on channels -> (H, W, 2C) -> reshape (H, 2W, C)   duplicates every column
-        [y, y] on width    -> (H, 4W, C) -> reshape (2H, 2W, C)  duplicates every row
-    """
-
-    def call(self, inputs):
-        h, w, c = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-        x = tf.reshape(tf.concat([inputs, inputs], axis=-1), [-1, h, 2 * w, c])
-        return tf.reshape(tf.concat([x, x], axis=2), [-1, 2 * h, 2 * w, c])
-
-    def compute_output_shape(self, input_shape):
-        b, h, w, c = input_shape
-        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
-
-    def get_config(self):
-        return super().get_config()  # no arguments of its own
-
-
 def activation(kind: str, name: str) -> keras.layers.Layer:
     """The activation layer for ``kind`` (``swish``/``relu6``/``relu``/``sigmoid``/``linear``).
 
@@ -126,5 +98,4 @@ def batch_norm(name: str) -> keras.layers.BatchNormalization:
 
 def custom_objects() -> dict:
     """Custom layers for ``tf_keras.models.load_model(..., custom_objects=...)``."""
-    return {"WeightedFusion": WeightedFusion, "edgedet>WeightedFusion": WeightedFusion,
-            "NearestUpsample2x": NearestUpsample2x, "edgedet>NearestUpsample2x": NearestUpsample2x}
+    return {"WeightedFusion": WeightedFusion, "edgedet>WeightedFusion": WeightedFusion}

@@ -12,7 +12,6 @@ with the weight quantization). Our models add:
   maths with a moving-average fake-quant on every intermediate the TFLite graph materialises
   (``x_i * w_i`` and each partial sum), so the full-integer model has ranges for all of them.
 * ``Multiply`` (squeeze-excite): output quantized.
-* ``NearestUpsample2x`` (BiFPN upsampling as concat + reshape, custom): pass-through.
 * ``BatchNormalization`` that does not directly follow a single-use conv: output quantized
   (becomes an int8 MUL+ADD pair in TFLite; none are left in our models after unsharing).
 * Shared layers: the class/box nets reuse one depthwise/pointwise pair on P3..P7 with a BN per
@@ -45,7 +44,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from tensorflow_model_optimization.python.core.keras import utils as tfmot_utils  # noqa: E402
 
 from edgedet.errors import ConfigError  # noqa: E402
-from edgedet.model.layers import NearestUpsample2x, WeightedFusion  # noqa: E402
+from edgedet.model.layers import WeightedFusion  # noqa: E402
 
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 LEVELS = (3, 4, 5, 6, 7)
@@ -162,30 +161,6 @@ class OutputQuantizeConfig(d8_configs.Default8BitOutputQuantizeConfig):
     """Quantize only the layer output (Multiply, fusion, standalone BN)."""
 
 
-class PassThroughQuantizeConfig(QuantizeConfig):
-    """Nothing to quantize (:class:`~edgedet.model.layers.NearestUpsample2x`): it only copies
-    values, and its TFLite ops (CONCATENATION, RESHAPE) keep the input's scale, like tfmot's
-    own treatment of UpSampling2D."""
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {}
-
-
 class FusionQuantizeConfig(QuantizeConfig):
     """For :class:`QuantizedWeightedFusion`: intermediates are quantized inside the layer,
     the output here. The fusion weights are not fake-quantized: after normalisation they are
@@ -239,7 +214,6 @@ def custom_objects() -> dict:
         "edgedet>QuantizedWeightedFusion": QuantizedWeightedFusion,
         "OutputQuantizeConfig": OutputQuantizeConfig,
         "FusionQuantizeConfig": FusionQuantizeConfig,
-        "PassThroughQuantizeConfig": PassThroughQuantizeConfig,
         "DepthwiseQuantizeConfig": DepthwiseQuantizeConfig,
         "DepthwiseKernelQuantizer": DepthwiseKernelQuantizer,
     })
@@ -342,8 +316,6 @@ def _config_for(layer):
         return OutputQuantizeConfig()  # prepare_for_qat passes None for the foldable ones
     if isinstance(layer, keras.layers.Multiply):
         return OutputQuantizeConfig()
-    if isinstance(layer, NearestUpsample2x):
-        return PassThroughQuantizeConfig()
     if isinstance(layer, keras.layers.InputLayer) or _REGISTRY.supports(layer):
         return None
     raise ConfigError(

@@ -76,11 +76,10 @@ def test_heads_shared_with_per_level_bn_and_prior_bias(built):
 
 
 def test_only_standard_layers_plus_fusion(built):
-    # QAT-readiness: tfmot knows every stock layer; the two custom layers have their own
-    # QuantizeConfigs in edgedet.quantize.configs.
+    # QAT-readiness: tfmot knows every stock layer; WeightedFusion is the one custom layer.
     _, model = built
     custom = {type(l).__name__ for l in model.layers if not type(l).__module__.startswith("tf_keras")}
-    assert custom == {"WeightedFusion", "NearestUpsample2x"}
+    assert custom == {"WeightedFusion"}
     for layer in model.layers:
         assert "get_config" in type(layer).__dict__ or type(layer).__module__.startswith("tf_keras")
 
