@@ -270,9 +270,10 @@ class Trainer:
         writer = tf.summary.create_file_writer(str(self.out / "tb"))
         eval_s = 0.0
         epoch = start_epoch
+        batches = self._batch_stream(start_epoch)
         while epoch < self.epochs:
             t0 = time.time()
-            row = self._train_epoch(epoch, step_fn, writer)
+            row = self._train_epoch(epoch, step_fn, writer, batches)
             metrics = {}
             last = epoch + 1 == self.epochs
             if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or last):
@@ -319,18 +320,30 @@ class Trainer:
             epoch += 1
         return best
 
-    def _train_epoch(self, epoch: int, step_fn, writer) -> dict:
-        import numpy as np
+    def _batch_stream(self, start_epoch: int):
+        """One iterator over the batches of epochs ``start_epoch .. self.epochs - 1``.
 
+        Built once per run (see ``make_dataset(epochs=...)``): a fresh pipeline per epoch
+        stalled every epoch's first step while it was instantiated and refilled.
+        """
         from edgedet.train.input import make_dataset
 
-        o, tf = self.opts, self._tf
+        o = self.opts
         ds = make_dataset(self.train_samples, image_size=self.cfg.image_size, num_classes=self.cfg.num_classes,
                           mean=self.cfg.mean, std=self.cfg.std, anchor_config=self.cfg.anchor_config,
-                          batch_size=o.batch, training=True, epoch=epoch, seed=o.seed, jitter=o.jitter, flip=o.flip)
-        ds = ds.take(self.steps_per_epoch)
+                          batch_size=o.batch, training=True, seed=o.seed, jitter=o.jitter, flip=o.flip,
+                          epochs=range(start_epoch, self.epochs))
         if self.replicas > 1:
             ds = self.strategy.experimental_distribute_dataset(ds)
+        return iter(ds)
+
+    def _train_epoch(self, epoch: int, step_fn, writer, batches) -> dict:
+        import itertools
+
+        import numpy as np
+
+        o, tf = self.opts, self._tf
+        ds = itertools.islice(batches, self.steps_per_epoch)
         bar = None
         if o.progress:
             from tqdm import tqdm

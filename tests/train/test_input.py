@@ -96,3 +96,17 @@ def test_flip_and_jitter_boxes_stay_inside(tmp_path):
                 dec = decode(box_t[i][pos], enc.anchors.center[pos])
                 assert dec.min() >= -1e-3 and dec.max() <= 64 + 1e-3
                 assert iou_matrix(dec[:1], dec).min() > 0.99  # all positives encode one object
+
+
+@pytest.mark.parametrize("n, batch", [(5, 2), (3, 4)])  # remainder dropped / one partial batch per epoch
+def test_one_stream_over_epochs_gives_each_epochs_own_batches(tmp_path, n, batch):
+    """The trainer's single multi-epoch iterator yields exactly what per-epoch datasets give."""
+    samples = _samples(tmp_path, n=n)
+    kw = dict(image_size=64, num_classes=2, mean=MEAN, std=STD, anchor_config=AnchorConfig(), batch_size=batch,
+              training=True, seed=3)
+    per_epoch = [b for e in (1, 2, 3) for b in make_dataset(samples, epoch=e, **kw)]
+    stream = list(make_dataset(samples, epochs=range(1, 4), **kw))
+    assert len(stream) == len(per_epoch) == 3 * max(n // batch, 1)
+    for (im_a, t_a), (im_b, t_b) in zip(stream, per_epoch):
+        np.testing.assert_array_equal(im_a.numpy(), im_b.numpy())
+        np.testing.assert_array_equal(t_a["cls"].numpy(), t_b["cls"].numpy())
