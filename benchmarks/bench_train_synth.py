@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jitter", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
     ap.add_argument("--num-images", type=int, default=800, help="synthetic images over train/val/test (75/12.5/12.5 %%)")
     ap.add_argument("--render-size", type=int, default=256, help="side of the rendered synthetic images")
+    ap.add_argument("--backbone-weights", default=None, help="imagenet | PATH (default: from scratch)")
+    ap.add_argument("--freeze-backbone", default=None, metavar="all|N", help="freeze stem + first N stages")
     ap.add_argument("--threads", type=int, default=0, help="TensorFlow intra-/inter-op threads (0: TF default)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (initial weights, shuffling, augmentation)")
     ap.add_argument("--data-seed", type=int, default=0, help="synthetic dataset seed")
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
     from edgedet.train.trainer import TrainOptions, train
 
     opts = TrainOptions(data=str(data), out=run, model=args.model, image_size=args.image_size, epochs=args.epochs,
-                        batch=args.batch, lr=args.lr, backbone_weights=None, jitter=tuple(args.jitter),
+                        batch=args.batch, lr=args.lr, backbone_weights=args.backbone_weights,
+                        freeze_backbone=args.freeze_backbone, jitter=tuple(args.jitter),
                         eval_every=10 ** 6, time_limit=max(args.minutes - args.reserve, 0.5), warmup_epochs=1.0,
                         seed=args.seed, progress=args.progress)
     best = train(opts)
@@ -102,6 +105,7 @@ def main(argv=None) -> int:
     wall = time.time() - t0
     steps, s_per_step = _steps(run)
     result = {"bench": "train_synth", "model": args.model, "image_size": args.image_size, "batch": args.batch,
+              "backbone_weights": args.backbone_weights, "freeze_backbone": args.freeze_backbone,
               "lr": args.lr, "jitter": list(args.jitter), "num_images": args.num_images, "seed": args.seed,
               "threads": args.threads, "epochs_done": json.load(open(os.path.join(run, "run.json")))["epochs_done"],
               "steps": steps, "s_per_step": round(s_per_step, 3), "data_s": round(data_s, 1),
