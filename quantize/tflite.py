@@ -29,6 +29,7 @@ give the same bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Callable, Iterable
@@ -88,6 +89,47 @@ def _representative_fn(representative, input_shape) -> Callable[[], Iterable[lis
     return gen
 
 
+def _upsample2x_concat(inputs, *args, **kwargs):
+    """Nearest 2x upsampling ``(B, H, W, C) -> (B, 2H, 2W, C)`` as CONCATENATION + RESHAPE.
+
+    ``[x, x]`` on channels reshaped to ``(H, 2W, C)`` repeats every column; ``[y, y]`` on width
+    reshaped to ``(2H, 2W, C)`` repeats every row. Bit-identical to RESIZE_NEAREST_NEIGHBOR,
+    also in int8 (both ops keep their input's scale), rank 4 throughout, and mappable by the
+    Edge TPU.
+    """
+    import tensorflow as tf
+
+    h, w, c = (int(d) for d in inputs.shape[1:])
+    x = tf.reshape(tf.concat([inputs, inputs], axis=-1), [-1, h, 2 * w, c])
+    return tf.reshape(tf.concat([x, x], axis=2), [-1, 2 * h, 2 * w, c])
+
+
+@contextlib.contextmanager
+def xnnpack_upsampling(model):
+    """While tracing for TFLite, run every nearest 2x ``UpSampling2D`` as concat + reshape.
+
+    TFLite's XNNPACK delegate has no RESIZE_NEAREST_NEIGHBOR kernel, so each BiFPN upsampling
+    cut the delegated graph (Lite0: 12 resizes -> 13 XNNPACK partitions, the int8 resizes run by
+    the slow reference kernels in between). The Keras model, and with it the ONNX/OpenVINO
+    exports (which keep a Resize that onnx2tf can import back), is untouched: only the TFLite
+    trace sees the rewrite. Works for QAT models too: tfmot's wrapper calls ``layer.call`` and
+    then fake-quantizes the output, so the int8 concat/reshape get the upsampling's range.
+    """
+    import tf_keras as keras
+
+    patched = []
+    for layer in model.submodules:
+        if (isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+                and tuple(layer.size) == (2, 2) and layer.data_format == "channels_last"):
+            object.__setattr__(layer, "call", _upsample2x_concat)
+            patched.append(layer)
+    try:
+        yield len(patched)
+    finally:
+        for layer in patched:
+            object.__delattr__(layer, "call")
+
+
 def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8"):
     """Build a configured ``tf.lite.TFLiteConverter`` (also used by the diagnosis).
 
@@ -117,7 +159,8 @@ def make_converter(model, mode: str, representative=None, io_dtype: str = "uint8
             outs = [outs]
         return {name: out for name, out in zip(names, outs)}
 
-    concrete = serve.get_concrete_function()
+    with xnnpack_upsampling(model):
+        concrete = serve.get_concrete_function()
     # The converter saves its trackable object as a SavedModel first. Handing it the Keras model
     # makes it re-trace every layer's call (~1200 traces: ~10x the CPU time of the conversion
     # itself); a bare module holding only the variables is all the saved function needs.

@@ -79,3 +79,41 @@ def test_int8_is_deterministic(tiny, rep):
     assert a == b
     c = keras_to_tflite(tiny, "int8", rep[:4])
     assert c != a  # other calibration data, other ranges
+
+
+def test_nearest_upsampling_is_traced_as_concat_reshape_for_xnnpack(rep):
+    """XNNPACK cannot run RESIZE_NEAREST_NEIGHBOR (each one cut the delegated graph): the TFLite
+    trace writes it as CONCATENATION + RESHAPE, bit-identical, in fp32 and int8; the Keras layer
+    itself is left as it was."""
+    import tf_keras as keras
+
+    from edgedet.quantize.tflite import interpreter, keras_to_tflite, op_counts, xnnpack_upsampling
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((64, 64, 3), name="image")
+    y = keras.layers.Conv2D(8, 3, 4, padding="same", activation="relu")(x)           # 16x16
+    low = keras.layers.Conv2D(8, 3, 2, padding="same", activation="relu")(y)         # 8x8
+    up = keras.layers.UpSampling2D(2, interpolation="nearest", name="up")(low)       # 16x16
+    s = keras.layers.Add()([y, up])
+    outs = [keras.layers.Conv2D(4, 1, name=n)(s) for n in ("class_p3", "box_p3")]
+    model = keras.Model(x, outs)
+    xin = rep[0]
+    ref = [o.numpy() for o in model(xin)]
+    for mode in ("fp32", "int8"):
+        data = keras_to_tflite(model, mode, rep if mode == "int8" else None, io_dtype="float32")
+        ops = op_counts(data)
+        assert "RESIZE_NEAREST_NEIGHBOR" not in ops and ops.get("CONCATENATION") == 2 and ops.get("RESHAPE") == 2, ops
+        it = interpreter(data)
+        it.set_tensor(it.get_input_details()[0]["index"], xin)
+        it.invoke()
+        got = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        tol = 1e-5 if mode == "fp32" else 0.05 * float(np.abs(ref[0]).max())
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, atol=tol)
+    # the Keras layer is untouched after (and outside) the trace
+    up_layer = model.get_layer("up")
+    assert "call" not in vars(up_layer)
+    np.testing.assert_array_equal(up_layer(np.arange(4, dtype=np.float32).reshape(1, 2, 2, 1)).numpy()[0, :, :, 0],
+                                  [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    with xnnpack_upsampling(model) as n:
+        assert n == 1
