@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--train-bn", action="store_true",
                    help="update BatchNorm statistics (default: frozen, the statistics the converter folds)")
     p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
-                   help="freeze the backbone weights (its fake-quant ranges still adapt)")
+                   help="freeze the backbone weights (its fake-quant ranges still adapt) [the float run's; 0: none]")
     p.add_argument("--time-limit", type=float, default=None, metavar="MIN", help="wall-clock budget in minutes")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")

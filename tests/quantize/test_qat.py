@@ -119,3 +119,21 @@ def test_qat_converts_to_full_integer_tflite(family, synth, qhelpers):
         a, b = ref[i].numpy().ravel() + 2, np.concatenate(got[key]).ravel() + 2  # splat-bias workaround)
         cos = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
         assert cos >= 0.995, (key, cos)
+
+
+def test_qat_keeps_the_float_runs_frozen_layers_by_default(tmp_path):
+    """QAT fine-tunes with the float recipe's frozen backbone unless told otherwise ("0": none)."""
+    import json
+
+    from edgedet.quantize.qat import qat_options
+
+    run = tmp_path / "float"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "kind": "float", "variant": "test", "image_size": 128, "dataset": str(tmp_path), "class_names": ["a"],
+        "train": {"model": "test", "lr": 0.04, "batch": 4, "freeze_backbone": "3"}}))
+    assert qat_options(str(run), str(tmp_path / "q")).freeze_backbone == "3"
+    assert qat_options(str(run), str(tmp_path / "q"), freeze_backbone="0").freeze_backbone is None
+    assert qat_options(str(run), str(tmp_path / "q"), freeze_backbone="all").freeze_backbone == "all"
+    o = qat_options(str(run), str(tmp_path / "q"))
+    assert o.lr == pytest.approx(0.004) and o.batch == 4
