@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -55,34 +54,16 @@ def build(shape, layer):
     return keras.Model(inp, keras.layers.ReLU(6.0)(x))
 
 
-def convert(model, shape, int8: bool) -> bytes:
+def timer(model, shape, int8: bool, threads: int):
+    """Convert with the project's one converter wrapper and return ``run(iters) -> ms per invoke``."""
     import numpy as np
-    import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
-        rng = np.random.default_rng(0)
+    from edgedet.quantize.tflite import interpreter, keras_to_tflite
 
-        def rep():
-            for _ in range(8):
-                yield [rng.uniform(-1, 1, (1, *shape)).astype(np.float32)]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = rep
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-def timer(blob: bytes, threads: int):
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    f = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
-    f.write(blob)
-    f.close()
-    it = Interpreter(model_path=f.name, num_threads=threads)
-    it.allocate_tensors()
+    rng = np.random.default_rng(0)
+    rep = [rng.uniform(-1, 1, (1, *shape)).astype(np.float32) for _ in range(8)]
+    blob = keras_to_tflite(model, "int8", rep, io_dtype="int8") if int8 else keras_to_tflite(model, "fp32")
+    it = interpreter(blob, num_threads=threads)
     d = it.get_input_details()[0]
     it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
     it.invoke()
@@ -106,7 +87,7 @@ def main(argv=None) -> int:
     print(f"{'layer':26s} {'MMAC':>7s} {'fp32 ms':>8s} {'int8 ms':>8s} {'fp32/int8':>9s}")
     for name, shape, layer in CASES:
         model = build(shape, layer)
-        runs = {k: timer(convert(model, shape, k == "int8"), args.threads) for k in ("fp32", "int8")}
+        runs = {k: timer(model, shape, k == "int8", args.threads) for k in ("fp32", "int8")}
         times = {k: [] for k in runs}
         for _ in range(args.rounds):  # interleaved
             for k, run in runs.items():
