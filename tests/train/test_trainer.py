@@ -178,3 +178,14 @@ def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
     assert res["epochs_done"] == 1 and "AP" in res["best"]["metrics"]
     model, info = ckpt.load_run(tmp_path / "m")
     assert info.kind == "float" and model.output_shape[0][-1] == 9 * info.config.num_classes
+
+
+def test_time_limit_plans_with_the_mean_epoch_not_the_last_one():
+    from edgedet.train.trainer import plan_epochs
+
+    # 5 epochs done in 60 s of a 4-minute budget; the last epoch stalled (14 s vs 8 s)
+    fit, per_epoch = plan_epochs(4.0, 5, 60.0, [8.0, 8.0, 8.0, 8.0, 14.0], eval_s=2.0, eval_every=10)
+    assert per_epoch == pytest.approx(9.2 + 0.2)
+    assert fit == 5 + int((240 - 60 - 2) // 9.4)  # 23, where the last epoch alone (14.2 s) allows 17
+    # out of time: no further epochs, never fewer than done
+    assert plan_epochs(1.0, 7, 70.0, [10.0], eval_s=0.0)[0] == 7
