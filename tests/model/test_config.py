@@ -37,6 +37,9 @@ def test_official_table():
     assert d0.activation == "swish" and d0.fusion == "fast"
     assert d0.mean == pytest.approx((123.675, 116.28, 103.53)) and d0.std == pytest.approx((58.395, 57.12, 57.375))
     assert VARIANTS["test"].fusion == "fast" and VARIANTS["test-lite"].fusion == "sum"
+    tiny = VARIANTS["tiny"]  # the 5-minute synthetic benchmark's model: pretrained Lite0 backbone, small neck
+    assert (tiny.backbone, tiny.image_size, tiny.fpn_width, tiny.fpn_layers, tiny.head_layers) == (
+        "efficientnet-lite0", 128, 32, 2, 2) and tiny.is_lite and tiny.mean == lite.mean
 
 
 def test_overrides_and_anchor_config():
