@@ -53,6 +53,35 @@ def test_int8_tflite_thresholds_on_quantised_outputs(rt_models, rt_image):
     assert_same_detections(got, want, atol_px=1e-3)
 
 
+def test_uint8_output_conversions_are_dropped_exactly_on_cpu(rt_models, rt_image):
+    """On CPU the runtime reads the int8 tensors behind a uint8-I/O file's outputs (the int8 ->
+    uint8 QUANTIZE ops run outside XNNPACK); the values are the file's own, shifted by 128."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgedet.runtime.backends.tflite_io import strip_type_flips
+
+    path = rt_models.tflite("int8")
+    det = Detector.from_file(path)
+    be = det.backend
+    assert be.boundary_ops_removed == len(be.outputs) == 10
+    assert be.describe()["boundary_ops_removed"] == 10
+    assert all(o.dtype == np.int8 for o in be.outputs) and be.inputs[0].dtype == np.uint8
+    x, _, _ = det.preprocess(rt_image)
+    ours = dict(zip((o.name for o in be.outputs), det.infer(x)))
+    it = Interpreter(model_path=path)  # the file as stored: uint8 outputs
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    for d in it.get_output_details():
+        assert d["dtype"] == np.uint8
+        spec = next(o for o in be.outputs if o.name == d["name"])
+        assert spec.quant[0] == pytest.approx(d["quantization"][0]) and spec.quant[1] == d["quantization"][1] - 128
+        np.testing.assert_array_equal(ours[d["name"]].astype(np.int16) + 128, it.get_tensor(d["index"]))
+    with open(rt_models.tflite("fp32"), "rb") as f:
+        assert strip_type_flips(f.read()) is None  # nothing to strip in a float model
+    assert Detector.from_file(rt_models.tflite("fp32")).backend.boundary_ops_removed == 0
+
+
 def test_detect_batch_and_paths(rt_models, rt_image, tmp_path):
     from PIL import Image
 
