@@ -5,6 +5,9 @@ What is timed (the acceptance figures):
       ``last_timing["invoke"] + last_timing["post"]``), uint8 in/out, raw outputs;
     * ``tflite-fp32``: invoke.
 Also shown, to explain where time goes:
+    * ``tflite-int8 as stored``: the same file with its int8 -> uint8 output QUANTIZE ops run
+      (the runtime normally drops them on CPU and reads the int8 tensors; see
+      ``edgedet.runtime.backends.tflite_io``);
     * ``tflite-int8 --io int8`` (no uint8<->int8 QUANTIZE ops at the graph boundary);
     * ``--nms`` variants: sigmoid + dequantize + TFLite_Detection_PostProcess in the graph, as
       google/automl's export does;
@@ -169,13 +172,30 @@ def count_candidates(path: str, threads: int) -> float:
     return float(statistics.median(counts))
 
 
+AS_STORED = "tflite-int8 as stored"
+
+
+def _detector(label: str, path: str, threads: int):
+    """The runtime's Detector; for ``AS_STORED`` with the boundary QUANTIZE ops left in the graph."""
+    import edgedet.runtime.backends.litert as lr
+    from edgedet.runtime import Detector
+
+    if label != AS_STORED:
+        return Detector.from_file(path, threads=threads)
+    keep = lr._has_type_flip_outputs
+    lr._has_type_flip_outputs = lambda it: False
+    try:
+        return Detector.from_file(path, threads=threads)
+    finally:
+        lr._has_type_flip_outputs = keep
+
+
 def bench(paths: dict[str, str], threads: int, rounds: int, iters: int) -> dict:
     """Interleaved runs through the runtime; per variant medians of invoke, post and their sum (ms)."""
-    from edgedet.runtime import Detector
     from edgedet.runtime.preprocess import load_image
 
     images = [load_image(f) for f in calibration_images()[-4:]]
-    dets = {k: Detector.from_file(p, threads=threads) for k, p in paths.items()}
+    dets = {k: _detector(k, p, threads) for k, p in paths.items()}
     res = {k: {"invoke": [], "post": [], "total": [], "detections": []} for k in paths}
     for d in dets.values():  # warm-up (XNNPACK packs weights on first invoke)
         for img in images[:2]:
@@ -203,6 +223,7 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = export_variants(work, log=lambda m: print(f"[convert] {m}", file=sys.stderr))
+    paths = dict(list(paths.items())[:2] + [(AS_STORED, paths["tflite-int8"])] + list(paths.items())[2:])
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     med = bench(paths, args.threads, args.rounds, args.iters)

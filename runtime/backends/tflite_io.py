@@ -84,7 +84,7 @@ def strip_type_flips(data: bytes, inputs: bool = True, outputs: bool = True) -> 
                 if inputs and a in ins and consumers.get(a) == 1:
                     remap[a] = b  # graph input a (uint8) -> b (int8), fed directly
                     continue
-                if outputs and b in outs and b not in ins:
+                if outputs and b in outs and b not in ins and not consumers.get(b):
                     remap[b] = a  # graph output b (uint8) -> a (int8), read directly
                     continue
             keep.append(op)
