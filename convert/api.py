@@ -153,8 +153,10 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
 
 def convert(targets: list[str], weights: str | None = None, from_onnx: str | None = None, calib_data: str | None = None,
             calib_count: int = 300, nms: bool = False, out_dir: str | None = None, io_dtype: str = "uint8",
-            log: Callable[[str], None] = print) -> tuple[list[Artifact], object]:
+            log: Callable[[str], None] = print, nms_score: float | None = None) -> tuple[list[Artifact], object]:
     """Convert a run (``weights``) or an ONNX file (``from_onnx``) to every target.
+
+    ``nms_score``: the score threshold baked into a ``--nms`` model (default 0.05).
 
     Returns:
         ``(artifacts, source)``.
@@ -178,6 +180,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         from edgedet.train.checkpoint import read_run_json
 
         check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
+    if nms_score is not None and not 0.0 < nms_score < 1.0:
+        raise ConfigError(f"--nms-score must be in (0, 1), got {nms_score}")
     if nms and any(t.family != "tflite" for t in ts):
         log("note: --nms applies to TFLite targets only; ONNX/OpenVINO artifacts keep raw outputs")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -192,6 +196,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         out_dir = os.path.join(weights, "export") if weights else os.path.dirname(os.path.abspath(from_onnx))
     with tempfile.TemporaryDirectory(prefix="edgedet-convert-") as work:
         ctx = Context(source=source, calib_data=calib_data, calib_count=calib_count, io_dtype=io_dtype, nms=nms, log=log, work_dir=work)
+        if nms_score is not None:
+            ctx.nms_options["score_threshold"] = float(nms_score)
         arts = run_targets(ctx, ts, out_dir, source.stem)
     return arts, source
 

@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--calib-count", type=int, default=300, metavar="N", help="calibration images, seeded sample (default 300)")
     p.add_argument("--io", choices=("uint8", "int8"), default="uint8", help="input/output type of full-integer TFLite (default uint8)")
     p.add_argument("--nms", action="store_true", help="TFLite: embed TFLite_Detection_PostProcess (4 standard outputs) instead of raw outputs")
+    p.add_argument("--nms-score", type=float, metavar="P", help="--nms: score threshold baked into the model (default 0.05)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN/export, or the ONNX file's folder)")
     p.set_defaults(func=run)
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     arts, source = convert(
         _targets(args), weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,
         calib_count=args.calib_count, nms=args.nms, out_dir=args.out, io_dtype=args.io, log=log,
+        nms_score=args.nms_score,
     )
     log(f"{'done':<16} {time.perf_counter() - start:6.1f} s  {len(arts)} artifact(s)")
     print(validate_command(arts, source, device=args.device))

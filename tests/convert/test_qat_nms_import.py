@@ -78,6 +78,24 @@ def test_nms_tflite_matches_runtime_decoding(tiny_run, exports, bccd_images, tmp
         np.testing.assert_allclose(a.scores[:k], b.scores[:k], atol=1e-4)
         np.testing.assert_array_equal(a.classes[:k], b.classes[:k])
         assert np.diag(iou_matrix(a.boxes[:k], b.boxes[:k])).min() >= 0.99
+    # --nms-score bakes the threshold in: one between the 3rd and 4th score leaves 3 detections.
+    # (Slots past num_detections hold leftovers, not zeros: apps must read the count.)
+    from ai_edge_litert.interpreter import Interpreter
+
+    ref = nms_det.detect(bccd_images[0])
+    thr = float(ref.scores[2] + ref.scores[3]) / 2
+    (art3,), _ = convert(["tflite-fp32"], weights=str(tiny_run), nms=True, nms_score=thr, out_dir=str(tmp_path / "t"),
+                         log=lambda m: None)
+    assert read_metadata(art3.path).extra["nms"]["score_threshold"] == thr
+    it = Interpreter(model_path=art3.path)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], nms_det.preprocess(bccd_images[0])[0])
+    it.invoke()
+    out = {o["name"]: it.get_tensor(o["index"]) for o in it.get_output_details()}
+    n = int(out["num_detections"].reshape(-1)[0])
+    scores = out["detection_scores"].reshape(-1)
+    assert n == 3
+    np.testing.assert_allclose(np.sort(scores[:n])[::-1], ref.scores[:3], atol=1e-6)
 
 
 def test_from_onnx_to_tflite_matches_its_source(exports, bccd_images, calib_dir, tmp_path, cv):
