@@ -177,17 +177,13 @@ AS_STORED = "tflite-int8 as stored"
 
 def _detector(label: str, path: str, threads: int):
     """The runtime's Detector; for ``AS_STORED`` with the boundary QUANTIZE ops left in the graph."""
-    import edgedet.runtime.backends.litert as lr
     from edgedet.runtime import Detector
+    from edgedet.runtime.backends.litert import LiteRTBackend
+    from edgedet.runtime.metadata import read_metadata
 
     if label != AS_STORED:
         return Detector.from_file(path, threads=threads)
-    keep = lr._has_type_flip_outputs
-    lr._has_type_flip_outputs = lambda it: False
-    try:
-        return Detector.from_file(path, threads=threads)
-    finally:
-        lr._has_type_flip_outputs = keep
+    return Detector(LiteRTBackend(path, threads=threads, strip_boundary=False), read_metadata(path), path=path)
 
 
 def bench(paths: dict[str, str], threads: int, rounds: int, iters: int) -> dict:

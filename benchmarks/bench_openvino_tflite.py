@@ -44,22 +44,17 @@ class OpenVINOOnTFLite:
         import openvino as ov
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgedet.runtime.backends.base import TensorSpec
+        from edgedet.runtime.backends.openvino import _spec
 
         it = Interpreter(model_path=path)
         it.allocate_tensors()
         quant = {d["name"]: d["quantization"] for d in it.get_input_details() + it.get_output_details()}
         cm = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
         self.request = cm.create_infer_request()
-
-        def spec(port):
-            name = port.get_any_name()
-            q = quant.get(name)
-            return TensorSpec(name, tuple(port.get_shape()), np.dtype(port.get_element_type().to_dtype()),
-                              (float(q[0]), int(q[1])) if q and q[0] else None, tuple(port.get_names()))
-
-        self.inputs = [spec(p) for p in cm.inputs]
-        self.outputs = [spec(p) for p in cm.outputs]
+        self.inputs, self.outputs = [_spec(p) for p in cm.inputs], [_spec(p) for p in cm.outputs]
+        for spec in self.inputs + self.outputs:  # OpenVINO does not expose the TFLite scales
+            q = quant.get(spec.name)
+            spec.quant = (float(q[0]), int(q[1])) if q and q[0] else None
 
     def run(self, x):
         self.request.infer({0: x})

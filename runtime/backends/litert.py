@@ -87,11 +87,14 @@ class LiteRTBackend(Backend):
         device: see :func:`parse_device`.
         threads: CPU (XNNPACK) threads; ``None`` = library default.
         fallback: "cpu" to run on CPU when the delegate cannot load (with a warning).
+        strip_boundary: on CPU, read a uint8-I/O int8 file's int8 outputs directly instead of
+            running its int8 -> uint8 QUANTIZE ops (exact; ``False`` runs the file as stored).
     """
 
     name = "litert"
 
-    def __init__(self, path: str, device: str | None = None, threads: int | None = None, fallback: str | None = None):
+    def __init__(self, path: str, device: str | None = None, threads: int | None = None, fallback: str | None = None,
+                 strip_boundary: bool = True):
         Interpreter, load_delegate, module, version = _interpreter_module()
         self.module, self.version, self.threads = module, version, threads
         delegate, options = parse_device(device)
@@ -111,15 +114,15 @@ class LiteRTBackend(Backend):
         kwargs = {"model_path": path, "experimental_delegates": delegates or None}
         if threads:
             kwargs["num_threads"] = int(threads)
+        # CPU only: the graph without its int8 -> uint8 output QUANTIZE ops (see tflite_io).
+        self._model_bytes, self.boundary_ops_removed = None, 0
+        if not delegates and strip_boundary:
+            self._model_bytes, self.boundary_ops_removed = _without_output_type_flips(path)
         try:
-            self.interpreter = Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            self.interpreter = self._open(Interpreter, kwargs, path)
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: cannot load TFLite model ({first})") from exc
-        self.boundary_ops_removed = 0
-        if not delegates and _has_type_flip_outputs(self.interpreter):
-            self._strip_boundary(Interpreter, kwargs, path)
         it = self.interpreter
         self._in = it.get_input_details()
         self._out = it.get_output_details()
@@ -129,30 +132,19 @@ class LiteRTBackend(Backend):
         # tensor(i) returns a function giving a zero-copy view of the output buffer.
         self._views = [it.tensor(d["index"]) for d in self._out]
 
-    def _strip_boundary(self, Interpreter, kwargs: dict, path: str) -> None:
-        """CPU only: read int8 outputs directly instead of running the int8 -> uint8 QUANTIZE ops.
-
-        Those ops only add 128, but XNNPACK cannot run a QUANTIZE that changes the type, so
-        LiteRT runs them single-threaded outside the delegate: ~3 ms per image for Lite0@320's
-        1.8 M output values. The decoder reads int8 as readily as uint8 (each output's own
-        scale and zero point), so the in-memory graph drops them; the file keeps them for the
-        Edge TPU and apps that want uint8. Exact: see :mod:`edgedet.runtime.backends.tflite_io`.
-        """
-        from edgedet.runtime.backends.tflite_io import strip_type_flips  # noqa: PLC0415
-
-        try:
-            with open(path, "rb") as f:
-                done = strip_type_flips(f.read(), inputs=False, outputs=True)
-            if done is None:
-                return
-            data, count = done
+    def _open(self, Interpreter, kwargs: dict, path: str):
+        if self._model_bytes is not None:
             args = {k: v for k, v in kwargs.items() if k != "model_path"}
-            it = Interpreter(model_content=data, **args)
-            it.allocate_tensors()
-        except Exception as exc:  # noqa: BLE001 - keep the file's own graph rather than fail
-            print(f"edgedet: note: {path}: running the uint8 output conversions as stored ({_short(exc)})", file=sys.stderr)
-            return
-        self.interpreter, self.boundary_ops_removed, self._model_bytes = it, count, data
+            try:
+                it = Interpreter(model_content=self._model_bytes, **args)
+                it.allocate_tensors()
+                return it
+            except (ValueError, RuntimeError) as exc:  # keep the file's own graph rather than fail
+                print(f"edgedet: note: {path}: running the uint8 output conversions as stored ({_short(exc)})", file=sys.stderr)
+                self._model_bytes, self.boundary_ops_removed = None, 0
+        it = Interpreter(**kwargs)
+        it.allocate_tensors()
+        return it
 
     def describe(self) -> dict:
         d = super().describe()
@@ -191,21 +183,27 @@ class LiteRTBackend(Backend):
         return [v() for v in self._views]
 
 
-def _has_type_flip_outputs(it) -> bool:
-    """A uint8 graph output produced by QUANTIZE from int8 (worth :meth:`LiteRTBackend._strip_boundary`)."""
+def _without_output_type_flips(path: str) -> tuple[bytes | None, int]:
+    """``(flatbuffer, ops removed)`` by :func:`~edgedet.runtime.backends.tflite_io.strip_type_flips`,
+    or ``(None, 0)`` when the file has no uint8 output (checked without reading it whole) or
+    cannot be parsed (the interpreter then reports the file as usual).
+
+    Why: XNNPACK cannot run a QUANTIZE that changes the type, so LiteRT runs a uint8-I/O file's
+    int8 -> uint8 output conversions single-threaded outside the delegate (~2.3-3 ms for
+    Lite0@320's 1.8 M output values); the decoder reads the int8 tensors just as well.
+    """
+    import mmap  # noqa: PLC0415
+
+    from edgedet.runtime.backends.tflite_io import has_uint8_outputs, strip_type_flips  # noqa: PLC0415
+
     try:
-        outs = {d["index"] for d in it.get_output_details() if np.dtype(d["dtype"]) == np.uint8}
-        if not outs:
-            return False
-        details = {d["index"]: d for d in it.get_tensor_details()}
-        for op in it._get_ops_details():  # noqa: SLF001 - the only way to see the graph
-            if op["op_name"] == "QUANTIZE" and set(op["outputs"]) & outs:
-                src = details.get(int(op["inputs"][0]))
-                if src is not None and np.dtype(src["dtype"]) == np.int8:
-                    return True
-    except Exception:  # noqa: BLE001 - older interpreters lack the private op listing
-        return False
-    return False
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if not has_uint8_outputs(buf):
+                return None, 0
+            done = strip_type_flips(bytes(buf))
+    except Exception:  # noqa: BLE001 - a truncated/odd file: let the interpreter say what is wrong
+        return None, 0
+    return done if done is not None else (None, 0)
 
 
 def _spec(d: dict) -> TensorSpec:

@@ -1,4 +1,4 @@
-"""The uint8 <-> int8 boundary of a full-integer TFLite graph, and how the runtime skips it.
+"""The int8 -> uint8 output boundary of a full-integer TFLite graph, and how the runtime skips it.
 
 A full-integer model with uint8 I/O (what the Edge TPU, NNAPI and Model Maker files use) ends in
 QUANTIZE ops that only flip the type: int8 -> uint8 with the same scale and the zero point moved
@@ -34,11 +34,11 @@ def _imports():
 
 
 def _type_flip(sub, op) -> bool:
-    """QUANTIZE int8 <-> uint8 with one scale and zero points 128 apart (a pure ``q ± 128``)."""
+    """QUANTIZE int8 -> uint8 with one scale and zero points 128 apart (a pure ``q + 128``)."""
     if len(op.inputs) != 1 or len(op.outputs) != 1:
         return False
     a, b = sub.tensors[op.inputs[0]], sub.tensors[op.outputs[0]]
-    if {a.type, b.type} != {_INT8, _UINT8}:
+    if (a.type, b.type) != (_INT8, _UINT8):
         return False
     qa, qb = a.quantization, b.quantization
     if qa is None or qb is None or qa.scale is None or qb.scale is None:
@@ -47,16 +47,23 @@ def _type_flip(sub, op) -> bool:
         return False
     if not np.isclose(float(qa.scale[0]), float(qb.scale[0]), rtol=1e-6, atol=0.0):
         return False
-    shift = 128 if b.type == _UINT8 else -128
-    return int(qb.zeroPoint[0]) - int(qa.zeroPoint[0]) == shift
+    return int(qb.zeroPoint[0]) - int(qa.zeroPoint[0]) == 128
 
 
-def strip_type_flips(data: bytes, inputs: bool = True, outputs: bool = True) -> tuple[bytes, int] | None:
-    """Drop the uint8 <-> int8 QUANTIZE ops at the graph boundary; the int8 tensors become the I/O.
+def has_uint8_outputs(buf) -> bool:
+    """Whether subgraph 0 has a uint8 output (lazy flatbuffer read: nothing else is touched)."""
+    fb, _ = _imports()
+    if fb is None:
+        return False
+    sub = fb.Model.GetRootAs(buf, 0).Subgraphs(0)
+    return any(sub.Tensors(int(i)).Type() == _UINT8 for i in sub.OutputsAsNumpy())
+
+
+def strip_type_flips(data: bytes) -> tuple[bytes, int] | None:
+    """Drop the int8 -> uint8 QUANTIZE ops that feed graph outputs; the int8 tensors become the outputs.
 
     Args:
         data: a ``.tflite`` flatbuffer (trailing bytes, e.g. an appended metadata zip, are ignored).
-        inputs, outputs: which side to strip.
 
     Returns:
         ``(new flatbuffer, number of ops removed)``, or ``None`` when nothing qualifies or the
@@ -70,36 +77,28 @@ def strip_type_flips(data: bytes, inputs: bool = True, outputs: bool = True) -> 
     model = fu.convert_bytearray_to_object(bytearray(data))
     quantize = fb.BuiltinOperator.QUANTIZE
     count = 0
-    for sub in model.subgraphs:
-        ins, outs = [int(i) for i in sub.inputs], [int(o) for o in sub.outputs]
-        consumers = {}
-        for op in sub.operators:
-            for t in op.inputs:
-                consumers[int(t)] = consumers.get(int(t), 0) + 1
+    for si, sub in enumerate(model.subgraphs):
+        outs = [int(o) for o in sub.outputs]
+        consumed = {int(t) for op in sub.operators for t in op.inputs}
         remap, keep = {}, []
         for op in sub.operators:
             code = model.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == quantize and _type_flip(sub, op):
-                a, b = int(op.inputs[0]), int(op.outputs[0])
-                if inputs and a in ins and consumers.get(a) == 1:
-                    remap[a] = b  # graph input a (uint8) -> b (int8), fed directly
-                    continue
-                if outputs and b in outs and b not in ins and not consumers.get(b):
-                    remap[b] = a  # graph output b (uint8) -> a (int8), read directly
-                    continue
+            if (max(code.builtinCode, code.deprecatedBuiltinCode) == quantize and _type_flip(sub, op)
+                    and int(op.outputs[0]) in outs and int(op.outputs[0]) not in consumed):
+                remap[int(op.outputs[0])] = int(op.inputs[0])  # read the int8 tensor directly
+                continue
             keep.append(op)
         if not remap:
             continue
         for old, new in remap.items():
             t_old, t_new = sub.tensors[old], sub.tensors[new]
             t_old.name, t_new.name = (t_new.name or b"") + b"/boundary", t_old.name
-        sub.inputs = np.array([remap.get(i, i) for i in ins], np.int32)
         sub.outputs = np.array([remap.get(o, o) for o in outs], np.int32)
         sub.operators = keep
         count += len(remap)
         for sig in model.signatureDefs or []:
-            if sig.subgraphIndex == model.subgraphs.index(sub):
-                for tm in list(sig.inputs or []) + list(sig.outputs or []):
+            if sig.subgraphIndex == si:
+                for tm in sig.outputs or []:
                     tm.tensorIndex = remap.get(int(tm.tensorIndex), tm.tensorIndex)
     if not count:
         return None
