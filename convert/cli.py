@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--calib-count", type=int, default=300, metavar="N", help="calibration images, seeded sample (default 300)")
     p.add_argument("--io", choices=("uint8", "int8"), default="uint8", help="input/output type of full-integer TFLite (default uint8)")
     p.add_argument("--nms", action="store_true", help="TFLite: embed TFLite_Detection_PostProcess (4 standard outputs) instead of raw outputs")
-    p.add_argument("--nms-score", type=float, metavar="P", help="--nms: score threshold baked into the model (default 0.05)")
+    p.add_argument("--nms-score", type=float, metavar="P", help="--nms: score threshold baked into the model (default 0.05, low enough for mAP; every anchor above it enters the op's NMS, so a deployment threshold such as 0.3 runs faster: Lite0@320 int8 24 ms vs 38 ms)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN/export, or the ONNX file's folder)")
     p.set_defaults(func=run)
 
