@@ -5,7 +5,8 @@ node, so ``benchmark_model``-style profiles show a single line. This cuts the mo
 each operator becomes a one-op model (its own weights, quantisation and shapes, inputs fed
 with random values) that is timed alone under XNNPACK at ``--threads``. The sum is a little
 above the whole-graph invoke (each one-op model pays its own dispatch and starts cold), but the
-ranking is what matters.
+ranking is what matters. Ops whose cost depends on the values (the ``--nms`` models'
+TFLite_Detection_PostProcess) are timed on random inputs here, so read their rows as a ceiling.
 
 With ``--fp32 FILE`` too, the convolutions of the two files (same Keras model, same op order)
 are paired and the int8/fp32 ratio is shown per op and per feature-map resolution: on an AVX2
@@ -76,16 +77,9 @@ def profile(path: str, threads: int = 2, rounds: int = 9, iters: int = 10) -> li
         for d in it.get_input_details():
             lo, hi = (-100, 100) if np.issubdtype(d["dtype"], np.integer) else (-1, 1)
             it.set_tensor(d["index"], rng.uniform(lo, hi, d["shape"]).astype(d["dtype"]))
-        it.invoke()  # XNNPACK packs weights on the first call
-        times = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            for _ in range(iters):
-                it.invoke()
-            times.append((time.perf_counter() - t) / iters * 1e3)
         code = model.operatorCodes[op.opcodeIndex]
         rows.append({"i": i, "op": names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?"),
-                     "ms": statistics.median(times), "inputs": [list(sub.tensors[t].shape) for t in ins],
+                     "ms": _median_ms(it, rounds, iters), "inputs": [list(sub.tensors[t].shape) for t in ins],
                      "output": list(sub.tensors[int(op.outputs[0])].shape)})
     return rows
 
@@ -99,7 +93,12 @@ def whole_graph_ms(path: str, threads: int, rounds: int = 9, iters: int = 10) ->
     it.allocate_tensors()
     d = it.get_input_details()[0]
     it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    it.invoke()
+    return _median_ms(it, rounds, iters)
+
+
+def _median_ms(it, rounds: int, iters: int) -> float:
+    """Median over ``rounds`` of the mean ms of ``iters`` invokes, after one untimed invoke."""
+    it.invoke()  # XNNPACK packs weights on the first call
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
