@@ -5,9 +5,9 @@ What is timed (the acceptance figures):
       ``last_timing["invoke"] + last_timing["post"]``), uint8 in/out, raw outputs;
     * ``tflite-fp32``: invoke.
 Also shown, to explain where time goes:
-    * ``tflite-int8 as stored``: the same file with its int8 -> uint8 output QUANTIZE ops run
-      (the runtime normally drops them on CPU and reads the int8 tensors; see
-      ``edgedet.runtime.backends.tflite_io``);
+    * ``tflite-int8 as stored``: the same file with its uint8 -> int8 input and int8 -> uint8
+      output QUANTIZE ops run (the runtime normally drops them on CPU, feeds int8 pixels - 128 and
+      reads the int8 tensors; see ``edgedet.runtime.backends.tflite_io``);
     * ``tflite-int8 --io int8`` (no uint8<->int8 QUANTIZE ops at the graph boundary);
     * ``--nms`` variants: sigmoid + dequantize + TFLite_Detection_PostProcess in the graph, as
       google/automl's export does, with the score threshold baked in at 0.3 (the runtime's) and,
@@ -16,7 +16,8 @@ Also shown, to explain where time goes:
 
 Models and runs are interleaved (round-robin, ``--iters`` detections each, ``--rounds`` times)
 so machine drift hits every variant alike; medians are reported together with the load
-average before and after.
+average before and after. ``pre`` (letterbox + input quantisation) is shown too, so nothing
+moves out of ``invoke`` into it unseen.
 
 The network is the real Lite0 (ImageNet backbone from the efficientnet_lite0 wheel when
 installed) with a randomly initialised head made "trained-like" (BN statistics from images,
@@ -198,7 +199,7 @@ def bench(paths: dict[str, str], threads: int, rounds: int, iters: int) -> dict:
 
     images = [load_image(f) for f in calibration_images()[-4:]]
     dets = {k: _detector(k, p, threads) for k, p in paths.items()}
-    res = {k: {"invoke": [], "post": [], "total": [], "detections": []} for k in paths}
+    res = {k: {"pre": [], "invoke": [], "post": [], "total": [], "detections": []} for k in paths}
     for d in dets.values():  # warm-up (XNNPACK packs weights on first invoke)
         for img in images[:2]:
             d.detect(img)
@@ -207,6 +208,7 @@ def bench(paths: dict[str, str], threads: int, rounds: int, iters: int) -> dict:
             for i in range(iters):
                 out = d.detect(images[(r + i) % len(images)])
                 t = d.last_timing
+                res[k]["pre"].append(t["pre"] * 1000)
                 res[k]["invoke"].append(t["invoke"] * 1000)
                 res[k]["post"].append(t["post"] * 1000)
                 res[k]["total"].append((t["invoke"] + t["post"]) * 1000)
@@ -243,10 +245,10 @@ def main(argv=None) -> dict:
           f"{os.cpu_count()} CPUs; load avg before {load_before[0]:.2f}, after {load_after[0]:.2f} ({time.perf_counter() - t0:.0f} s)")
     cands = count_candidates(paths["tflite-fp32"], args.threads)
     print(f"post-processing candidates (anchor-class pairs above score 0.3, median over the images): {cands:.0f}")
-    print(f"{'variant':<22}{'invoke':>9}{'post':>8}{'inv+post':>10}{'dets':>6}{'XNN parts':>10}{'no-XNN inv':>11}{'MB':>7}")
+    print(f"{'variant':<22}{'pre':>7}{'invoke':>9}{'post':>8}{'inv+post':>10}{'dets':>6}{'XNN parts':>10}{'no-XNN inv':>11}{'MB':>7}")
     for k in paths:
         m, e = med[k], extra[k]
-        print(f"{k:<22}{m['invoke']:>9.2f}{m['post']:>8.2f}{m['total']:>10.2f}{m['detections']:>6.0f}"
+        print(f"{k:<22}{m['pre']:>7.2f}{m['invoke']:>9.2f}{m['post']:>8.2f}{m['total']:>10.2f}{m['detections']:>6.0f}"
               f"{e['xnnpack_partitions']:>10d}{e['invoke_no_xnnpack_ms']:>11.1f}{e['size_mb']:>7.2f}")
     ok_int8 = med["tflite-int8"]["total"] <= 18.0
     ok_fp32 = med["tflite-fp32"]["invoke"] <= 22.0

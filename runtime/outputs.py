@@ -28,6 +28,8 @@ class InputPlan:
         batch: static batch size, or -1 when dynamic.
         nchw: input layout is ``(B, 3, h, w)``.
         identity: uint8 canvas is fed as-is (no arithmetic at all).
+        flip: int8 input that is the pixel minus 128 (a uint8 input's QUANTIZE, removed by the
+            LiteRT backend on CPU): one XOR of the top bit, ~25x quicker than the table gather.
     """
 
     def __init__(self, spec, meta, raw_pixels: bool = False):
@@ -42,7 +44,7 @@ class InputPlan:
         self.mean = np.asarray(meta.mean, np.float32)
         self.std = np.asarray(meta.std, np.float32)
         self.lut = None
-        self.identity = False
+        self.identity = self.flip = False
         if np.issubdtype(self.dtype, np.integer):
             info = np.iinfo(self.dtype)
             px = np.arange(256, dtype=np.float64)
@@ -55,6 +57,7 @@ class InputPlan:
                 luts = [np.clip(np.round((px - m) / s / scale + zp), info.min, info.max) for m, s in zip(self.mean, self.std)]
             self.lut = np.stack(luts).astype(self.dtype)  # (3, 256)
             self.identity = self.dtype == np.uint8 and all(np.array_equal(lut, px) for lut in luts)
+            self.flip = self.dtype == np.int8 and all(np.array_equal(lut, px - 128) for lut in luts)
             # Same normalisation on every channel (Lite models: 127/128): one gather, not three.
             self.lut_shared = bool((self.lut == self.lut[0]).all())
 
@@ -62,6 +65,8 @@ class InputPlan:
         """``(B, h, w, 3)`` uint8 -> the model's input tensor (dtype, quantisation, layout)."""
         if self.identity:
             x = canvas
+        elif self.flip:
+            x = np.ascontiguousarray(canvas, np.uint8).view(np.int8) ^ np.int8(-128)
         elif self.lut is not None and self.lut_shared:
             x = np.take(self.lut[0], canvas)
         elif self.lut is not None:

@@ -79,9 +79,13 @@ def compare_tflite(reference: str, candidate: str, images: list) -> list[dict]:
         reference: the fp32 ``.tflite``; candidate: the quantized one (same weights).
         images: a few images (paths or uint8 arrays), each fed to both models.
     """
+    from edgedet.runtime.backends.litert import LiteRTBackend
     from edgedet.runtime.detector import Detector
+    from edgedet.runtime.metadata import read_metadata
 
-    dets = {p: Detector.from_file(p, threads=1) for p in (reference, candidate)}
+    # Pre-processing for the files as stored (uint8 input kept), to feed the interpreters below.
+    dets = {p: Detector(LiteRTBackend(p, threads=1, strip_boundary=False), read_metadata(p), path=p)
+            for p in (reference, candidate)}
     its = {p: _interpreter(p) for p in (reference, candidate)}
     ref_out = {name: (idx, q) for name, _, idx, q in _op_outputs(its[reference])}
     cand = [(n, op, idx, q) for n, op, idx, q in _op_outputs(its[candidate]) if n in ref_out]

@@ -87,8 +87,9 @@ class LiteRTBackend(Backend):
         device: see :func:`parse_device`.
         threads: CPU (XNNPACK) threads; ``None`` = library default.
         fallback: "cpu" to run on CPU when the delegate cannot load (with a warning).
-        strip_boundary: on CPU, read a uint8-I/O int8 file's int8 outputs directly instead of
-            running its int8 -> uint8 QUANTIZE ops (exact; ``False`` runs the file as stored).
+        strip_boundary: on CPU, feed and read a uint8-I/O int8 file's int8 tensors directly
+            instead of running its uint8 <-> int8 QUANTIZE ops (exact; ``False`` runs the file
+            as stored).
     """
 
     name = "litert"
@@ -114,10 +115,10 @@ class LiteRTBackend(Backend):
         kwargs = {"model_path": path, "experimental_delegates": delegates or None}
         if threads:
             kwargs["num_threads"] = int(threads)
-        # CPU only: the graph without its int8 -> uint8 output QUANTIZE ops (see tflite_io).
+        # CPU only: the graph without its uint8 <-> int8 boundary QUANTIZE ops (see tflite_io).
         self._model_bytes, self.boundary_ops_removed = None, 0
         if not delegates and strip_boundary:
-            self._model_bytes, self.boundary_ops_removed = _without_output_type_flips(path)
+            self._model_bytes, self.boundary_ops_removed = _without_type_flips(path)
         try:
             self.interpreter = self._open(Interpreter, kwargs, path)
         except (ValueError, RuntimeError) as exc:
@@ -140,7 +141,7 @@ class LiteRTBackend(Backend):
                 it.allocate_tensors()
                 return it
             except (ValueError, RuntimeError) as exc:  # keep the file's own graph rather than fail
-                print(f"edgedet: note: {path}: running the uint8 output conversions as stored ({_short(exc)})", file=sys.stderr)
+                print(f"edgedet: note: {path}: running the uint8 input/output conversions as stored ({_short(exc)})", file=sys.stderr)
                 self._model_bytes, self.boundary_ops_removed = None, 0
         it = Interpreter(**kwargs)
         it.allocate_tensors()
@@ -183,22 +184,23 @@ class LiteRTBackend(Backend):
         return [v() for v in self._views]
 
 
-def _without_output_type_flips(path: str) -> tuple[bytes | None, int]:
+def _without_type_flips(path: str) -> tuple[bytes | None, int]:
     """``(flatbuffer, ops removed)`` by :func:`~edgedet.runtime.backends.tflite_io.strip_type_flips`,
-    or ``(None, 0)`` when the file has no uint8 output (checked without reading it whole) or
-    cannot be parsed (the interpreter then reports the file as usual).
+    or ``(None, 0)`` when the file has no uint8 input or output (checked without reading it
+    whole) or cannot be parsed (the interpreter then reports the file as usual).
 
     Why: XNNPACK cannot run a QUANTIZE that changes the type, so LiteRT runs a uint8-I/O file's
-    int8 -> uint8 output conversions single-threaded outside the delegate (~2.3-3 ms for
-    Lite0@320's 1.8 M output values); the decoder reads the int8 tensors just as well.
+    uint8 <-> int8 conversions single-threaded outside the delegate (~2.3-3 ms for Lite0@320's
+    1.8 M output values); the decoder reads the int8 tensors just as well, and the input plan
+    turns a uint8 canvas into int8 by flipping one bit.
     """
     import mmap  # noqa: PLC0415
 
-    from edgedet.runtime.backends.tflite_io import has_uint8_outputs, strip_type_flips  # noqa: PLC0415
+    from edgedet.runtime.backends.tflite_io import has_uint8_io, strip_type_flips  # noqa: PLC0415
 
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            if not has_uint8_outputs(buf):
+            if not has_uint8_io(buf):
                 return None, 0
             done = strip_type_flips(bytes(buf))
     except Exception:  # noqa: BLE001 - a truncated/odd file: let the interpreter say what is wrong

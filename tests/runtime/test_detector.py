@@ -35,12 +35,12 @@ def test_float_runtimes_match_keras(rt_models, rt_image, fmt):
 
 
 def test_int8_tflite_thresholds_on_quantised_outputs(rt_models, rt_image):
-    """The int8 path (LUT-quantised input, thresholds on quantised logits, per-level dequantised
+    """The int8 path (quantised input, thresholds on quantised logits, per-level dequantised
     survivors) equals dequantising every output and post-processing in float."""
     from edgedet.runtime.postprocess import postprocess, to_original
 
     det = Detector.from_file(rt_models.tflite("int8"), score_threshold=0.3)
-    assert det.input.dtype == np.uint8 and det.input.lut is not None  # quantised input via LUT
+    assert det.input.dtype == np.int8 and det.input.lut is not None  # the file's uint8 input, its QUANTIZE dropped
     assert det._raw.class_quant is not None and all(q for q in det._raw.class_quant)
     got = det.detect(rt_image)
     assert len(got) > 0
@@ -53,9 +53,10 @@ def test_int8_tflite_thresholds_on_quantised_outputs(rt_models, rt_image):
     assert_same_detections(got, want, atol_px=1e-3)
 
 
-def test_uint8_output_conversions_are_dropped_exactly_on_cpu(rt_models, rt_image):
-    """On CPU the runtime reads the int8 tensors behind a uint8-I/O file's outputs (the int8 ->
-    uint8 QUANTIZE ops run outside XNNPACK); the values are the file's own, shifted by 128."""
+def test_uint8_boundary_conversions_are_dropped_exactly_on_cpu(rt_models, rt_image):
+    """On CPU the runtime feeds and reads the int8 tensors behind a uint8-I/O file's input and
+    outputs (the uint8 <-> int8 QUANTIZE ops run outside XNNPACK); the values are the file's own,
+    shifted by 128."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgedet.runtime.backends.tflite_io import strip_type_flips
@@ -63,20 +64,28 @@ def test_uint8_output_conversions_are_dropped_exactly_on_cpu(rt_models, rt_image
     path = rt_models.tflite("int8")
     det = Detector.from_file(path)
     be = det.backend
-    assert be.boundary_ops_removed == len(be.outputs) == 10
-    assert be.describe()["boundary_ops_removed"] == 10
-    assert all(o.dtype == np.int8 for o in be.outputs) and be.inputs[0].dtype == np.uint8
+    assert be.boundary_ops_removed == len(be.outputs) + 1 == 11
+    assert be.describe()["boundary_ops_removed"] == 11
+    assert all(o.dtype == np.int8 for o in be.outputs) and be.inputs[0].dtype == np.int8
     x, _, _ = det.preprocess(rt_image)
+    as_stored = Detector(type(be)(path, strip_boundary=False), det.meta, path=path)
+    assert as_stored.backend.boundary_ops_removed == 0 and as_stored.input.dtype == np.uint8
+    x_file, _, _ = as_stored.preprocess(rt_image)
+    np.testing.assert_array_equal(x.astype(np.int16) + 128, x_file)
     ours = dict(zip((o.name for o in be.outputs), det.infer(x)))
-    it = Interpreter(model_path=path)  # the file as stored: uint8 outputs
+    it = Interpreter(model_path=path)  # the file as stored: uint8 input and outputs
     it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
+    d_in = it.get_input_details()[0]
+    assert d_in["dtype"] == np.uint8 and d_in["name"] == be.inputs[0].name
+    assert be.inputs[0].quant[1] == d_in["quantization"][1] - 128
+    it.set_tensor(d_in["index"], x_file)
     it.invoke()
     for d in it.get_output_details():
         assert d["dtype"] == np.uint8
         spec = next(o for o in be.outputs if o.name == d["name"])
         assert spec.quant[0] == pytest.approx(d["quantization"][0]) and spec.quant[1] == d["quantization"][1] - 128
         np.testing.assert_array_equal(ours[d["name"]].astype(np.int16) + 128, it.get_tensor(d["index"]))
+    assert_same_detections(as_stored.detect(rt_image), det.detect(rt_image), atol_px=0.0)
     with open(rt_models.tflite("fp32"), "rb") as f:
         assert strip_type_flips(f.read()) is None  # nothing to strip in a float model
     assert Detector.from_file(rt_models.tflite("fp32")).backend.boundary_ops_removed == 0

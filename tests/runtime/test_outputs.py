@@ -23,11 +23,23 @@ def test_uint8_input_identity_fast_path():
     assert plan.prepare(canvas) is canvas or np.array_equal(plan.prepare(canvas), canvas)
 
 
+def test_int8_input_of_pixels_minus_128_is_one_xor():
+    """A uint8-input Lite file whose input QUANTIZE the CPU backend dropped takes int8 pixels - 128."""
+    spec = TensorSpec("images", (1, 128, 128, 3), np.dtype(np.int8), quant=(1 / 128, -1))
+    plan = InputPlan(spec, _meta(mean=(127, 127, 127), std=(128, 128, 128)))
+    assert plan.flip and not plan.identity
+    canvas = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+    got = plan.prepare(canvas)
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, np.take(plan.lut[0], canvas))
+    np.testing.assert_array_equal(got.astype(np.int16) + 128, canvas)
+
+
 @pytest.mark.parametrize("dtype,quant", [(np.uint8, (0.0187, 114)), (np.int8, (0.0187, -14))])
 def test_quantised_input_lut_matches_formula(dtype, quant):
     mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
     plan = InputPlan(TensorSpec("x", (1, 128, 128, 3), np.dtype(dtype), quant=quant), _meta(mean=mean, std=std))
-    assert not plan.identity
+    assert not plan.identity and not plan.flip
     canvas = np.random.default_rng(1).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
     got = plan.prepare(canvas)
     info = np.iinfo(dtype)
