@@ -121,8 +121,9 @@ def export_variants(work: Path, log=print) -> dict[str, str]:
     ]
     paths = {}
     for label, targets, kw in plan:
-        sub = work / (label.split(" .")[0].replace(" ", "_").replace("=", "-")
-                      + (f"_score-{kw.get('nms_score', 0.05):g}" if kw.get("nms") else ""))
+        # The baked-in NMS threshold is part of the cache key: a file exported at another one is stale.
+        base = "_".join(w for w in label.split() if not w.startswith(".")).replace("=", "-")
+        sub = work / (base + (f"_score-{kw.get('nms_score', 0.05):g}" if kw.get("nms") else ""))
         found = glob.glob(str(sub / "*.tflite"))
         if not found:
             arts, _ = convert(targets, weights=str(run), calib_data=str(calib), calib_count=100, out_dir=str(sub), log=log, **kw)

@@ -47,14 +47,13 @@ def _load(path: str):
     return fu.convert_bytearray_to_object(bytearray(stripped[0] if stripped else data))
 
 
-def profile(path: str, threads: int = 2, rounds: int = 9, iters: int = 10) -> list[dict]:
-    """One row per operator: ``{"i", "op", "ms", "inputs", "output"}`` (median ms of one invoke)."""
+def profile(model, threads: int = 2, rounds: int = 9, iters: int = 10) -> list[dict]:
+    """``model`` from :func:`_load`. One row per operator: ``{"i", "op", "ms", "inputs", "output"}`` (median ms of one invoke)."""
     import numpy as np
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    model = _load(path)
     sub = model.subgraphs[0]
     names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     rng = np.random.default_rng(0)
@@ -84,12 +83,12 @@ def profile(path: str, threads: int = 2, rounds: int = 9, iters: int = 10) -> li
     return rows
 
 
-def whole_graph_ms(path: str, threads: int, rounds: int = 9, iters: int = 10) -> float:
+def whole_graph_ms(model, threads: int, rounds: int = 9, iters: int = 10) -> float:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    it = Interpreter(model_content=bytes(fu.convert_object_to_bytearray(_load(path))), num_threads=threads)
+    it = Interpreter(model_content=bytes(fu.convert_object_to_bytearray(model)), num_threads=threads)
     it.allocate_tensors()
     d = it.get_input_details()[0]
     it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -157,11 +156,13 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args(argv)
     print(f"threads {args.threads}; load {os.getloadavg()[0]:.2f}")
-    rows = profile(args.model, args.threads)
-    report(args.model, rows, whole_graph_ms(args.model, args.threads), args.top)
+    model = _load(args.model)
+    rows = profile(model, args.threads)
+    report(args.model, rows, whole_graph_ms(model, args.threads), args.top)
     if args.fp32:
-        frows = profile(args.fp32, args.threads)
-        report(args.fp32, frows, whole_graph_ms(args.fp32, args.threads), args.top)
+        fmodel = _load(args.fp32)
+        frows = profile(fmodel, args.threads)
+        report(args.fp32, frows, whole_graph_ms(fmodel, args.threads), args.top)
         compare(rows, frows, args.top)
     print(f"\nload after {os.getloadavg()[0]:.2f}")
     return 0

@@ -160,9 +160,7 @@ class Detector:
 
     def preprocess(self, image) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
         """Image (array or path) -> ``(input tensor, (scale_y, scale_x), original (H, W))``."""
-        img = as_rgb_uint8(image)
-        canvas, scales = resize_for_model(img, self.input.size, self.meta.resize, self.meta.mean)
-        return self.input.prepare(canvas[None]), scales, img.shape[:2]
+        return prepare_image(image, self.input, self.meta)
 
     def infer(self, x: np.ndarray, copy: bool = True) -> list[np.ndarray]:
         """Run the backend on a prepared tensor; outputs in the backend's order (copies by default)."""
@@ -244,6 +242,14 @@ class Detector:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def prepare_image(image, plan: InputPlan, meta: ModelMeta) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """Image (array or path) -> ``(input tensor (1, h, w, 3) or NCHW, (scale_y, scale_x), original (H, W))``:
+    letterbox or stretch per ``meta``, then ``plan``'s quantisation and layout."""
+    img = as_rgb_uint8(image)
+    canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean)
+    return plan.prepare(canvas[None]), scales, img.shape[:2]
 
 
 def _resolve_device(device, threads, kind):

@@ -49,10 +49,24 @@ def _op_outputs(it) -> list[tuple[str, str, int, tuple | None]]:
     return out
 
 
-def _run(it, det, image) -> None:
-    x, _, _ = det.preprocess(image)
-    it.set_tensor(it.get_input_details()[0]["index"], x)
+def _run(it, plan, meta, image) -> None:
+    from edgedet.runtime.detector import prepare_image
+
+    it.set_tensor(it.get_input_details()[0]["index"], prepare_image(image, plan, meta)[0])
     it.invoke()
+
+
+def _input_plan(path: str, it):
+    """``(InputPlan, meta)`` for this interpreter's own input (the file as stored, uint8 kept)."""
+    from edgedet.errors import ModelFileError
+    from edgedet.runtime.backends.litert import _spec
+    from edgedet.runtime.metadata import read_metadata
+    from edgedet.runtime.outputs import InputPlan
+
+    meta = read_metadata(path)
+    if meta is None:
+        raise ModelFileError(f"{path}: no edgedet metadata; the tensor comparison needs it")
+    return InputPlan(_spec(it.get_input_details()[0]), meta), meta
 
 
 def _value(it, idx: int, quant) -> np.ndarray | None:
@@ -79,22 +93,16 @@ def compare_tflite(reference: str, candidate: str, images: list) -> list[dict]:
         reference: the fp32 ``.tflite``; candidate: the quantized one (same weights).
         images: a few images (paths or uint8 arrays), each fed to both models.
     """
-    from edgedet.runtime.backends.litert import LiteRTBackend
-    from edgedet.runtime.detector import Detector
-    from edgedet.runtime.metadata import read_metadata
-
-    # Pre-processing for the files as stored (uint8 input kept), to feed the interpreters below.
-    dets = {p: Detector(LiteRTBackend(p, threads=1, strip_boundary=False), read_metadata(p), path=p)
-            for p in (reference, candidate)}
     its = {p: _interpreter(p) for p in (reference, candidate)}
+    plans = {p: _input_plan(p, it) for p, it in its.items()}
     ref_out = {name: (idx, q) for name, _, idx, q in _op_outputs(its[reference])}
     cand = [(n, op, idx, q) for n, op, idx, q in _op_outputs(its[candidate]) if n in ref_out]
     acc = {n: np.zeros(5) for n, *_ in cand}  # sum err^2, sum ref^2, sum ref, count, dot
     norms = {n: np.zeros(2) for n, *_ in cand}
     for image in images:
-        _run(its[reference], dets[reference], image)
+        _run(its[reference], *plans[reference], image)
         ref_vals = {n: _value(its[reference], *ref_out[n]) for n, *_ in cand}
-        _run(its[candidate], dets[candidate], image)
+        _run(its[candidate], *plans[candidate], image)
         for n, _, idx, q in cand:
             a, b = ref_vals[n], _value(its[candidate], idx, q)
             if a is None or b is None or a.shape != b.shape:

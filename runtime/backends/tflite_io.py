@@ -51,8 +51,8 @@ def _type_flip(sub, op, src: int, dst: int) -> bool:
         return False
     if not np.isclose(float(qa.scale[0]), float(qb.scale[0]), rtol=1e-6, atol=0.0):
         return False
-    return abs(int(qb.zeroPoint[0]) - int(qa.zeroPoint[0])) == 128 and (
-        (int(qb.zeroPoint[0]) > int(qa.zeroPoint[0])) == (dst == _UINT8))
+    shift = 128 if dst == _UINT8 else -128
+    return int(qb.zeroPoint[0]) - int(qa.zeroPoint[0]) == shift
 
 
 def has_uint8_io(buf) -> bool:
