@@ -58,7 +58,7 @@ def timer(model, shape, int8: bool, threads: int):
     """Convert with the project's one converter wrapper and return ``run(iters) -> ms per invoke``."""
     import numpy as np
 
-    from edgedet.quantize.tflite import interpreter, keras_to_tflite
+    from edgedet.convert.tflite_converter import interpreter, keras_to_tflite
 
     rng = np.random.default_rng(0)
     rep = [rng.uniform(-1, 1, (1, *shape)).astype(np.float32) for _ in range(8)]

@@ -64,7 +64,7 @@ def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed
 
     from edgedet.model import build_model, get_config
     from edgedet.runtime.preprocess import letterbox, load_image, normalize
-    from edgedet.train import checkpoint as ck
+    from edgedet import runs as ck
 
     if (out / ck.RUN_JSON).is_file():
         return out

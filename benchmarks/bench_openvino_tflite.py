@@ -90,10 +90,10 @@ def latency(work: Path, threads: int, rounds: int, iters: int = 4) -> dict:
 
 def accuracy(model: str, data: str, threads: int) -> dict:
     from edgedet.runtime import Detector
-    from edgedet.runtime.evaluate import coco_evaluate
+    from edgedet.runtime.report.evaluate import coco_evaluate
     from edgedet.runtime.metadata import read_metadata
     from edgedet.runtime.preprocess import load_image
-    from edgedet.runtime.validate import load_samples
+    from edgedet.runtime.report.validate import load_samples
 
     samples, names = load_samples(data, "test")
     images = [load_image(s.image_path) for s in samples]

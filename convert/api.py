@@ -8,7 +8,6 @@ so a failed or interrupted export never leaves a half-written model behind.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Callable
 
 from edgedet.convert.registry import Target, resolve_targets
 from edgedet.errors import ConfigError, EdgedetError
+from edgedet.files import discard, file_size, fmt_size, install
 
 IO_CHOICES = ("uint8", "int8")
 
@@ -78,37 +78,6 @@ def check_needs(targets: list[Target], source_kind: str | None, calib_data: str 
             )
 
 
-def _size(path: str) -> int:
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-    return os.path.getsize(path)
-
-
-def fmt_size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
-def _install(tmp: str, final: str) -> None:
-    """Move a finished artifact onto its final name (files: os.replace; folders: swap)."""
-    if not os.path.isdir(tmp):
-        os.replace(tmp, final)
-        return
-    old = None
-    if os.path.lexists(final):
-        old = f"{final}.old{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
-
-
-def _discard(tmp: str) -> None:
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-    elif os.path.lexists(tmp):
-        os.remove(tmp)
-
-
 def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) -> list[Artifact]:
     """Export each target in turn; failures are cleaned up and re-raised after the rest ran.
 
@@ -127,9 +96,9 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
         try:
             meta = ctx.source.meta_for(t.name)
             t.load()(ctx, t, tmp, meta)
-            _install(tmp, final)
+            install(tmp, final)
         except BaseException as exc:  # noqa: BLE001 - clean up on anything, even Ctrl-C
-            _discard(tmp)
+            discard(tmp)
             if not isinstance(exc, Exception):
                 raise
             failed.append((t, exc))
@@ -137,7 +106,7 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
             ctx.log(f"{t.name:<16} FAILED: {msg}")
             continue
         sec = time.perf_counter() - start
-        art = Artifact(t.name, final, sec, _size(final))
+        art = Artifact(t.name, final, sec, file_size(final) or 0)
         done.append(art)
         ctx.log(f"{t.name:<16} {sec:6.1f} s  {fmt_size(art.size):>9}  {final}")
     if failed:
@@ -177,7 +146,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
     if from_onnx:
         check_needs(ts, "onnx", calib_data)
     elif weights:
-        from edgedet.train.checkpoint import read_run_json
+        from edgedet.runs import read_run_json
 
         check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
     if nms_score is not None and not 0.0 < nms_score < 1.0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NMS_OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+from edgedet.runtime.outputs import NMS_OUTPUT_NAMES
 
 
 def nms_signature(num_classes: int, max_detections: int, score_threshold: float, iou_threshold: float) -> str:
@@ -89,7 +89,7 @@ def with_nms(model, input_size, anchor_config, num_classes: int, max_detections:
 
 
 def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
-    """Like :func:`edgedet.quantize.tflite.keras_to_tflite` for a :func:`with_nms` model.
+    """Like :func:`edgedet.convert.tflite_converter.keras_to_tflite` for a :func:`with_nms` model.
 
     The post-processing op is a float custom op, so outputs stay float32 (the input of an
     int8 model is still ``io_dtype``).
@@ -97,7 +97,7 @@ def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uin
     import tensorflow as tf
 
     from edgedet.errors import ToolchainError
-    from edgedet.quantize.tflite import make_converter, rename_outputs
+    from edgedet.convert.tflite_converter import make_converter, rename_outputs
 
     conv, names = make_converter(model, mode, representative, io_dtype)
     conv.allow_custom_ops = True

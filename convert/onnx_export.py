@@ -134,7 +134,7 @@ def keras_to_onnx(model, path: str, output_names: list[str] | None = None) -> No
 
 
 def _clean_names(model) -> list[str]:
-    from edgedet.quantize.tflite import output_names
+    from edgedet.convert.tflite_converter import output_names
 
     return output_names(model)
 

@@ -63,10 +63,10 @@ def _baseline(metrics: dict) -> dict | None:
 
 
 def load_run_source(run_dir: str) -> Source:
-    """Load a training run with :func:`edgedet.train.checkpoint.load_run`."""
+    """Load a training run with :func:`edgedet.runs.load_run`."""
     from edgedet.model import count_macs
     from edgedet.model.efficientdet import OUTPUT_NAMES
-    from edgedet.train.checkpoint import load_run
+    from edgedet.runs import load_run
 
     model, info = load_run(run_dir)
     cfg = info.config

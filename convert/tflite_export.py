@@ -1,6 +1,6 @@
 """TFLite targets: fp32, fp16, dynamic, int8 (QAT or PTQ), optionally with in-graph NMS.
 
-The conversion itself is :func:`edgedet.quantize.tflite.keras_to_tflite` (the quantize stage
+The conversion itself is :func:`edgedet.convert.tflite_converter.keras_to_tflite` (the quantize stage
 owns the converter settings); this module adds naming, calibration, ``--nms`` and metadata.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def tflite_bytes(ctx, mode: str) -> tuple[bytes, dict]:
         nm = with_nms(model, m.input_size, m.anchor_config, m.num_classes, **ctx.nms_options)
         data = convert_with_nms(nm, mode, representative, ctx.io_dtype)
     else:
-        from edgedet.quantize.tflite import keras_to_tflite
+        from edgedet.convert.tflite_converter import keras_to_tflite
 
         data = keras_to_tflite(model, mode, representative, io_dtype=ctx.io_dtype)
     q.update(io_quantization(data))

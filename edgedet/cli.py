@@ -21,7 +21,7 @@ STAGE_CLIS = (
     "edgedet.quantize.cli",
     "edgedet.convert.cli",
     "edgedet.runtime.cli",
-    "edgedet.runtime.report_cli",
+    "edgedet.runtime.report.cli",
     "edgedet.devices.cli",
     "edgedet.pipeline",
 )

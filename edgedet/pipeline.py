@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedet.errors import ConfigError, DataError, EdgedetError
+from edgedet.files import atomic_write_text, discard, install, temp_name
 
 STAGES = ("data", "train", "qat", "convert", "validate")
 
@@ -102,13 +103,7 @@ class Stage:
             "seconds": round(seconds, 1),
             "commands": [shlex.join(c) for c in self.commands],
         }
-        atomic_write(self.manifest_path, json.dumps(m, indent=1))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(self.manifest_path, json.dumps(m, indent=1))
 
 
 def file_hash(path: str | Path) -> str:
@@ -194,8 +189,13 @@ def plan(args) -> list[Stage]:
 
     d_conv = out / "4_convert"
     targets = args.targets.split(",") if getattr(args, "targets", None) else list(profile.targets)
-    from_qat = [t for t in targets if t in QAT_TARGETS]
-    from_float = [t for t in targets if t not in QAT_TARGETS]
+    # Integer targets come from the QAT checkpoint, the others from the float one (the registry
+    # says which). openvino-int8 from QAT goes through the QDQ ONNX: on the quick start it lost
+    # 0.34 AP against 1.87 for NNCF post-training quantization of the float IR.
+    from edgedet.convert.registry import get_target
+
+    from_qat = [t for t in targets if get_target(t).quantized_int8]
+    from_float = [t for t in targets if not get_target(t).quantized_int8]
     conv_cmds, artifacts = [], []
     # Separate folders: both runs name their files <variant>_<target>.
     for src, ts, sub in ((d_train, from_float, "float"), (d_qat, from_qat, "qat")):
@@ -212,12 +212,6 @@ def plan(args) -> list[Stage]:
                        "--split", "test", "--device", args.device, "--out", d_val)
     s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
     return [s_data, s_train, s_qat, s_conv, s_val]
-
-
-# Integer targets that come from the QAT checkpoint (the others come from the float one).
-# openvino-int8 from QAT goes through the QDQ ONNX: on the quick start it lost 0.34 AP against
-# 1.87 for NNCF post-training quantization of the float IR (2026-11-22, same runs).
-QAT_TARGETS = {"tflite-int8", "edgetpu", "onnx-int8", "openvino-int8"}
 
 
 def target_filename(target: str, stem: str) -> str:
@@ -256,15 +250,18 @@ def _run_child(cmd: list[str], log: Path) -> int:
         lf.write(f"$ {shlex.join(cmd)}\n")
         lf.flush()
         if stdout_to is not None:
-            tmp = stdout_to.with_suffix(".tmp")
-            with open(tmp, "w") as fo:
-                rc = subprocess.run(cmd, stdout=fo, stderr=subprocess.PIPE, env=env, text=True, **kwargs)
-            lf.write(rc.stderr)
-            sys.stderr.write(rc.stderr)
-            errs = [ln for ln in rc.stderr.splitlines() if ln.startswith("edgedet: error:")]
-            _run_child.last_error = errs[-1] if errs else ""  # type: ignore[attr-defined]
-            if rc.returncode == 0:
-                os.replace(tmp, stdout_to)
+            tmp = temp_name(stdout_to)
+            try:
+                with open(tmp, "w") as fo:
+                    rc = subprocess.run(cmd, stdout=fo, stderr=subprocess.PIPE, env=env, text=True, **kwargs)
+                lf.write(rc.stderr)
+                sys.stderr.write(rc.stderr)
+                errs = [ln for ln in rc.stderr.splitlines() if ln.startswith("edgedet: error:")]
+                _run_child.last_error = errs[-1] if errs else ""  # type: ignore[attr-defined]
+                if rc.returncode == 0:
+                    install(tmp, stdout_to)
+            finally:
+                discard(tmp)
             return rc.returncode
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kwargs)
         assert proc.stdout is not None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from edgedet.model.bifpn import NODES
 from edgedet.model.config import ModelConfig
 from edgedet.model.scaling import BACKBONES, stage_plan
+from edgedet.runtime.anchors import LEVELS
 
 
 @dataclass
@@ -92,7 +93,7 @@ def count(cfg: ModelConfig) -> Count:
     resample(h5, c5)
     feats = ends + [(_half(h5), w), (_half(_half(h5)), w)]  # (size, channels) for P3..P7
     for _ in range(cfg.fpn_layers):
-        levels = list(range(3, 8))
+        levels = list(LEVELS)
         cur = list(feats)
         for level, offsets in NODES:
             size = cur[levels.index(level)][0]
@@ -105,7 +106,7 @@ def count(cfg: ModelConfig) -> Count:
             c.bn(w)
             cur.append((size, w))
             levels.append(level)
-        feats = [cur[max(i for i, lv in enumerate(levels) if lv == level)] for level in range(3, 8)]
+        feats = [cur[max(i for i, lv in enumerate(levels) if lv == level)] for level in LEVELS]
 
     for out in (cfg.num_anchors * cfg.num_classes, cfg.num_anchors * 4):
         # Shared separable convs: weights counted once, MACs once per level; BN per level.

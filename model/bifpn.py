@@ -14,7 +14,7 @@ imported inside the builders.
 """
 from __future__ import annotations
 
-MIN_LEVEL, MAX_LEVEL = 3, 7
+from edgedet.runtime.anchors import MAX_LEVEL, MIN_LEVEL
 
 # automl ``bifpn_config`` for P3-P7: (feature level, offsets into the growing feature list).
 # Offsets 0..4 are the layer's inputs P3..P7; offset 5+i is the output of node i.

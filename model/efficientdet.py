@@ -12,9 +12,8 @@ from edgedet.model.bifpn import build_bifpn
 from edgedet.model.config import ModelConfig
 from edgedet.model.head import build_heads
 from edgedet.model.layers import custom_objects  # noqa: F401  (re-exported)
-
-LEVELS = (3, 4, 5, 6, 7)
-OUTPUT_NAMES = tuple(f"class_p{lv}" for lv in LEVELS) + tuple(f"box_p{lv}" for lv in LEVELS)
+from edgedet.runtime.anchors import LEVELS  # noqa: F401 - one definition, shared with the runtime
+from edgedet.runtime.outputs import OUTPUT_NAMES  # noqa: F401
 
 
 def build_model(cfg: ModelConfig, backbone_weights: str | None = None) -> keras.Model:

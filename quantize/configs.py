@@ -45,9 +45,9 @@ from tensorflow_model_optimization.python.core.keras import utils as tfmot_utils
 
 from edgedet.errors import ConfigError  # noqa: E402
 from edgedet.model.layers import WeightedFusion  # noqa: E402
+from edgedet.runtime.anchors import LEVELS  # noqa: E402
 
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
-LEVELS = (3, 4, 5, 6, 7)
 
 
 def _activation_quantizer():
@@ -329,7 +329,7 @@ def annotate(model: keras.Model) -> keras.Model:
     Raises:
         ConfigError: already a QAT model, or a layer type without a quantization config.
     """
-    from edgedet.quantize.tflite import is_qat_model
+    from edgedet.convert.tflite_converter import is_qat_model
 
     if is_qat_model(model):
         raise ConfigError(f"model {model.name!r} is already quantization-aware (QAT); quantize its float checkpoint instead")
@@ -344,7 +344,7 @@ def quantize_model(model: keras.Model) -> keras.Model:
     """Float edgedet model -> QAT model (``quantize_apply`` of :func:`annotate`).
 
     The result has the same inputs/outputs; output layers are named ``quant_class_p3`` ...
-    (``edgedet.quantize.tflite.output_names`` strips the prefix).
+    (``edgedet.convert.tflite_converter.output_names`` strips the prefix).
     """
     annotated = annotate(model)
     with quantize_scope():

@@ -110,7 +110,7 @@ def short_name(tensor: str) -> str:
 def tflite_ap(tflite_bytes: bytes, meta, samples, class_names) -> dict:
     """COCO metrics of a TFLite model on ``samples`` through the runtime Detector (eval settings)."""
     from edgedet.runtime.detector import Detector
-    from edgedet.runtime.evaluate import EVAL_POSTPROCESS, coco_evaluate
+    from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
     from edgedet.runtime.metadata import embed_tflite
 
     with tempfile.TemporaryDirectory(prefix="edgedet-diag-") as tmp:
@@ -153,7 +153,7 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r}: unknown{did_you_mean(target, TARGETS)}; choose from {', '.join(TARGETS)}")
     from edgedet.quantize.ptq import heldout_arrays, make_calibration, output_cosines, run_model_config
-    from edgedet.train.checkpoint import read_run_json
+    from edgedet.runs import read_run_json
 
     cfg = run_model_config(run_dir)
     cal = None
@@ -162,8 +162,8 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
                                batch=batch, log=log)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.convert.source import load_run_source
-    from edgedet.quantize.tflite import float_ops, keras_to_tflite, make_converter
-    from edgedet.train.checkpoint import atomic_write_bytes, atomic_write_json
+    from edgedet.convert.tflite_converter import float_ops, keras_to_tflite, make_converter
+    from edgedet.runs import atomic_write_bytes, atomic_write_json
 
     out_dir = out_dir or os.path.join(run_dir, "diagnosis")
     source = load_run_source(run_dir)
@@ -203,7 +203,7 @@ def _debug(model, cal, debug_images: int, worst: int, selective: dict):
 
     import tensorflow as tf
 
-    from edgedet.quantize.tflite import make_converter
+    from edgedet.convert.tflite_converter import make_converter
 
     conv, _ = make_converter(model, "int8", cal.arrays, io_dtype="float32")
 
@@ -213,7 +213,7 @@ def _debug(model, cal, debug_images: int, worst: int, selective: dict):
 
     dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data)
     dbg.run()
-    from edgedet.quantize.tflite import signature_output_names
+    from edgedet.convert.tflite_converter import signature_output_names
 
     rows = layer_rows(dbg, signature_output_names(dbg.calibrated_model))
     sel_bytes = None
@@ -236,7 +236,7 @@ def _evaluate(result, source, run_dir, data, split, eval_limit, class_names, int
         log(f"no {split} images in {data}: mAP not evaluated")
         return
     from edgedet.model.config import ModelConfig
-    from edgedet.train.checkpoint import load_run, read_run_json
+    from edgedet.runs import load_run, read_run_json
 
     run = read_run_json(run_dir)
     cfg = ModelConfig.from_dict(run["model_config"])

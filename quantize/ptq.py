@@ -38,7 +38,7 @@ def run_model_config(run_dir):
     """The run's :class:`edgedet.model.config.ModelConfig` from run.json (no TensorFlow)."""
     from edgedet.errors import ModelFileError
     from edgedet.model.config import ModelConfig
-    from edgedet.train.checkpoint import read_run_json
+    from edgedet.runs import read_run_json
 
     try:
         return ModelConfig.from_dict(read_run_json(run_dir)["model_config"])
@@ -105,8 +105,8 @@ def output_cosines(model, tflite_bytes: bytes, arrays, batch: int = 8) -> dict[s
     """
     import numpy as np
 
-    from edgedet.quantize.tflite import output_names
-    from edgedet.quantize.tflite import interpreter
+    from edgedet.convert.tflite_converter import output_names
+    from edgedet.convert.tflite_converter import interpreter
 
     if not arrays:
         return {}
@@ -166,7 +166,7 @@ def ptq(run_dir: str, data: str, out_dir: str | None = None, modes=MODES, count:
         DataError: calibration set smaller than ``batch``.
     """
     from edgedet.errors import did_you_mean
-    from edgedet.train.checkpoint import atomic_write_json, read_run_json
+    from edgedet.runs import atomic_write_json, read_run_json
 
     modes = list(dict.fromkeys(modes))
     for m in modes:

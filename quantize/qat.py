@@ -16,7 +16,7 @@ SGD, EMA, clipping, checkpoints, resume, evaluation), with a short low-LR schedu
 
 The result is a run folder like the trainer's (``run.json`` with ``kind: "qat"``,
 ``source_run``, ``best/last.weights.h5`` of the QAT model, ``state.npz`` for ``--resume``).
-:func:`load_qat_model` rebuilds it; ``edgedet.train.checkpoint.load_run`` delegates here.
+:func:`load_qat_model` rebuilds it; ``edgedet.runs.load_run`` delegates here.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ CALIB_IMAGES = 64  # train images whose min/max initialise the activation ranges
 
 
 def _require_float(run_dir) -> dict:
-    from edgedet.train.checkpoint import read_run_json
+    from edgedet.runs import read_run_json
 
     data = read_run_json(run_dir)
     if data.get("kind", "float") == "qat":
@@ -122,7 +122,7 @@ def _trainer_class():
             import tf_keras as keras
 
             from edgedet.quantize.configs import calibrate_ranges, quantize_model
-            from edgedet.train.checkpoint import load_run
+            from edgedet.runs import load_run
             from edgedet.train.input import steps_per_epoch
             from edgedet.train.schedule import WeightEMA
             from edgedet.train.trainer import freeze_layers, make_strategy
@@ -167,7 +167,7 @@ def _trainer_class():
         def _write_run_json(self, epochs_done, best, status):
             import json
 
-            from edgedet.train import checkpoint as ckpt
+            from edgedet import runs as ckpt
 
             super()._write_run_json(epochs_done, best, status)
             path = self.out / ckpt.RUN_JSON
@@ -202,7 +202,7 @@ def qat(weights: str, out: str, data: str | None = None, epochs: int | None = No
 
 def resume_qat(run_dir: str, progress: bool = True, log=None) -> dict:
     """Continue an interrupted ``qat`` run (everything from its run.json)."""
-    from edgedet.train.checkpoint import read_run_json
+    from edgedet.runs import read_run_json
     from edgedet.train.trainer import resume_options
 
     data = read_run_json(run_dir)
@@ -225,7 +225,7 @@ def load_qat_model(run_dir, which: str = "best"):
     from edgedet.model import build_model
     from edgedet.model.config import ModelConfig
     from edgedet.quantize.configs import quantize_model
-    from edgedet.train.checkpoint import BEST, LAST, RUN_JSON, RunInfo, read_run_json, sha256_file
+    from edgedet.runs import BEST, LAST, RUN_JSON, RunInfo, read_run_json, sha256_file
 
     run_dir = Path(run_dir)
     data = read_run_json(run_dir)

@@ -11,6 +11,9 @@ from functools import lru_cache
 
 import numpy as np
 
+MIN_LEVEL, MAX_LEVEL = 3, 7  # P3 (stride 8) .. P7 (stride 128)
+LEVELS = tuple(range(MIN_LEVEL, MAX_LEVEL + 1))
+
 
 @dataclass(frozen=True)
 class AnchorConfig:
@@ -24,8 +27,8 @@ class AnchorConfig:
         anchor_scale: base anchor size in units of the level stride.
     """
 
-    min_level: int = 3
-    max_level: int = 7
+    min_level: int = MIN_LEVEL
+    max_level: int = MAX_LEVEL
     num_scales: int = 3
     aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
     anchor_scale: float = 4.0
@@ -47,7 +50,7 @@ class AnchorConfig:
         return cls(**d)
 
 
-def feature_sizes(image_size: tuple[int, int], min_level: int = 3, max_level: int = 7) -> list[tuple[int, int]]:
+def feature_sizes(image_size: tuple[int, int], min_level: int = MIN_LEVEL, max_level: int = MAX_LEVEL) -> list[tuple[int, int]]:
     """Spatial size of each level P_min..P_max for an input of ``(height, width)``.
 
     Each stride-2 step uses SAME padding, i.e. ``ceil(n / 2)``, exactly as the network's

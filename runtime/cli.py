@@ -86,11 +86,11 @@ def _save_path(save: str, src: str, n_inputs: int, suffix: str) -> str:
 def _save_image(path: str, rgb) -> None:
     from PIL import Image  # noqa: PLC0415
 
+    from edgedet.files import atomic_path
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    Image.fromarray(rgb).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp)
 
 
 def run_detect(args: argparse.Namespace) -> int:

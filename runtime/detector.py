@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from edgedet.errors import ConfigError, ModelFileError
+from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.metadata import ModelMeta, read_metadata, read_tflite_zip
 from edgedet.runtime.postprocess import from_nms_outputs, postprocess, to_original
@@ -30,14 +31,7 @@ _BACKGROUND = ("???", "background", "__background__", "bg")
 
 def backend_for(path: str) -> str:
     """Backend kind for a model path, from its suffix."""
-    p = os.fspath(path).rstrip("/")
-    if p.endswith(".tflite"):
-        return "litert"
-    if p.endswith(".onnx"):
-        return "onnxruntime"
-    if p.endswith(".xml") or os.path.isdir(p):
-        return "openvino"
-    raise ModelFileError(f"{path}: unknown model suffix (expected .tflite, .onnx, .xml or an OpenVINO folder)")
+    return {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}[model_kind(path)]
 
 
 def read_labels(labels) -> list[str] | None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgedet.errors import ModelFileError
+from edgedet.files import atomic_write_bytes, model_kind
 from edgedet.runtime.anchors import AnchorConfig
 
 META_KEY = "edgedet"
@@ -113,10 +114,7 @@ def embed_tflite(path: str, meta: ModelMeta) -> None:
         # The zip comment records where the flatbuffer ends, so re-embedding replaces
         # the old zip instead of stacking a second one.
         z.comment = f"edgedet-model-bytes:{len(data)}".encode()
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data + buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data + buf.getvalue())
 
 
 def _model_length(data: bytes) -> int:
@@ -159,13 +157,10 @@ def read_metadata(path: str) -> ModelMeta | None:
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such model file")
     p = path.rstrip("/")
-    if p.endswith(".tflite"):
+    kind = model_kind(p)
+    if kind == "tflite":
         return read_tflite_zip(p)[0]
-    if p.endswith(".onnx"):
-        return _read_onnx(p)
-    if p.endswith(".xml") or os.path.isdir(p):
-        return _read_openvino(p)
-    raise ModelFileError(f"{path}: unknown model suffix (expected .tflite, .onnx, .xml or an OpenVINO folder)")
+    return _read_onnx(p) if kind == "onnx" else _read_openvino(p)
 
 
 def openvino_xml(path: str) -> str:

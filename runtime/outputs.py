@@ -15,9 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgedet.errors import ModelFileError
-from edgedet.runtime.anchors import feature_sizes
+from edgedet.runtime.anchors import LEVELS, feature_sizes
 
-DEFAULT_OUTPUT_NAMES = [f"class_p{i}" for i in range(3, 8)] + [f"box_p{i}" for i in range(3, 8)]
+# The network's raw outputs, in this order, everywhere: Keras layer names, TFLite signature and
+# tensor names, ONNX and OpenVINO output names, metadata.
+OUTPUT_NAMES = tuple(f"class_p{lv}" for lv in LEVELS) + tuple(f"box_p{lv}" for lv in LEVELS)
+# The four outputs of a model with in-graph NMS (TFLite_Detection_PostProcess order).
+NMS_OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
 
 
 class InputPlan:
@@ -115,7 +119,7 @@ def map_raw_outputs(specs, meta, size, path: str = "") -> RawOutputs:
     acfg = meta.anchor_config
     levels = feature_sizes(size, acfg.min_level, acfg.max_level)
     a, c = acfg.num_anchors, meta.num_classes
-    wanted = list(meta.output_names) or DEFAULT_OUTPUT_NAMES
+    wanted = list(meta.output_names) or list(OUTPUT_NAMES)
     nl = len(levels)
     # 1. by name
     by_name = {}

@@ -2,7 +2,7 @@
 
 Images go through :mod:`edgedet.runtime.preprocess` (Pillow letterbox, the same bytes the
 on-device runtime feeds), outputs through :func:`edgedet.runtime.postprocess.postprocess`
-(numpy decode + NMS) and metrics through :func:`edgedet.runtime.evaluate.coco_evaluate`.
+(numpy decode + NMS) and metrics through :func:`edgedet.runtime.report.evaluate.coco_evaluate`.
 So ``edgedet eval`` here and ``edgedet validate``'s float baseline agree exactly.
 """
 from __future__ import annotations
@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-EVAL_SCORE_THRESHOLD = 0.001  # COCO-style: keep low-score detections, AP integrates over them
+from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS
+
+EVAL_SCORE_THRESHOLD = EVAL_POSTPROCESS["score_threshold"]
 
 
 def _prep(sample, size: int, mean, std):
@@ -88,9 +90,9 @@ def evaluate(model, samples, class_names, *, image_size: int, mean, std, anchor_
 
     Returns:
         dict with AP, AP50, AP75, APs, APm, APl (floats, -1 or NaN where undefined) and
-        per_class {name: AP}, from :func:`edgedet.runtime.evaluate.coco_evaluate`.
+        per_class {name: AP}, from :func:`edgedet.runtime.report.evaluate.coco_evaluate`.
     """
-    from edgedet.runtime.evaluate import coco_evaluate
+    from edgedet.runtime.report.evaluate import coco_evaluate
 
     dets = predict(model, samples, image_size=image_size, mean=mean, std=std, anchor_config=anchor_config,
                    class_names=class_names, **kwargs)
@@ -117,7 +119,7 @@ def run_eval(run_dir, data=None, split: str = "test", *, soft_nms: bool = False,
     """
     from edgedet.errors import DataError
     from edgedet.train.check import load_checked
-    from edgedet.train.checkpoint import load_run
+    from edgedet.runs import load_run
 
     model, info = load_run(run_dir, which=which)
     data = data or info.data.get("dataset")

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedet.errors import DataError
+from edgedet.files import install
 
 VERSION = 1
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -399,13 +400,7 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco), encoding="utf-8")
             info["splits"][split] = {"images": n, "boxes": len(anns)}
         (tmp / "synth.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        install(tmp, out)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -5,7 +5,7 @@ number of positives, L2 on kernels, gradients all-reduced across replicas, clipp
 global norm, applied, then the EMA shadow is updated (in cross-replica context). After
 each epoch the EMA weights are evaluated on the val split (COCO AP through the runtime's
 pre/post-processing), written as ``last`` (and ``best`` when the val AP improved), and the
-full resumable state is saved — all atomically (see :mod:`edgedet.train.checkpoint`).
+full resumable state is saved — all atomically (see :mod:`edgedet.runs`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from edgedet.errors import ConfigError, EdgedetError
-from edgedet.train import checkpoint as ckpt
+from edgedet import runs as ckpt
 from edgedet.train.options import TrainOptions, freeze_layers, make_strategy  # noqa: F401 (re-exported)
 
 CSV_FIELDS = ("epoch", "step", "loss", "cls_loss", "box_loss", "lr", "epoch_s", "val_AP", "val_AP50", "val_AP75")

@@ -46,12 +46,6 @@ def _interpreter_module():
         return mod.Interpreter, mod.load_delegate, "tflite_runtime", getattr(tflite_runtime, "__version__", "")
     except ImportError:
         pass
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-
-        return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow.lite", tf.__version__
-    except ImportError:
-        pass
     raise ToolchainError(
         "no TFLite interpreter found: `pip install ai-edge-litert` (or `tflite-runtime` on older Raspberry Pi OS)"
     )

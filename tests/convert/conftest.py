@@ -32,7 +32,7 @@ def make_run(out: Path, variant: str = "test-lite", num_classes: int = 3, image_
     import tensorflow as tf
 
     from edgedet.model import build_model, get_config
-    from edgedet.train import checkpoint as ck
+    from edgedet import runs as ck
 
     tf.keras.utils.set_random_seed(seed)
     cfg = get_config(variant, num_classes=num_classes, image_size=image_size)
@@ -117,7 +117,7 @@ def exports(tiny_run, calib_dir, tmp_path_factory):
 
 def keras_outputs(run, x):
     """Float reference: the run's Keras model on normalised ``(1, S, S, 3)`` input."""
-    from edgedet.train.checkpoint import load_run
+    from edgedet.runs import load_run
 
     model, _ = _cached_run(str(run))
     return [o.numpy() for o in model(x, training=False)]
@@ -128,7 +128,7 @@ _RUNS: dict = {}
 
 def _cached_run(run: str):
     if run not in _RUNS:
-        from edgedet.train.checkpoint import load_run
+        from edgedet.runs import load_run
 
         _RUNS[run] = load_run(run)
     return _RUNS[run]
@@ -206,7 +206,7 @@ def make_qat_run(float_run: Path, out: Path) -> Path:
     from tensorflow_model_optimization.python.core.quantization.keras import quantizers
 
     from edgedet.quantize.configs import quantize_model
-    from edgedet.train import checkpoint as ck
+    from edgedet import runs as ck
 
     model, info = ck.load_run(float_run)
     qmodel = quantize_model(model)

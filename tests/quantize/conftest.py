@@ -78,7 +78,7 @@ def build_realistic(variant: str, root: Path, num_classes: int = 6, seed: int = 
 
 def make_run(out: Path, model, cfg, class_names, dataset: Path, kind: str = "float") -> Path:
     """A run folder (run.json + best.weights.h5) laid out the way ``edgedet train`` writes it."""
-    from edgedet.train import checkpoint as ck
+    from edgedet import runs as ck
 
     out.mkdir(parents=True, exist_ok=True)
     ck.save_weights(model, out / ck.BEST)

@@ -52,8 +52,8 @@ def float_run_json(tmp_path):
 @pytest.mark.slow
 def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys):
     """Float run -> `quantize qat` (1 epoch) -> resume -> load_run -> full-integer TFLite."""
-    from edgedet.quantize.tflite import float_ops, is_qat_model, keras_to_tflite
-    from edgedet.train.checkpoint import load_run
+    from edgedet.convert.tflite_converter import float_ops, is_qat_model, keras_to_tflite
+    from edgedet.runs import load_run
     from edgedet.train.synth import CLASSES
 
     model, cfg = qhelpers.build_realistic("test-lite", synth)

@@ -83,7 +83,7 @@ def test_qat_mini_model_converts_exactly_with_calibrated_ranges_and_splat_bias()
     import tf_keras as keras
 
     from edgedet.quantize.configs import calibrate_ranges, quantize_model
-    from edgedet.quantize.tflite import interpreter, keras_to_tflite
+    from edgedet.convert.tflite_converter import interpreter, keras_to_tflite
 
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 16))

@@ -41,7 +41,7 @@ def test_markdown_rendering():
 @pytest.mark.slow
 def test_diagnose_float_run(float_run, synth, tmp_path):
     from edgedet.quantize.diagnose import HEALTHY, diagnose
-    from edgedet.runtime.validate_layers import load_diagnosis
+    from edgedet.runtime.report.layers import load_diagnosis
 
     out = tmp_path / "diag"
     d = diagnose(str(float_run), str(synth), str(out), count=12, batch=4, debug_images=4, eval_limit=2,

@@ -41,9 +41,9 @@ def test_ptq_refuses_a_qat_run(tmp_path, synth):
 @pytest.mark.slow
 def test_ptq_int8_tracks_float_and_is_reproducible(float_run, synth, tmp_path):
     from edgedet.quantize.ptq import make_calibration, ptq
-    from edgedet.quantize.tflite import float_ops, keras_to_tflite
+    from edgedet.convert.tflite_converter import float_ops, keras_to_tflite
     from edgedet.runtime.metadata import read_metadata
-    from edgedet.train.checkpoint import load_run
+    from edgedet.runs import load_run
 
     rep = ptq(str(float_run), str(synth), str(tmp_path / "ptq"), modes=["int8", "fp16"], batch=4)
     saved = json.loads((tmp_path / "ptq" / "ptq.json").read_text())

@@ -83,7 +83,7 @@ def test_qat_trains_a_step(family, synth, qhelpers):
 
 def test_qat_converts_to_full_integer_tflite(family, synth, qhelpers):
     from edgedet.model.efficientdet import OUTPUT_NAMES
-    from edgedet.quantize.tflite import float_ops, interpreter, keras_to_tflite, op_counts
+    from edgedet.convert.tflite_converter import float_ops, interpreter, keras_to_tflite, op_counts
 
     name, cfg, _, qat = family
     _freeze_bn(qat)

@@ -33,7 +33,7 @@ def rep():
 
 
 def test_fp32_names_order_and_parity(tiny):
-    from edgedet.quantize.tflite import interpreter, keras_to_tflite
+    from edgedet.convert.tflite_converter import interpreter, keras_to_tflite
 
     it = interpreter(keras_to_tflite(tiny, "fp32"))
     assert [d["name"] for d in it.get_output_details()] == NAMES
@@ -52,7 +52,7 @@ def test_fp32_names_order_and_parity(tiny):
 
 
 def test_modes_and_errors(tiny, rep):
-    from edgedet.quantize.tflite import float_ops, interpreter, keras_to_tflite, op_counts
+    from edgedet.convert.tflite_converter import float_ops, interpreter, keras_to_tflite, op_counts
 
     with pytest.raises(ConfigError, match="did you mean 'int8'"):
         keras_to_tflite(tiny, "int9")
@@ -72,7 +72,7 @@ def test_modes_and_errors(tiny, rep):
 
 
 def test_int8_is_deterministic(tiny, rep):
-    from edgedet.quantize.tflite import keras_to_tflite
+    from edgedet.convert.tflite_converter import keras_to_tflite
 
     a = keras_to_tflite(tiny, "int8", rep)
     b = keras_to_tflite(tiny, "int8", lambda: iter(rep))  # a callable works too
@@ -87,7 +87,7 @@ def test_nearest_upsampling_is_traced_as_concat_reshape_for_xnnpack(rep):
     itself is left as it was."""
     import tf_keras as keras
 
-    from edgedet.quantize.tflite import interpreter, keras_to_tflite, op_counts, xnnpack_upsampling
+    from edgedet.convert.tflite_converter import interpreter, keras_to_tflite, op_counts, xnnpack_upsampling
 
     keras.utils.set_random_seed(0)
     x = keras.Input((64, 64, 3), name="image")

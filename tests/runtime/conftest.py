@@ -55,7 +55,7 @@ class RuntimeModels:
         return self._model
 
     def meta(self, target: str, quant: dict | None = None):
-        from edgedet.quantize.tflite import output_names
+        from edgedet.convert.tflite_converter import output_names
         from edgedet.runtime.metadata import ModelMeta
 
         m = self.keras

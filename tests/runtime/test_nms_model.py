@@ -29,7 +29,7 @@ def nms_tflite(tmp_path_factory):
     import tensorflow as tf
     import tf_keras as keras
 
-    from edgedet.quantize.tflite import keras_to_tflite
+    from edgedet.convert.tflite_converter import keras_to_tflite
 
     inp = keras.Input((64, 64, 3), batch_size=1, name="images")
     zero = keras.layers.Lambda(lambda x: tf.reduce_mean(x, axis=[1, 2, 3]) * 0.0)(inp)  # (1,), keeps outputs input-dependent

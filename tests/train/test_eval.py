@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pycocotools")
 
 from edgedet.runtime.anchors import AnchorConfig, feature_sizes, generate_anchors  # noqa: E402
-from edgedet.runtime.evaluate import coco_evaluate  # noqa: E402
+from edgedet.runtime.report.evaluate import coco_evaluate  # noqa: E402
 from edgedet.train.evaluate_keras import format_metrics, to_detections  # noqa: E402
 from edgedet.train.targets import TargetEncoder  # noqa: E402
 from edgedet.train.types import Sample  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from edgedet.cli import main  # noqa: E402
-from edgedet.train import checkpoint as ckpt  # noqa: E402
+from edgedet import runs as ckpt  # noqa: E402
 from edgedet.train.trainer import TrainingDiverged, TrainOptions, Trainer, train  # noqa: E402
 
 
@@ -145,7 +145,7 @@ def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from edgedet.train.input import make_dataset
         from edgedet.train.trainer import TrainOptions, Trainer, train
-        from edgedet.train import checkpoint as ckpt
+        from edgedet import runs as ckpt
 
         def opts(out, epochs):
             return TrainOptions(data={str(synth)!r}, out=out, model="test", image_size=64, batch=4, epochs=epochs,

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from edgedet.runtime.stats import median, percentile, ratio
+from edgedet.runtime.report.stats import median, percentile, ratio
 
 
 def _test_image(path: str | None) -> np.ndarray:
@@ -48,7 +48,7 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
     ``ratio_e2e`` and ``ratio_invoke`` (median / the first row's median), ``error`` (or None).
     """
     from edgedet.runtime.detector import Detector
-    from edgedet.runtime.validate import _device_for, resolve_thresholds
+    from edgedet.runtime.report.validate import _device_for, resolve_thresholds
 
     prof, _ = resolve_thresholds(device)
     img = _test_image(image)
@@ -107,8 +107,8 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
 
 def bench_table(rows: list[dict]) -> str:
     """Markdown table of :func:`bench` rows."""
-    from edgedet.runtime.report_md import md_table
-    from edgedet.runtime.stats import fmt_ms
+    from edgedet.runtime.report.md import md_table
+    from edgedet.runtime.report.stats import fmt_ms
 
     def rat(v):
         return "-" if v is None else f"{v:.2f}x"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 def run_class_names(run_dir: str) -> list[str] | None:
     """Class names from ``run.json`` (no TensorFlow needed)."""
-    from edgedet.train.checkpoint import read_run_json
+    from edgedet.runs import read_run_json
 
     names = read_run_json(run_dir).get("class_names")
     return list(names) if names else None
@@ -35,7 +35,7 @@ def load_baseline(run_dir: str):
     """``(model, info, meta)`` for a training run; ``meta`` describes it like an exported file's metadata."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.runtime.metadata import ModelMeta
-    from edgedet.train.checkpoint import load_run
+    from edgedet.runs import load_run
 
     model, info = load_run(run_dir)
     cfg = info.config

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from edgedet.runtime import stats
+from edgedet.runtime.report import stats
 
 
 def test_percentile_known_values():

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import html
 
-from edgedet.runtime import report_md as md
-from edgedet.runtime.report_plots import make_figures
+from edgedet.runtime.report import md
+from edgedet.runtime.report.plots import make_figures
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;

@@ -9,20 +9,20 @@ Layout of a run folder ``RUN``::
     log.csv             one row per finished epoch
     tb/                 TensorBoard event files
 
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a SIGKILL leaves either the old or the new file, never half of one.
+Every stage reads and writes run folders through this module. Every file is written atomically
+(:mod:`edgedet.files`), so a SIGKILL leaves either the old or the new file, never half of one.
+Nothing here imports a stage at module level; :func:`load_run` builds the model lazily.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgedet.errors import ModelFileError
+from edgedet.files import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401 - re-exported for run writers
 
 RUN_JSON = "run.json"
 BEST = "best.weights.h5"
@@ -30,34 +30,10 @@ LAST = "last.weights.h5"
 STATE = "state.npz"
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
 def save_weights(model, path) -> None:
     """``model.save_weights`` in HDF5, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp{os.getpid()}.{path.name}")  # keeps the .h5 suffix keras keys on
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    with atomic_path(path) as tmp:  # the temporary keeps the .h5 suffix Keras keys on
+        model.save_weights(str(tmp))
 
 
 def save_state(path, arrays: dict[str, list[np.ndarray]], meta: dict) -> None:
@@ -67,10 +43,8 @@ def save_state(path, arrays: dict[str, list[np.ndarray]], meta: dict) -> None:
         flat[f"{key}/__len__"] = np.array(len(values))
         for i, v in enumerate(values):
             flat[f"{key}/{i}"] = np.asarray(v)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **flat)
 
 
 def load_state(path) -> tuple[dict[str, list[np.ndarray]], dict]:

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from edgedet.runtime.bench import bench, bench_table, schedule
+from edgedet.runtime.report.bench import bench, bench_table, schedule
 
 
 def test_schedule_interleaves_and_rotates():

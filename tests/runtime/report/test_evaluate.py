@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgedet.runtime.detections import Detections
-from edgedet.runtime.evaluate import coco_evaluate, mean_defined
+from edgedet.runtime.report.evaluate import coco_evaluate, mean_defined
 
 pytest.importorskip("pycocotools")
 

@@ -5,22 +5,13 @@ the same numbers (``report_html`` renders the same tables).
 """
 from __future__ import annotations
 
-from edgedet.runtime.stats import fmt_ms, fmt_pct
+from edgedet.files import fmt_size
+from edgedet.runtime.report.stats import fmt_ms, fmt_pct
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 LAYER_ROWS_SHOWN = 15
 LAYER_TITLES = {"diagnosis": "Per-layer int8 error (quantize diagnosis)", "tensors": "Per-tensor int8 error vs fp32 TFLite",
                 "outputs": "Per-output error vs float"}
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
 
 
 def _lat(model: dict, part: str, key: str) -> float | None:
@@ -50,7 +41,7 @@ def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:
             fmt_pct(met.get("AP75"), 2), fmt_pct(met.get("APs"), 2), fmt_pct(met.get("APm"), 2),
             fmt_pct(met.get("APl"), 2),
             fmt_ms(_lat(m, "invoke", "p50")), fmt_ms(_lat(m, "end_to_end", "p50")),
-            fmt_ms(_lat(m, "end_to_end", "p99")), _size(m.get("file_size_bytes")),
+            fmt_ms(_lat(m, "end_to_end", "p99")), fmt_size(m.get("file_size_bytes")),
             "-" if m.get("gmacs_per_s") is None else f"{m['gmacs_per_s']:.2f}",
             (m.get("provenance") or {}).get("backend") or "-",
         ])

@@ -1,7 +1,7 @@
 """``edgedet validate``: float baseline vs every exported model, same runtime, same images.
 
 Each model (the baseline included) runs in its own worker process
-(:mod:`edgedet.runtime.validate_worker`): one model's native crash cannot take the others down,
+(:mod:`edgedet.runtime.report.worker`): one model's native crash cannot take the others down,
 and one model's thread pools and caches do not colour the next one's latency. The parent stays
 TensorFlow-free; only a Keras baseline's worker imports it.
 """
@@ -18,28 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedet.errors import ConfigError, DataError
+from edgedet.errors import ConfigError, DataError, ModelFileError
+from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
-from edgedet.runtime.evaluate import EVAL_POSTPROCESS, coco_evaluate
-from edgedet.runtime.report import assemble, failed_entry, latency_block, model_entry, write_report
-from edgedet.runtime.stats import gmacs_per_second
-from edgedet.runtime.validate_layers import find_diagnosis, load_diagnosis, output_table
+from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
+from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.report.stats import gmacs_per_second
+from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis, output_table
 
 KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
 TENSOR_IMAGES = 2  # images for the tensor-by-tensor TFLite comparison
 
 
 def model_format(path: str) -> str:
-    p = str(path).rstrip("/")
-    if is_run_dir(p):
+    if is_run_dir(path):
         return "keras"
-    if p.endswith(".tflite"):
-        return "tflite"
-    if p.endswith(".onnx"):
-        return "onnx"
-    if p.endswith(".xml") or os.path.isdir(p):
-        return "openvino"
-    return "unknown"
+    try:
+        return model_kind(path)
+    except ModelFileError:
+        return "unknown"
 
 
 def is_run_dir(path: str) -> bool:
@@ -116,7 +113,7 @@ def run_worker(job: dict, work: Path, timeout: float | None = None) -> tuple[dic
     (work / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.validate_worker", str(work / "job.json")],
+        proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.report.worker", str(work / "job.json")],
                               env=env, timeout=timeout, check=False)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
@@ -203,7 +200,7 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, d
     """
     if entry["role"] != "candidate" or entry["status"] == "fail":
         return None
-    from edgedet.runtime.validate_layers import is_int8
+    from edgedet.runtime.report.layers import is_int8
 
     diag = find_diagnosis(entry["path"], meta, diagnosis_map)
     table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
@@ -211,7 +208,7 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, d
         return table
     ref = next((e for e, m, _ in kept if _is_fp32_tflite(e) and e is not entry and _source(m) == _source(meta)), None)
     if entry["format"] == "tflite" and is_int8(meta) and ref is not None:
-        from edgedet.runtime.validate_tensors import tensor_table
+        from edgedet.runtime.report.tensors import tensor_table
 
         try:
             images = [s.image_path for s in samples[:TENSOR_IMAGES]]
@@ -273,7 +270,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
     run_classes = None
     if baseline and is_run_dir(baseline):
-        from edgedet.runtime.validate_keras import run_class_names
+        from edgedet.runtime.report.keras import run_class_names
 
         run_classes = run_class_names(baseline)
     diag_map: dict[str, str] = {}
@@ -302,7 +299,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             kind = "run" if is_run_dir(path) else "file"
             job = dict(base_job, model=str(path), kind=kind, device=dev, threads=thr)
             if kind == "run":
-                from edgedet.runtime.validate_keras import run_weights_size
+                from edgedet.runtime.report.keras import run_weights_size
 
                 job["file_size_bytes"] = run_weights_size(path)
             result, npz = run_worker(job, work_root / f"m{k}", timeout)

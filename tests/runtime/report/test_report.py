@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from edgedet.runtime.detections import Detections
-from edgedet.runtime.evaluate import coco_evaluate
-from edgedet.runtime.report import assemble, failed_entry, latency_block, model_entry, write_report
-from edgedet.runtime.report_schema import REPORT_SCHEMA, check_schema
+from edgedet.runtime.report.evaluate import coco_evaluate
+from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.report.schema import REPORT_SCHEMA, check_schema
 
 NAMES = ("RBC", "WBC", "Platelets")
 
@@ -116,7 +116,7 @@ def test_schema_accepts_report_and_catches_mistakes():
 
 
 def test_schema_doc_lists_every_model_field():
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "report_schema.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "report_schema.md").read_text()
     for key in list(REPORT_SCHEMA["required"]) + list(REPORT_SCHEMA["properties"]["models"]["items"]["required"]):
         assert f"`{key}`" in doc, key
 

@@ -50,8 +50,8 @@ def register(sub) -> None:
 
 
 def _validate(args) -> int:
-    from edgedet.runtime.report_md import md_table, summary_table
-    from edgedet.runtime.validate import validate
+    from edgedet.runtime.report.md import md_table, summary_table
+    from edgedet.runtime.report.validate import validate
 
     report = validate(
         args.models, args.data, args.out, baseline=args.baseline, split=args.split, device=args.device,
@@ -75,7 +75,7 @@ def _validate(args) -> int:
 def _bench(args) -> int:
     import json
 
-    from edgedet.runtime.bench import bench, bench_table
+    from edgedet.runtime.report.bench import bench, bench_table
 
     rows = bench(args.models, threads=args.threads, device=args.device, runs=args.runs, warmup=args.warmup,
                  image=args.image, progress=sys.stderr.isatty())
@@ -83,7 +83,7 @@ def _bench(args) -> int:
     if args.json:
         from pathlib import Path
 
-        from edgedet.runtime.report import _atomic_write
+        from edgedet.files import atomic_write_text
 
-        _atomic_write(Path(args.json), json.dumps(rows, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(rows, indent=1))
     return 1 if any(r["error"] for r in rows) else 0

@@ -25,7 +25,7 @@ def compare_outputs(base: dict, other: dict) -> list[dict]:
 
     Args:
         base, other: npz-like mappings with ``out_<image>_<name>`` float32 ``(H, W, K)`` arrays
-            (see :mod:`edgedet.runtime.validate_worker`).
+            (see :mod:`edgedet.runtime.report.worker`).
 
     Returns:
         Rows ``{output, rel_rmse, rmse, max_abs, cosine, float_std}`` sorted worst first, where

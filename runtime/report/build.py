@@ -11,10 +11,12 @@ import json
 import os
 from pathlib import Path
 
-from edgedet.runtime.evaluate import SUMMARY_KEYS
-from edgedet.runtime.report_provenance import host_info
-from edgedet.runtime.report_schema import REPORT_SCHEMA_VERSION, STATUS_ICONS, check_schema
-from edgedet.runtime.stats import delta, summarize
+from edgedet.files import atomic_write_text
+
+from edgedet.runtime.report.evaluate import SUMMARY_KEYS
+from edgedet.runtime.report.provenance import host_info
+from edgedet.runtime.report.schema import REPORT_SCHEMA_VERSION, STATUS_ICONS, check_schema
+from edgedet.runtime.report.stats import delta, summarize
 
 LATENCY_METRICS = ("end_to_end.p50", "end_to_end.p90", "end_to_end.p99", "invoke.p50", "invoke.p90", "invoke.p99")
 SAMPLES_KEPT = 2000  # latency samples stored per part in report.json (histograms); summaries use all
@@ -161,19 +163,13 @@ def assemble(models: list[dict], dataset: dict, thresholds: dict, command: str |
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out_dir: str | os.PathLike, html: bool = True) -> dict[str, Path]:
     """Check the report against the schema and write report.json, report.md and report.html.
 
     Raises:
         ValueError: the report does not match the schema (a bug, not a user error).
     """
-    from edgedet.runtime.report_md import render_markdown
+    from edgedet.runtime.report.md import render_markdown
 
     errors = check_schema(report)
     if errors:
@@ -181,11 +177,11 @@ def write_report(report: dict, out_dir: str | os.PathLike, html: bool = True) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md"}
-    _atomic_write(paths["json"], json.dumps(report, indent=1, ensure_ascii=False))
-    _atomic_write(paths["md"], render_markdown(report))
+    atomic_write_text(paths["json"], json.dumps(report, indent=1, ensure_ascii=False))
+    atomic_write_text(paths["md"], render_markdown(report))
     if html:
-        from edgedet.runtime.report_html import render_html
+        from edgedet.runtime.report.html import render_html
 
         paths["html"] = out / "report.html"
-        _atomic_write(paths["html"], render_html(report))
+        atomic_write_text(paths["html"], render_html(report))
     return paths

@@ -1,6 +1,6 @@
 """One model's share of ``edgedet validate``, run in its own process.
 
-``python -m edgedet.runtime.validate_worker JOB.json`` loads one model (a file through
+``python -m edgedet.runtime.report.worker JOB.json`` loads one model (a file through
 :class:`~edgedet.runtime.detector.Detector`, or a training run through the same Detector with a
 Keras backend; its accuracy detections come from ``edgedet eval``'s own predict), runs it on
 every image and writes into the job's ``out`` folder:
@@ -25,25 +25,14 @@ import traceback
 
 import numpy as np
 
+from edgedet.files import atomic_write_text, file_size
+
 
 def _one_line(exc: BaseException) -> str:
     from edgedet.errors import EdgedetError
 
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return msg if isinstance(exc, EdgedetError) else f"{type(exc).__name__}: {msg}"
-
-
-def file_size(path: str) -> int | None:
-    """Bytes on disk: an OpenVINO ``.xml`` counts its ``.bin``; a folder counts its files."""
-    try:
-        if os.path.isdir(path):
-            return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-        size = os.path.getsize(path)
-        if path.endswith(".xml") and os.path.exists(path[:-4] + ".bin"):
-            size += os.path.getsize(path[:-4] + ".bin")
-        return size
-    except OSError:
-        return None
 
 
 def _canonical_outputs(det, outs) -> dict[str, np.ndarray]:
@@ -79,7 +68,7 @@ def _load_detector(job: dict):
     from edgedet.runtime.detector import Detector
 
     if job["kind"] == "run":
-        from edgedet.runtime.validate_keras import eval_detections, keras_detector, load_baseline
+        from edgedet.runtime.report.keras import eval_detections, keras_detector, load_baseline
 
         model, info, meta = load_baseline(job["model"])
         return keras_detector(model, meta), lambda: eval_detections(model, info, job["images"], job["eval_post"])
@@ -191,10 +180,8 @@ def main(argv: list[str]) -> int:
         run_job(job, result)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the model's ❌ error text
         result.update({"ok": False, "error": _one_line(exc), "traceback": traceback.format_exc()})
-    tmp = os.path.join(out_dir, "result.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    os.replace(tmp, os.path.join(out_dir, "result.json"))
+    atomic_write_text(os.path.join(out_dir, "result.json"),
+                      json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return 0
 
 

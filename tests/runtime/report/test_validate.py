@@ -39,7 +39,7 @@ def _build_models(root: Path) -> dict[str, str]:
     import tf_keras as keras
 
     from edgedet.model import build_model, count_macs, get_config
-    from edgedet.quantize.tflite import keras_to_tflite, output_names
+    from edgedet.convert.tflite_converter import keras_to_tflite, output_names
     from edgedet.runtime.metadata import ModelMeta, embed_tflite
     from edgedet.runtime.preprocess import letterbox, normalize
 
@@ -74,8 +74,8 @@ def _build_models(root: Path) -> dict[str, str]:
         p.write_bytes(keras_to_tflite(model, mode, representative=rep))
         embed_tflite(str(p), meta(target, method))
         paths[name] = str(p)
-    # The same weights as a training run folder (the run.json contract of edgedet.train.checkpoint).
-    from edgedet.train.checkpoint import atomic_write_json, save_weights
+    # The same weights as a training run folder (the run.json contract of edgedet.runs).
+    from edgedet.runs import atomic_write_json, save_weights
 
     run = root / "run"
     run.mkdir()
@@ -95,7 +95,7 @@ def _build_dataset(root: Path, fp32: str, jitter: float = 0.0) -> Path:
 
     from edgedet.runtime.detector import Detector
     from edgedet.runtime.boxes import iou_matrix
-    from edgedet.runtime.evaluate import EVAL_POSTPROCESS
+    from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS
     from edgedet.train.check import DUPLICATE_IOU
 
     det = Detector.from_file(fp32, **EVAL_POSTPROCESS)
@@ -142,7 +142,7 @@ def _diagnosis(**extra) -> dict:
 
 
 def test_find_and_load_diagnosis(tmp_path):
-    from edgedet.runtime.validate_layers import find_diagnosis, load_diagnosis
+    from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis
 
     model = tmp_path / "export" / "m_tflite-int8.tflite"
     model.parent.mkdir()
@@ -170,7 +170,7 @@ def test_find_and_load_diagnosis(tmp_path):
 
 
 def test_compare_outputs_known_values():
-    from edgedet.runtime.validate_layers import compare_outputs, output_table
+    from edgedet.runtime.report.layers import compare_outputs, output_table
 
     a = np.array([[[1.0], [-1.0]], [[1.0], [-1.0]]], np.float32)  # std 1
     base = {"out_0_class_p3": a, "out_0_box_p3": a}
@@ -201,7 +201,7 @@ def setup(tmp_path_factory):
 @pytest.mark.slow
 def test_broken_model_is_flagged_with_per_class_and_per_layer_damage(setup, tmp_path):
     from edgedet.cli import main
-    from edgedet.runtime.report_schema import check_schema
+    from edgedet.runtime.report.schema import check_schema
 
     out = tmp_path / "report"
     rc = main(["validate", "--baseline", setup["fp32"], "--models", setup["good"], setup["blank"],
@@ -255,7 +255,7 @@ def test_broken_model_is_flagged_with_per_class_and_per_layer_damage(setup, tmp_
 
 @pytest.mark.slow
 def test_crash_mid_run_is_reported_and_the_others_are_written(setup, tmp_path, monkeypatch):
-    from edgedet.runtime.validate import validate
+    from edgedet.runtime.report.validate import validate
 
     # Test hook: the worker running good.tflite aborts (a real SIGABRT) on its 4th image.
     monkeypatch.setenv("EDGEDET_VALIDATE_FAULT", "good.tflite:3")
@@ -278,7 +278,7 @@ def test_crash_mid_run_is_reported_and_the_others_are_written(setup, tmp_path, m
 
 def test_thresholds_from_profile_and_overrides():
     from edgedet.errors import ConfigError
-    from edgedet.runtime.validate import resolve_thresholds
+    from edgedet.runtime.report.validate import resolve_thresholds
 
     prof, th = resolve_thresholds("x86-cpu")
     assert th["device"] == "x86-cpu" and th["max_ap_drop"] == prof.max_map_drop
@@ -293,7 +293,7 @@ def test_thresholds_from_profile_and_overrides():
 
 @pytest.mark.slow
 def test_run_baseline_ap_equals_edgedet_eval_exactly(setup, tmp_path):
-    from edgedet.runtime.validate import validate
+    from edgedet.runtime.report.validate import validate
     from edgedet.train.evaluate_keras import run_eval
 
     # Jittered ground truth so the AP compared is an unremarkable number, not a saturated 1.0.
@@ -314,7 +314,7 @@ def test_run_baseline_ap_equals_edgedet_eval_exactly(setup, tmp_path):
 
 
 def test_row_names_disambiguate_colliding_file_names():
-    from edgedet.runtime.validate import _names
+    from edgedet.runtime.report.validate import _names
 
     got = _names(["r/4_convert/float/lite0_tflite-int8.tflite", "r/4_convert/qat/lite0_tflite-int8.tflite",
                   "r/4_convert/float/lite0_onnx.onnx", "a/x.tflite", "a/x.tflite"])
