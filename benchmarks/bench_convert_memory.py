@@ -2,7 +2,7 @@
 
 Runs ``edgedet convert --weights RUN --target <all 10 targets> --calib-data ...`` in a child
 process and reports its peak resident set size (``ru_maxrss`` of the waited-for child, which
-includes any processes it spawned and waited for). Acceptance: < 4 GB.
+includes any processes it spawned and waited for). Budget: < 4 GB.
 
 The run is the same Lite0 @ 320 px, 90-class run the latency benchmark builds
 (benchmarks/bench_latency_lite0.py), cached in ``--work``.
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     peak_gb = peak_kb * 1024 / 1e9
     print(f"peak RSS of `edgedet convert` (Lite0 320 px, 90 classes, {len(args.targets)} targets, "
           f"{args.calib_count} calibration images): {peak_gb:.2f} GB ({wall:.0f} s wall); "
-          f"acceptance < 4 GB: {'PASS' if peak_gb < 4 else 'MISS'}")
+          f"budget < 4 GB: {'PASS' if peak_gb < 4 else 'MISS'}")
     return {"peak_rss_gb": peak_gb, "wall_s": wall, "targets": args.targets}
 
 

@@ -1,6 +1,6 @@
 """Does int8 beat fp32 on this CPU at all? Single layers of Lite0@320's shapes, LiteRT + XNNPACK.
 
-Issue 5 asks why int8 Lite0 is no faster than fp32 here. This isolates the kernels: each case is
+Why is int8 Lite0 no faster than fp32 on this CPU? This isolates the kernels: each case is
 a one-layer model (the shapes Lite0 at 320 px and its 90-class head actually run), converted to
 fp32 and to full-integer int8 (int8 I/O, so no boundary QUANTIZE), timed at ``--threads`` with
 the two variants interleaved. The ratio fp32/int8 > 1 means int8 is faster.

@@ -1,6 +1,6 @@
 """Benchmark: the `tiny` EfficientDet on the built-in synthetic set, 5-minute budget.
 
-Acceptance target: AP50 >= 0.8 on the synthetic TEST split, with everything after the
+Target: AP50 >= 0.8 on the synthetic TEST split, with everything after the
 dataset exists (TensorFlow import, model build and tracing, training, final evaluation)
 inside 5 minutes of wall time on 2 CPU cores. Writing the dataset (cached in ``--out``)
 is timed separately (``data_s``). Prints one JSON line with the figures and exits 1 if

@@ -91,7 +91,7 @@ def test_existing_artifact_survives_a_failed_reexport(tiny_run, tmp_path, monkey
 
 @pytest.mark.slow
 def test_lite0_int8_is_fully_edgetpu_mappable(tmp_path, cv, bccd):
-    """Acceptance: Lite0 (320 px, raw outputs) full-integer TFLite maps 100% onto the Edge TPU."""
+    """Lite0 (320 px, raw outputs) full-integer TFLite maps 100% onto the Edge TPU."""
     from edgedet.convert.api import convert
 
     run = cv.make_run(tmp_path / "lite0", variant="lite0", num_classes=3, image_size=320)

@@ -1,4 +1,4 @@
-"""quantize_apply accepts the annotated Lite0 and D0 (issue 2, acceptance 4). Building only."""
+"""quantize_apply accepts the annotated Lite0 and D0. Building only."""
 from __future__ import annotations
 
 import pytest

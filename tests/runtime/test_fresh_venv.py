@@ -1,4 +1,4 @@
-"""Acceptance: a fresh venv with only `pip install "<repo>[runtime]"` (no TensorFlow) runs
+"""A fresh venv with only `pip install "<repo>[runtime]"` (no TensorFlow) runs
 `edgedet detect` on an exported Lite0 int8 .tflite and a BCCD image.
 
 Uses the package registry (pip) to build the venv; the model is exported here with the
