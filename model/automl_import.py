@@ -185,8 +185,8 @@ def weight_names(model, cfg) -> list[list[str]]:
 def assign_checkpoint(model, cfg, values: dict[str, np.ndarray], source: str = "checkpoint") -> list[str]:
     """Copy ``values`` (from :func:`read_checkpoint`) into ``model``; all-or-nothing.
 
-    Weights of the class predictor are left as initialised when ``cfg.num_classes`` differs from
-    the checkpoint's (fine-tuning to another label set).
+    The class predictor's pointwise kernel and bias are left as initialised when ``cfg.num_classes``
+    differs from the checkpoint's (fine-tuning to another label set).
 
     Returns:
         The checkpoint names left unused on purpose (the class predictor when re-initialised).
@@ -200,8 +200,11 @@ def assign_checkpoint(model, cfg, values: dict[str, np.ndarray], source: str = "
     skipped = []
     for w, names in zip(model.weights, weight_names(model, cfg)):
         used.update(names)
-        if "/class-predict/" in names[0] and cfg.num_classes != _ckpt_classes(values, cfg):
-            skipped += [n for n in names if n in values]
+        if ("/class-predict/" in names[0] and cfg.num_classes != _ckpt_classes(values, cfg)
+                and names[0] in values and values[names[0]].shape != tuple(w.shape)):
+            # Another class count: the predictor's outputs start fresh (its depthwise half is kept, as
+            # automl's own fine-tuning restore keeps every shape-compatible weight).
+            skipped.append(names[0])
             continue
         absent = [n for n in names if n not in values]
         if absent:
@@ -278,7 +281,7 @@ class AutomlCheckpoint:
         assign_checkpoint(model, cfg, self.values, source=str(self.prefix))
         if cfg.num_classes != self.num_classes and log:
             log(f"automl checkpoint: {self.num_classes} classes, this model {cfg.num_classes}: every layer imported "
-                f"except class-predict, which starts from scratch")
+                f"except class-predict's {self.num_classes}-class outputs (pointwise kernel, bias), which start fresh")
 
     def describe(self, cfg) -> dict:
         """What run.json records about the import."""
