@@ -75,23 +75,26 @@ def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     return out
 
 
-def infer_variant(values: dict[str, np.ndarray], hint: str = "") -> tuple[str, int]:
+def infer_variant(shapes: dict[str, tuple], hint: str = "") -> tuple[str, int]:
     """The row of our variant table a checkpoint was made for, and its class count.
 
     The backbone scope, BiFPN width/depth, head depth and fusion (``WSM`` weights or not) are read
     from the variables. D6 and D7 (and Lite3/Lite3x) differ only in input size and anchor scale,
     which no variable records: ``hint`` (the folder or archive name) decides; D6 otherwise.
 
+    Args:
+        shapes: ``{variable name: shape}`` (EMA names may be included; they are ignored).
+
     Returns:
         ``(variant name, num_classes)``.
     """
     from edgedet.model.config import VARIANTS
 
-    names = list(values)
+    names = [n for n in shapes if not n.endswith(EMA_SUFFIX)]
     backbones = {n.split("/")[0] for n in names if re.match(r"efficientnet-(b\d|lite\d)/", n)}
     try:
-        width = int(values["class_net/class-0/pointwise_kernel"].shape[-1])
-        predict = int(values["class_net/class-predict/bias"].shape[0])
+        width = int(shapes["class_net/class-0/pointwise_kernel"][-1])
+        predict = int(shapes["class_net/class-predict/bias"][0])
     except KeyError as exc:
         raise ModelFileError(f"not an EfficientDet checkpoint: no variable {exc.args[0]}") from None
     cells = {int(m.group(1)) for n in names if (m := re.match(r"fpn_cells/cell_(\d+)/", n))}
@@ -267,7 +270,7 @@ class AutomlCheckpoint:
         self.spec = spec
         self.prefix, hint = resolve(spec, log=log)
         self.values = read_checkpoint(str(self.prefix))
-        self.variant, self.num_classes = infer_variant(self.values, hint)
+        self.variant, self.num_classes = infer_variant({n: v.shape for n, v in self.values.items()}, hint)
         self.ema = _has_ema(str(self.prefix))
 
     def config(self, num_classes: int | None = None, image_size: int | None = None):
@@ -296,6 +299,18 @@ def open_init(init: str, log=None) -> AutomlCheckpoint:
         raise ConfigError(f"--init {init!r}: expected automl:PATH (checkpoint folder or .tgz) or "
                           "automl:efficientdet-NAME (official download)")
     return AutomlCheckpoint(init, log=log)
+
+
+def peek_variant(init: str, log=None) -> str:
+    """The variant behind ``--init automl:SPEC`` from variable names and shapes only (no values read)."""
+    import tensorflow as tf
+
+    from edgedet.model.automl_fetch import resolve
+
+    if not str(init).startswith("automl:"):
+        open_init(init)  # the one-line error for another scheme
+    prefix, hint = resolve(init, log=log)
+    return infer_variant(dict(tf.train.list_variables(str(prefix))), hint)[0]
 
 
 def _has_ema(prefix: str) -> bool:

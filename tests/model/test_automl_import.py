@@ -221,3 +221,17 @@ def test_bad_init_and_not_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match="no TensorFlow checkpoint"):
         open_init(f"automl:{tmp_path / 'empty'}")
+
+
+def test_pipeline_init_trains_from_the_checkpoint_variant(lite0_ckpt, tmp_path):
+    from edgedet.cli import build_parser
+    from edgedet.pipeline import plan
+
+    folder, _ = lite0_ckpt
+    args = build_parser().parse_args(["pipeline", "--model", "d0", "--init", f"automl:{folder}",
+                                      "--targets", "tflite-fp32", "--out", str(tmp_path / "p")])
+    stages = {s.name: s for s in plan(args)}
+    train_cmd = [str(a) for a in stages["train"].commands[0]]
+    assert train_cmd[train_cmd.index("--init") + 1] == f"automl:{folder.resolve()}"
+    assert "--backbone-weights" not in train_cmd and train_cmd[train_cmd.index("--model") + 1] == "lite0"
+    assert stages["convert"].outputs[0].endswith("lite0_tflite-fp32.tflite")
