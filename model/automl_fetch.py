@@ -13,13 +13,13 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tarfile
 from pathlib import Path
 
 from edgedet.errors import ModelFileError
+from edgedet.train.checkpoint import atomic_write_bytes, sha256_file
 
 _COCO2 = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientdet/coco2/efficientdet-d{}.tar.gz"
 _LITE = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientdet/coco/efficientdet-lite{}.tgz"
@@ -76,7 +76,7 @@ def find_prefix(folder: Path, shown: str) -> Path:
 
 def extract(archive: Path) -> Path:
     """Unpack the checkpoint files of ``archive`` into the cache (once per archive content)."""
-    digest = sha256(archive)[:16]
+    digest = sha256_file(archive)[:16]
     stem = archive.name.split(".")[0]
     out = cache_dir() / "automl" / f"{stem}-{digest}"
     if (out / ".complete").is_file():
@@ -105,14 +105,6 @@ def extract(archive: Path) -> Path:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(name: str, log=None) -> Path:
     """The official archive ``name`` in the cache, downloaded now if absent; checksum verified."""
     url = OFFICIAL[name]
@@ -120,13 +112,13 @@ def download(name: str, log=None) -> Path:
     stored = dest.with_name(dest.name + ".sha256")
     if not dest.is_file():
         _fetch(url, dest, log or (lambda m: print(m, file=sys.stderr, flush=True)))
-    digest = sha256(dest)
+    digest = sha256_file(dest)
     expected = PINNED_SHA256.get(name) or (stored.read_text().split()[0] if stored.is_file() else None)
     if expected and digest != expected:
         raise ModelFileError(f"{dest}: sha256 {digest[:16]}.. differs from the expected {expected[:16]}.. "
                              f"(corrupt or replaced; delete it to download again from {url})")
     if not stored.is_file():
-        stored.write_text(f"{digest}  {dest.name}\n")
+        atomic_write_bytes(stored, f"{digest}  {dest.name}\n".encode())
     return dest
 
 

@@ -192,6 +192,29 @@ def test_archive_is_extracted_safely_and_variant_inferred(lite0_ckpt, tmp_path, 
     assert resolve(str(archive))[0] == prefix  # unpacked once per archive content
 
 
+def test_download_stores_and_then_verifies_the_checksum(lite0_ckpt, tmp_path, monkeypatch, capsys):
+    """The download path on a local file:// address: progress bar, cache, sha256 stored then enforced."""
+    from edgedet.model import automl_fetch
+
+    monkeypatch.setenv("EDGEDET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    folder, _ = lite0_ckpt
+    archive = tmp_path / "served" / "efficientdet-lite0.tgz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="efficientdet-lite0")
+    monkeypatch.setitem(automl_fetch.OFFICIAL, "efficientdet-lite0", archive.as_uri())
+    prefix, hint = automl_fetch.resolve("automl:efficientdet-lite0")
+    cached = tmp_path / "cache" / "automl" / "efficientdet-lite0.tgz"
+    assert cached.read_bytes() == archive.read_bytes() and hint == "efficientdet-lite0.tgz"
+    stored = cached.with_name(cached.name + ".sha256").read_text().split()[0]
+    assert stored == automl_fetch.sha256_file(archive)
+    assert "MiB" in capsys.readouterr().err
+    cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelFileError, match="differs from the expected"):
+        automl_fetch.resolve("automl:efficientdet-lite0")
+
+
 def test_offline_download_names_the_address(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request
