@@ -66,6 +66,8 @@ class Trainer:
             from edgedet.model.automl_import import open_init
 
             source = open_init(o.init, log=self.log)
+            if o.model != source.variant:
+                self.log(f"--init: the checkpoint is efficientdet-{source.variant}; training that (not {o.model})")
             o.model = source.variant  # recorded in run.json, so --resume rebuilds the same variant
         self.cfg = get_config(o.model, num_classes=len(self.dataset.class_names), image_size=o.image_size)
         self.strategy = make_strategy(o.strategy)
