@@ -35,8 +35,9 @@ def _is_checkpoint_file(basename: str) -> bool:
 
 def cache_dir() -> Path:
     """``$EDGEDET_CACHE`` or ``$XDG_CACHE_HOME/edgedet`` (default ``~/.cache/edgedet``)."""
-    root = os.environ.get("EDGEDET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgedet"
-    return Path(root)
+    if os.environ.get("EDGEDET_CACHE"):
+        return Path(os.environ["EDGEDET_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgedet"
 
 
 def resolve(spec: str, log=None) -> tuple[Path, str]:

@@ -280,7 +280,7 @@ class AutomlCheckpoint:
         return get_config(self.variant, num_classes=num_classes or self.num_classes, image_size=image_size)
 
     def load_into(self, model, cfg, log=None) -> None:
-        """Assign every weight of ``model`` (built from :meth:`config`); says so when the class predictor stays fresh."""
+        """Assign every weight of ``model`` (built from :meth:`config`); one line when the predictor starts fresh."""
         assign_checkpoint(model, cfg, self.values, source=str(self.prefix))
         if cfg.num_classes != self.num_classes and log:
             log(f"automl checkpoint: {self.num_classes} classes, this model {cfg.num_classes}: every layer imported "
