@@ -66,6 +66,8 @@ def register(sub) -> None:
     p.add_argument("--targets", help="comma-separated export targets instead of the device profile's")
     p.add_argument("--synth-images", type=int, default=800, help="size of the built-in synthetic dataset [800]")
     p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH.h5")
+    p.add_argument("--init", metavar="automl:PATH", help="fine-tune from an official google/automl COCO checkpoint "
+                   "(folder, .tgz, or a name such as efficientdet-lite0 to download); sets the variant")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.set_defaults(func=run_cli)
 
@@ -174,9 +176,16 @@ def plan(args) -> list[Stage]:
     s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json")])
 
     d_train = out / "2_train"
+    start = ["--backbone-weights", args.backbone_weights]
+    if getattr(args, "init", None):
+        init = _absolute_init(args.init)
+        from edgedet.model.automl_import import peek_variant
+
+        args.model = peek_variant(init)  # file names and the report follow the checkpoint's variant
+        start = ["--init", init]
     train_cmd = _edgedet(
         "train", "--data", data, "--model", args.model, *size_args, "--epochs", preset["epochs"],
-        "--batch", preset["batch"], "--backbone-weights", args.backbone_weights, *preset["train_args"],
+        "--batch", preset["batch"], *start, *preset["train_args"],
         *(["--time-limit", preset["time_limit"]] if preset["time_limit"] else []), "--out", d_train,
     )
     s_train = Stage("train", d_train, {"data": s_data.input_hash, "cmd": train_cmd[3:]}, [train_cmd],
@@ -212,6 +221,12 @@ def plan(args) -> list[Stage]:
                        "--split", "test", "--device", args.device, "--out", d_val)
     s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
     return [s_data, s_train, s_qat, s_conv, s_val]
+
+
+def _absolute_init(init: str) -> str:
+    """``automl:PATH`` with PATH made absolute (stage commands may run elsewhere); names stay as they are."""
+    spec = init[len("automl:"):] if init.startswith("automl:") else init
+    return f"automl:{Path(spec).resolve()}" if Path(spec).expanduser().exists() else init
 
 
 def target_filename(target: str, stem: str) -> str:

@@ -22,6 +22,22 @@ def register(sub) -> None:
     p.add_argument("--build", action="store_true", help="build the tf_keras graph and count from it (slower)")
     p.set_defaults(func=run_info)
 
+    imp = sub.add_parser("import", help="turn google/automl's official COCO checkpoints into a run folder",
+                         description="Import a pretrained detector as an ordinary run folder (run.json + weights), "
+                         "for eval, quantize, convert and fine-tuning.")
+    kinds = imp.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    a = kinds.add_parser("automl", help="an official EfficientDet checkpoint (folder, .tgz/.tar.gz, or a name to "
+                         "download such as efficientdet-lite0)",
+                         description="Read an official google/automl EfficientDet checkpoint with TensorFlow's "
+                         "checkpoint reader (EMA weights, as automl evaluates) into a run folder.")
+    a.add_argument("path", metavar="PATH", help="extracted checkpoint folder, its .tgz/.tar.gz, or efficientdet-d0..d7 "
+                   "/ efficientdet-lite0..lite4 (downloaded from Google's address into ~/.cache/edgedet)")
+    a.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
+    a.add_argument("--classes", default=None, help="class names, comma-separated (default: the 90 COCO classes; "
+                   "another count keeps every layer but the class predictor)")
+    a.add_argument("--image-size", type=int, default=None, help="input size (default: the variant's)")
+    a.set_defaults(func=run_import)
+
 
 def info_dict(name: str, num_classes: int | None = None, image_size: int | None = None, build: bool = False) -> dict:
     """The figures ``edgedet info`` prints, as a dict."""
@@ -101,4 +117,21 @@ def run_info(args) -> int:
           f"levels P3-P7 {' '.join(f'{h}x{w}' for h, w in d['feature_sizes'])})")
     print(f"BiFPN:       {d['fpn_layers']} layers x {d['fpn_width']} channels")
     print(f"heads:       {d['head_layers']} separable convs (class + box, shared over P3-P7)")
+    return 0
+
+
+def run_import(args) -> int:
+    import os
+    import sys
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from edgedet.model.automl_import import import_run
+
+    names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    data = import_run(args.path, args.out, class_names=names, image_size=args.image_size,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    src = data["imported"]
+    print(f"imported efficientdet-{data['variant']} ({src['variables']} variables, "
+          f"{'EMA' if src['ema'] else 'raw'} weights, {data['num_classes']} classes, {data['image_size']} px) "
+          f"-> {args.out}")
     return 0

@@ -73,6 +73,7 @@ def qat_options(weights: str, out: str, data: str | None = None, epochs: int | N
     spec = base.freeze_backbone if freeze_backbone is None else freeze_backbone
     opts.freeze_backbone = None if str(spec).lower() in ("0", "none", "") else spec
     opts.backbone_weights = None
+    opts.init = None  # QAT starts from the float run, never from the checkpoint that run started from
     opts.time_limit = time_limit
     opts.classes = list(src.get("class_names") or []) or None
     if seed is not None:

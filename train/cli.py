@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
                    help="freeze the whole backbone, or its stem + first N stages (small datasets, CPU)")
     p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | path to .h5/.pth [imagenet]")
+    p.add_argument("--init", default=None, metavar="automl:PATH",
+                   help="start from an official google/automl COCO checkpoint (folder, .tgz, or a name such as "
+                   "efficientdet-lite0 to download); the variant comes from the checkpoint")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
     p.add_argument("--ema-decay", type=float, default=0.9998)
     p.add_argument("--jitter", default="0.1,2.0", help="scale-jitter range MIN,MAX [0.1,2.0]")
@@ -80,7 +83,7 @@ def _train(args) -> int:
             data=args.data, out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs or 50,
             batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_backbone=args.freeze_backbone,
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
-            strategy=args.strategy, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),
+            init=args.init, strategy=args.strategy, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),
             flip=not args.no_flip, label_smoothing=args.label_smoothing, eval_every=args.eval_every,
             time_limit=args.time_limit,
             check_policy=args.check, classes=args.classes, progress=not args.no_progress)

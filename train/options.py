@@ -22,6 +22,7 @@ class TrainOptions:
     warmup_epochs: float = 1.0
     freeze_backbone: str | None = None  # None, "all", or "N": stem + blocks 1..N
     backbone_weights: str | None = "imagenet"
+    init: str | None = None  # "automl:PATH" or "automl:efficientdet-NAME": start from a COCO checkpoint
     strategy: str = "default"
     seed: int = 0
     ema_decay: float = 0.9998

@@ -61,6 +61,14 @@ class Trainer:
         from edgedet.train.schedule import WeightEMA
 
         o = self.opts
+        source = None
+        if o.init and not state_meta:
+            from edgedet.model.automl_import import open_init
+
+            source = open_init(o.init, log=self.log)
+            if o.model != source.variant:
+                self.log(f"--init: the checkpoint is efficientdet-{source.variant}; training that (not {o.model})")
+            o.model = source.variant  # recorded in run.json, so --resume rebuilds the same variant
         self.cfg = get_config(o.model, num_classes=len(self.dataset.class_names), image_size=o.image_size)
         self.strategy = make_strategy(o.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -73,7 +81,9 @@ class Trainer:
         bw = o.backbone_weights if o.backbone_weights not in (None, "", "none") else None
         keras.utils.set_random_seed(o.seed)  # same initial head weights for the same --seed
         with self.strategy.scope():
-            self.model = build_model(self.cfg, backbone_weights=None if state_meta else bw)
+            self.model = build_model(self.cfg, backbone_weights=None if state_meta or source else bw)
+            if source:
+                source.load_into(self.model, self.cfg, log=self.log)
             self.frozen = freeze_layers(self.model, o.freeze_backbone)
             self.tvars = list(self.model.trainable_variables)
             self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
@@ -102,7 +112,8 @@ class Trainer:
             object.__setattr__(layer, "momentum", self.bn_momentum)
 
     def _set_bn_momentum(self, step: int) -> None:
-        if getattr(self, "bn_layers", None):  # subclasses (QAT) may build without it
+        # Imported BN statistics are already right: no warm start that would overwrite them.
+        if getattr(self, "bn_layers", None) and not self.opts.init:  # subclasses (QAT) may build without it
             self.bn_momentum.assign(min(self.bn_max_momentum, (1.0 + step) / (10.0 + step)))
 
     def lr_at(self, step: int) -> float:

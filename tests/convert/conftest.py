@@ -179,7 +179,9 @@ def run_raw(path: str, x: np.ndarray) -> list[np.ndarray]:
 
     from edgedet.runtime.metadata import openvino_xml
 
-    compiled = ov.Core().compile_model(openvino_xml(path), "CPU")
+    # f32 execution: on CPUs with bf16 units (avx512_bf16, AMX) OpenVINO's CPU default is bf16, whose
+    # ~1e-2 relative error would hide what the file itself computes.
+    compiled = ov.Core().compile_model(openvino_xml(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     res = compiled(x)
     by = {o.get_any_name(): np.asarray(res[o], np.float32) for o in compiled.outputs}
     return [by[n] for n in NAMES]
