@@ -36,10 +36,10 @@ def _pack(samples) -> dict:
     return {"paths": paths, "boxes": boxes, "classes": classes}
 
 
-def _load_rgb(path: bytes) -> np.ndarray:
+def _load_rgb(path) -> np.ndarray:
     from edgedet.runtime.preprocess import load_image
 
-    return load_image(path.decode("utf-8"))
+    return load_image(np.asarray(path).item().decode("utf-8"))  # bytes (graph) or a 0-d array (eager)
 
 
 def _decode(path):
