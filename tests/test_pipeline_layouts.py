@@ -43,7 +43,7 @@ def test_pipeline_on_roboflow_yolo_export(tmp_path):
     assert "warning: 3 classes have fewer than 10 boxes" in stage_log  # shown before training
     rep = json.loads((out / "5_validate" / "report.json").read_text())
     fp32 = next(m for m in rep["models"] if m["target"] == "tflite-fp32")
-    assert fp32["status"] in ("pass", "missed"), fp32.get("error")
+    assert fp32["status"] in ("pass", "miss"), fp32.get("error")  # a 1-epoch model may miss a threshold
 
 
 def test_pipeline_data_stage_on_labelimg_folder(tmp_path):

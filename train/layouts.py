@@ -52,8 +52,9 @@ class Layout:
 
 
 def _subdirs(d: Path) -> list[Path]:
+    # scandir's entries know their type without a stat per file (a COCO image folder holds 100k+)
     try:
-        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(Path(e.path) for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
     except OSError:
         return []
 

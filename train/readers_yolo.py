@@ -3,8 +3,8 @@
 With a data YAML (``path``, ``train``/``val``/``test``, ``names``) the YAML says where the
 images are. Without one (:func:`read_yolo_dirs`), :mod:`edgedet.train.layouts` hands over the
 image and label folders it found (Ultralytics ``images/<split>/`` + ``labels/<split>/``, or
-image + ``.txt`` pairs) and class names come from ``classes.txt``, ``obj.names`` or
-``names.txt``, else ``class0..classN`` with a note saying so.
+image + ``.txt`` pairs) and class names come from ``classes.txt``, ``obj.names``,
+``names.txt`` or ``_darknet.labels``, else ``class0..classN`` with a note saying so.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from edgedet.train.datasets import IMAGE_EXTS, complete_splits, image_size, make
 from edgedet.train.types import Dataset
 
 _SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
-CLASS_FILES = ("classes.txt", "obj.names", "names.txt")
+CLASS_FILES = ("classes.txt", "obj.names", "names.txt", "_darknet.labels")  # the last: Roboflow Darknet export
 
 
 def find_yaml(root: Path) -> Path | None:
@@ -102,7 +102,7 @@ def read_yolo_dirs(root: Path, parts: list[tuple[str | None, Path, Path]], class
     root = root.resolve()
     notes = []
     if classes is None:
-        dirs = [root] + [d for _, _, lbl in parts for d in (lbl, lbl.parent)]
+        dirs = list(dict.fromkeys([root] + [d for _, _, lbl in parts for d in (lbl, lbl.parent)]))
         found = next((d / f for d in dirs for f in CLASS_FILES if (d / f).is_file()), None)
         classes = read_class_file(found) if found else None
     images = {}
