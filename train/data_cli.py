@@ -17,8 +17,11 @@ def register(sub) -> None:
 
     c = dsub.add_parser("check", help="report bad boxes/images file by file (COCO, VOC or YOLO)",
                         description="Report degenerate/inverted/outside/duplicate boxes, size mismatches, "
-                                    "unreadable or truncated images, unknown classes and empty images.")
-    c.add_argument("path", help="dataset folder, COCO .json or YOLO data .yaml")
+                                    "unreadable or truncated images, unknown classes and empty images, and list the "
+                                    "repairs made while reading (sizes filled from the image, labels differing only "
+                                    "in case or spacing). The layout (VOC, YOLO, COCO as tools export them) is "
+                                    "found from the folder.")
+    c.add_argument("path", help="dataset folder (any layout in docs/datasets.md), COCO .json or YOLO data .yaml")
     pol = c.add_mutually_exclusive_group()
     pol.add_argument("--fix", dest="policy", action="store_const", const="fix",
                      help="repair what is safe: clip boxes, swap inverted corners, use the real image size")

@@ -1,9 +1,11 @@
 """Load a detection dataset (COCO JSON, Pascal VOC XML or YOLO txt) into one internal form.
 
-Every reader returns a :class:`edgedet.train.types.Dataset` whose samples carry xyxy pixel
-boxes and 0-based class ids into ``Dataset.class_names``. Splits come from the dataset's own
-files (COCO per-split JSONs, VOC ``ImageSets/Main/*.txt``, the YOLO data YAML); a dataset
-without them is split by a seeded ratio. Readers only parse: they never decode images (YOLO
+The folder layout (VOC folders under any common name, XML beside the images, YOLO with or
+without a data YAML, Roboflow/CVAT/Label Studio COCO exports, split folders) is found by
+:mod:`edgedet.train.layouts`. Every reader returns a :class:`edgedet.train.types.Dataset` whose
+samples carry xyxy pixel boxes and 0-based class ids into ``Dataset.class_names``. Splits come
+from the dataset's own folders or files (split folders, COCO per-split JSONs, VOC
+``ImageSets/Main/*.txt``, the YOLO data YAML); a dataset without them is split by a seeded ratio. Readers only parse: they never decode images (YOLO
 reads image headers, because its boxes are normalised). Box-level problems are left for
 :mod:`edgedet.train.check`, which reports them file by file; what makes the whole dataset
 unusable (no annotations, a missing image folder, a class list that contradicts itself)
