@@ -149,11 +149,15 @@ def plot_stats(ds: Dataset, out: str | os.PathLike, *, samples: int = 8, thumb: 
     fig.suptitle(f"{ds.root} ({ds.layout or ds.source_format}): {sum(v['images'] for v in st['splits'].values())} "
                  f"images, {sum(v['boxes'] for v in st['splits'].values())} boxes, {len(ds.class_names)} classes")
     fig.tight_layout()
+    import io
+
+    from edgedet.train.checkpoint import atomic_write_bytes
+
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 
