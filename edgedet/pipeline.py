@@ -173,7 +173,9 @@ def plan(args) -> list[Stage]:
         data_cmds.append(_edgedet("data", "synth", data, "--num-images", args.synth_images, "--overwrite"))
     # `data check --json` prints its report; the pipeline keeps it as the stage's output.
     data_cmds.append(_edgedet("data", "check", data, "--fix", "--json") + [f">{d_data / 'check.json'}"])
-    s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json")])
+    # The picture to look at before training: counts, box sizes, sample images with boxes.
+    data_cmds.append(_edgedet("data", "stats", data, "--plot", d_data / "stats.png"))
+    s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json"), str(d_data / "stats.png")])
 
     d_train = out / "2_train"
     start = ["--backbone-weights", args.backbone_weights]

@@ -18,8 +18,51 @@ from edgedet.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def to_rgb(im):
+    """The one conversion every stage applies to a decoded Pillow image.
+
+    EXIF orientation is applied first (``ImageOps.exif_transpose``): boxes are labelled on the
+    image as displayed, which is what labelling tools show. Then any mode becomes RGB:
+    grayscale is repeated over the channels, CMYK and palette images go through Pillow's
+    conversion, 16/32-bit grayscale is scaled to 8 bits, and an alpha channel is dropped
+    (pixels keep their colour). Training, evaluation and the runtime all call this.
+
+    Args:
+        im: a loaded ``PIL.Image``.
+
+    Returns:
+        A ``PIL.Image`` in mode "RGB".
+    """
+    from PIL import ImageOps  # noqa: PLC0415
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or (a.size and a.max() > 255) else 255.0
+        from PIL import Image  # noqa: PLC0415
+
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("P", "PA", "LA"):
+        im = im.convert("RGBA")  # palette transparency and grey+alpha: resolve first
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def displayed_size(im) -> tuple[int, int]:
+    """``(width, height)`` of an opened (not necessarily decoded) image as displayed.
+
+    EXIF orientations 5-8 rotate by 90 degrees, so width and height swap; read from the
+    header only, so it is as cheap as ``im.size``.
+    """
+    w, h = int(im.width), int(im.height)
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: Pillow shows the image unrotated, so do we
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def load_image(path) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB, as displayed (see :func:`to_rgb`).
 
     Args:
         path: image file path.
@@ -38,9 +81,7 @@ def load_image(path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, not later in resize
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
+            return np.asarray(to_rgb(im), dtype=np.uint8).copy()
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image file (Pillow cannot identify it)") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -1,8 +1,10 @@
 """Dataset checks: find bad boxes and images, file by file, and apply a policy.
 
 Checks, per image: the image file is missing, unreadable, truncated or in a format training
-cannot decode; the annotated size
-disagrees with the real one (from the header); no boxes at all. Per box: class not in the
+cannot decode; the annotated size disagrees with the real one (from the header, as displayed:
+EXIF rotation applied); no boxes at all. Repairs the readers made are listed too, never
+silent: a size that was 0 or missing and came from the image, and a label that differed from a
+class only in case or spacing and was mapped onto it. Per box: class not in the
 class list; non-finite, inverted or degenerate (< 1 px wide or high) coordinates; outside the
 image; a duplicate of an earlier box (same class, IoU > 0.95).
 
@@ -18,6 +20,8 @@ degenerate box     skip box             skip box                   fail
 box partly out     skip box             clip to the image          fail
 box fully out      skip box             skip box                   fail
 duplicate box      skip box             skip box                   fail
+size filled in     keep (listed)        keep (listed)              fail
+label relabelled   keep (listed)        keep (listed)              fail
 no boxes at all    keep (background)    keep (background)          fail
 unknown class      fail                 fail                       fail
 =================  ===================  =========================  =========
@@ -44,8 +48,9 @@ POLICIES = ("skip", "fix", "strict")
 DUPLICATE_IOU = 0.95
 MIN_BOX_PX = 1.0
 BORDER_TOLERANCE_PX = 1.0
-# What tf.io.decode_image (the training input pipeline) reads.
-TRAINABLE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+# What every stage decodes (through edgedet.runtime.preprocess.load_image); MPO is how Pillow
+# names the JPEGs many phone cameras write.
+TRAINABLE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "GIF", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class Issue:
         action: what the policy did: "skipped box", "skipped image", "clipped box",
             "swapped corners", "used real size", "kept as background" or "error".
         kind: a stable code: missing_image, unreadable_image, size_mismatch, empty_image,
-            unknown_class, nonfinite_box, inverted_box, degenerate_box, outside_box, duplicate_box.
+            unknown_class, nonfinite_box, inverted_box, degenerate_box, outside_box, duplicate_box,
+            size_filled, relabelled.
         box: the box as annotated, xyxy pixels, or None for image problems.
         label: the box's class name (or the unknown label), or None.
         split: the split the sample belongs to.
@@ -150,12 +156,14 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
             issues)
     if policy == "strict" and issues:
         raise DataCheckError(f"{ds.root}: {len(issues)} problems (--strict); first: {issues[0]}", issues)
-    return Dataset(ds.root, list(ds.class_names), splits, ds.source_format), issues
+    return Dataset(ds.root, list(ds.class_names), splits, ds.source_format, ds.layout, list(ds.notes)), issues
 
 
 def _probe_image_header(path: str):
     """``(width, height)``, None when the file is missing, or the decoder's error message."""
     from PIL import Image
+
+    from edgedet.runtime.preprocess import displayed_size
 
     if not os.path.isfile(path):
         return None
@@ -163,7 +171,7 @@ def _probe_image_header(path: str):
         with Image.open(path) as im:
             if im.format not in TRAINABLE_FORMATS:
                 return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
-            return int(im.width), int(im.height)
+            return displayed_size(im)
     except Exception as exc:  # Pillow raises many types for garbage files
         return f"{type(exc).__name__}: {exc}"
 
@@ -172,13 +180,15 @@ def _probe_image_decode(path: str):
     """Like :func:`_probe_image_header` but decodes the pixels too, to catch truncation."""
     from PIL import Image
 
+    from edgedet.runtime.preprocess import displayed_size
+
     if not os.path.isfile(path):
         return None
     try:
         with Image.open(path) as im:
             if im.format not in TRAINABLE_FORMATS:
                 return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
-            size = int(im.width), int(im.height)
+            size = displayed_size(im)
             # JPEG draft mode decodes at 1/8 scale: ~3x faster, yet still consumes the
             # whole entropy-coded stream, so a truncated file still fails.
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
@@ -205,6 +215,9 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         add(img_file, kind, reason, "error" if policy == "strict" else "skipped image")
         return None
     width, height = s.width, s.height
+    if s.size_filled:
+        add(ann_file, "size_filled", "image size missing or 0 in the annotation",
+            "error" if policy == "strict" else f"used the image's {real[0]}x{real[1]}")
     if (width, height) != real:
         reason = f"annotation size {width}x{height} disagrees with the image's {real[0]}x{real[1]}"
         if (height, width) == real:
@@ -226,6 +239,9 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         if not 0 <= c < len(ds.class_names):
             add(ann_file, "unknown_class", f"class {label!r} is not in the class list", "error", box, label)
             continue
+        if j in s.relabelled:
+            add(ann_file, "relabelled", f"label {s.relabelled[j]!r} differs from class {label!r} only in case or spacing",
+                "error" if policy == "strict" else f"used {label!r}", box, label)
         if not np.isfinite(box).all():
             add(ann_file, "nonfinite_box", "coordinates are not finite numbers", bad, box, label)
             continue
@@ -314,6 +330,8 @@ def load_checked(path, policy: str = "skip", *, classes=None, log=None, max_line
 
     log = log or (lambda m: print(m, file=sys.stderr))
     ds = load_dataset(path, classes=classes, **load_kwargs)
+    for note in ds.notes:
+        log(f"note: {note}")
     clean, issues = check_dataset(ds, policy)
     for i in issues[:max_lines]:
         log(f"warning: {i}")

@@ -17,8 +17,11 @@ def register(sub) -> None:
 
     c = dsub.add_parser("check", help="report bad boxes/images file by file (COCO, VOC or YOLO)",
                         description="Report degenerate/inverted/outside/duplicate boxes, size mismatches, "
-                                    "unreadable or truncated images, unknown classes and empty images.")
-    c.add_argument("path", help="dataset folder, COCO .json or YOLO data .yaml")
+                                    "unreadable or truncated images, unknown classes and empty images, and list the "
+                                    "repairs made while reading (sizes filled from the image, labels differing only "
+                                    "in case or spacing). The layout (VOC, YOLO, COCO as tools export them) is "
+                                    "found from the folder.")
+    c.add_argument("path", help="dataset folder (any layout in docs/datasets.md), COCO .json or YOLO data .yaml")
     pol = c.add_mutually_exclusive_group()
     pol.add_argument("--fix", dest="policy", action="store_const", const="fix",
                      help="repair what is safe: clip boxes, swap inverted corners, use the real image size")
@@ -30,10 +33,16 @@ def register(sub) -> None:
     c.add_argument("--no-decode", action="store_true", help="read image headers only (faster, misses truncated files)")
     c.set_defaults(func=_check)
 
-    s = dsub.add_parser("stats", help="images, boxes and classes per split")
+    s = dsub.add_parser("stats", help="images, boxes and classes per split; --plot draws them with sample images",
+                        description="Counts per class and split, COCO small/medium/large box sizes, and the "
+                                    "warnings training would print (few boxes, a class missing from a split).")
     s.add_argument("path", help="dataset folder, COCO .json or YOLO data .yaml")
     _common(s)
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--plot", metavar="OUT.png", help="write a PNG: counts per class/split, box-size histogram, "
+                                                     "sample images with their boxes")
+    s.add_argument("--image-size", type=int, metavar="S",
+                   help="model input side: also warn about images more than 4x smaller")
     s.set_defaults(func=_stats)
 
     y = dsub.add_parser("synth", help="write the deterministic synthetic detection dataset (COCO JSON + JPEGs)",
@@ -59,12 +68,15 @@ def _common(p) -> None:
 def _load(args):
     from edgedet.train.datasets import load_dataset
 
-    return load_dataset(args.path, args.format, classes=args.classes)
+    ds = load_dataset(args.path, args.format, classes=args.classes)
+    for note in ds.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return ds
 
 
 def _check(args) -> int:
     from edgedet.train.check import DataCheckError, check_dataset, summarize
-    from edgedet.train.datasets import dataset_stats
+    from edgedet.train.stats import dataset_stats
 
     ds = _load(args)
     try:
@@ -74,7 +86,7 @@ def _check(args) -> int:
         clean, issues, error = None, exc.issues, exc
     stats = dataset_stats(ds)
     if args.json:
-        out = {"path": str(args.path), "format": ds.source_format, "policy": args.policy,
+        out = {"path": str(args.path), "format": ds.source_format, "layout": ds.layout, "policy": args.policy,
                "classes": ds.class_names, "issues": [i.to_dict() for i in issues],
                "ok": error is None, "error": str(error) if error else None, "stats": stats}
         if clean is not None:
@@ -85,7 +97,7 @@ def _check(args) -> int:
             print(i)
         split_txt = ", ".join(f"{k} {v['images']}" for k, v in stats["splits"].items())
         nboxes = sum(v["boxes"] for v in stats["splits"].values())
-        print(f"{args.path} ({ds.source_format}): {sum(v['images'] for v in stats['splits'].values())} images "
+        print(f"{args.path} ({ds.layout or ds.source_format}): {sum(v['images'] for v in stats['splits'].values())} images "
               f"({split_txt}), {nboxes} boxes, {len(ds.class_names)} classes; {summarize(issues)}; policy {args.policy}")
     if error is not None:
         raise error
@@ -93,13 +105,17 @@ def _check(args) -> int:
 
 
 def _stats(args) -> int:
-    from edgedet.train.datasets import dataset_stats
+    from edgedet.train.stats import dataset_stats, plot_stats, training_warnings
 
-    st = dataset_stats(_load(args))
+    ds = _load(args)
+    st = dataset_stats(ds)
+    st["warnings"] = training_warnings(ds, args.image_size)
+    if args.plot:
+        st["plot"] = plot_stats(ds, args.plot)
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"{st['root']} ({st['format']}), {len(st['classes'])} classes")
+    print(f"{st['root']} ({st['layout'] or st['format']}), {len(st['classes'])} classes")
     for k, v in st["splits"].items():
         print(f"  {k:5s} {v['images']:6d} images {v['boxes']:7d} boxes ({v['empty_images']} without boxes)")
     width = max(len(n) for n in st["boxes_per_class"])
@@ -107,7 +123,13 @@ def _stats(args) -> int:
         print(f"  {n:{width}s} {c:7d} boxes")
     b = st["box_size_px"]
     print(f"  box size sqrt(w*h): min {b['min']:.1f}  median {b['median']:.1f}  max {b['max']:.1f} px")
+    print("  box sizes (COCO areas): " + ", ".join(
+        f"{k} " + "/".join(str(v) for v in b.values()) for k, b in st["box_size_coco"].items()) + " small/medium/large")
     print("  image sizes: " + ", ".join(f"{k} ({v})" for k, v in st["image_sizes"].items()))
+    for w in st["warnings"]:
+        print(f"warning: {w}")
+    if args.plot:
+        print(f"plot: {st['plot']}")
     return 0
 
 

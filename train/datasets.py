@@ -1,9 +1,11 @@
 """Load a detection dataset (COCO JSON, Pascal VOC XML or YOLO txt) into one internal form.
 
-Every reader returns a :class:`edgedet.train.types.Dataset` whose samples carry xyxy pixel
-boxes and 0-based class ids into ``Dataset.class_names``. Splits come from the dataset's own
-files (COCO per-split JSONs, VOC ``ImageSets/Main/*.txt``, the YOLO data YAML); a dataset
-without them is split by a seeded ratio. Readers only parse: they never decode images (YOLO
+The folder layout (VOC folders under any common name, XML beside the images, YOLO with or
+without a data YAML, Roboflow/CVAT/Label Studio COCO exports, split folders) is found by
+:mod:`edgedet.train.layouts`. Every reader returns a :class:`edgedet.train.types.Dataset` whose
+samples carry xyxy pixel boxes and 0-based class ids into ``Dataset.class_names``. Splits come
+from the dataset's own folders or files (split folders, COCO per-split JSONs, VOC
+``ImageSets/Main/*.txt``, the YOLO data YAML); a dataset without them is split by a seeded ratio. Readers only parse: they never decode images (YOLO
 reads image headers, because its boxes are normalised). Box-level problems are left for
 :mod:`edgedet.train.check`, which reports them file by file; what makes the whole dataset
 unusable (no annotations, a missing image folder, a class list that contradicts itself)
@@ -50,14 +52,53 @@ def split_name(text: str) -> str | None:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """``(width, height)`` from the image header only (Pillow opens lazily), or None if unreadable."""
+    """``(width, height)`` as displayed (EXIF rotation applied), from the header only, or None."""
     from PIL import Image
+
+    from edgedet.runtime.preprocess import displayed_size
 
     try:
         with Image.open(path) as im:
-            return int(im.width), int(im.height)
+            return displayed_size(im)
     except (OSError, ValueError, SyntaxError):
         return None
+
+
+def label_key(label: str) -> str:
+    """What two labels share when they differ only in case or spacing: ``" Red  Cell"`` -> ``"redcell"``."""
+    return "".join(str(label).split()).casefold()
+
+
+def map_labels(labels: Sequence[str], classes: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The class list, and the labels to map onto a class because they differ from it only in case/spacing.
+
+    Args:
+        labels: every label as written in the annotations (repeats count).
+        classes: a given class list, or None to build it from the labels: one class per
+            case/spacing-insensitive group, spelled as most boxes spell it (ties: sorted first),
+            the classes sorted.
+
+    Returns:
+        ``(class_names, {label as written: class name})``; labels that match no class are not
+        in the map (the caller marks them unknown).
+    """
+    from collections import Counter
+
+    counts = Counter(labels)
+    if classes is None:
+        groups: dict[str, list[str]] = {}
+        for lab in sorted(counts):
+            groups.setdefault(label_key(lab), []).append(lab)
+        classes = sorted(max(g, key=lambda x: (counts[x], x.strip() == x, -g.index(x))) for g in groups.values())
+    by_key: dict[str, list[str]] = {}
+    for c in classes:
+        by_key.setdefault(label_key(c), []).append(c)
+    known = set(classes)
+    mapping = {}
+    for lab in counts:
+        if lab not in known and len(by_key.get(label_key(lab), [])) == 1:
+            mapping[lab] = by_key[label_key(lab)][0]
+    return list(classes), mapping
 
 
 def read_class_file(path: str | os.PathLike) -> list[str]:
@@ -145,47 +186,27 @@ def complete_splits(own: dict[str, list[Sample]], all_samples: list[Sample],
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Name the annotation format at ``path`` ("coco", "voc" or "yolo").
+    """Name the annotation format at ``path`` ("coco", "voc" or "yolo"); see :mod:`edgedet.train.layouts`."""
+    from edgedet.train.layouts import detect_layout
 
-    A ``.json`` file is COCO, a ``.yaml`` is YOLO, a folder with ``Annotations/`` is VOC; other
-    folders are searched for a data YAML, then COCO JSONs.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: dataset path does not exist")
-    if p.is_file():
-        ext = p.suffix.lower()
-        if ext == ".json":
-            return "coco"
-        if ext in (".yaml", ".yml"):
-            return "yolo"
-        raise DataError(f"{p}: not a dataset file (expected a COCO .json, a YOLO data .yaml or a dataset folder)")
-    if (p / "Annotations").is_dir():
-        return "voc"
-    from edgedet.train import readers_coco, readers_yolo
-
-    if readers_yolo.find_yaml(p) is not None:
-        return "yolo"
-    if readers_coco.find_jsons(p):
-        return "coco"
-    raise DataError(
-        f"{p}: no dataset found (looked for a VOC Annotations/ folder, a YOLO data .yaml and COCO .json files)"
-    )
+    return detect_layout(path).kind
 
 
 def load_dataset(path: str | os.PathLike, format: str | None = None, *,
                  classes: Sequence[str] | str | None = None,
                  ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> Dataset:
-    """Read a dataset in any supported format.
+    """Read a dataset in any supported format and layout.
 
     Args:
-        path: a dataset folder, a COCO ``.json`` or a YOLO data ``.yaml``.
-        format: "coco", "voc" or "yolo"; detected from ``path`` when None.
+        path: a dataset folder (its layout is found by :func:`edgedet.train.layouts.detect_layout`),
+            a COCO ``.json`` or a YOLO data ``.yaml``.
+        format: "coco", "voc" or "yolo" to consider only that format's layouts.
         classes: the class list (names, a comma-separated string or a file with one name per
-            line). COCO and YOLO carry their own list; for VOC it defaults to ``labels.txt`` /
-            ``classes.txt`` in the dataset folder, else the sorted label names found. Labels not
-            in the list are kept with class -1 for the checker to report.
-        ratios: (train, val, test) fractions for datasets without their own split files.
+            line). COCO and YOLO with a YAML carry their own list; VOC defaults to ``labels.txt``
+            / ``classes.txt`` in the dataset folder, else the label names found; YOLO without a
+            YAML to ``classes.txt``/``obj.names``/``names.txt``, else ``class0..classN``. Labels
+            not in the list are kept with class -1 for the checker to report.
+        ratios: (train, val, test) fractions for datasets without their own splits.
         seed: seed of that split.
 
     Returns:
@@ -193,24 +214,35 @@ def load_dataset(path: str | os.PathLike, format: str | None = None, *,
         0-based classes.
 
     Raises:
-        DataError: path missing, unknown format, missing image folder, no images or no boxes at
-            all, or a class list that contradicts itself.
+        DataError: path missing, unknown format, an ambiguous or unrecognised folder, missing
+            image folder, no images or no boxes at all, or a class list that contradicts itself.
     """
-    fmt = (format or detect_format(path)).lower()
-    if fmt not in FORMATS:
+    from edgedet.train.layouts import detect_layout
+
+    fmt = format.lower() if format else None
+    if fmt is not None and fmt not in FORMATS:
         from edgedet.errors import did_you_mean
 
         raise DataError(f"unknown dataset format {format!r}{did_you_mean(fmt, FORMATS)} (choose from {', '.join(FORMATS)})")
-    if not Path(path).exists():
-        raise DataError(f"{path}: dataset path does not exist")
+    lay = detect_layout(path, fmt)
     names = resolve_classes(classes)
-    if fmt == "voc":
-        from edgedet.train.readers_voc import read_voc as reader
-    elif fmt == "coco":
-        from edgedet.train.readers_coco import read_coco as reader
+    kw = {"classes": names, "ratios": ratios, "seed": seed, "layout": lay.name}
+    if lay.kind == "voc":
+        from edgedet.train.readers_voc import read_voc
+
+        ds = read_voc(lay.root, parts=lay.parts, **kw)
+    elif lay.kind == "coco":
+        from edgedet.train.readers_coco import read_coco
+
+        ds = read_coco(lay.path.resolve(), **kw)
+    elif lay.path is not None:
+        from edgedet.train.readers_yolo import read_yolo
+
+        ds = read_yolo(lay.path.resolve(), **kw)
     else:
-        from edgedet.train.readers_yolo import read_yolo as reader
-    ds = reader(Path(path), classes=names, ratios=ratios, seed=seed)
+        from edgedet.train.readers_yolo import read_yolo_dirs
+
+        ds = read_yolo_dirs(lay.root, lay.parts, **kw)
     _check_not_empty(ds, path)
     return ds
 
@@ -223,37 +255,3 @@ def _check_not_empty(ds: Dataset, path) -> None:
         raise DataError(f"{path}: empty dataset ({len(samples)} images but not a single box)")
     if not ds.class_names:
         raise DataError(f"{path}: no class names")
-
-
-def dataset_stats(ds: Dataset) -> dict:
-    """Counts for reports: images and boxes per split, boxes per class, box size range.
-
-    Returns:
-        dict with ``format``, ``classes``, ``splits`` {name: {images, boxes, empty_images}},
-        ``boxes_per_class`` {name: n}, ``box_size_px`` {min, median, max} of sqrt(w*h) and
-        ``image_sizes`` {"WxH": n} (the most common five).
-    """
-    from collections import Counter
-
-    per_class, sizes, img_sizes, splits = Counter(), [], Counter(), {}
-    for name, samples in ds.splits.items():
-        nb = sum(s.num_boxes for s in samples)
-        splits[name] = {"images": len(samples), "boxes": nb, "empty_images": sum(1 for s in samples if not s.num_boxes)}
-        for s in samples:
-            img_sizes[f"{s.width}x{s.height}"] += 1
-            for c in s.classes.tolist():
-                per_class[ds.class_names[c] if 0 <= c < len(ds.class_names) else "<unknown>"] += 1
-            if s.num_boxes:
-                wh = np.clip(s.boxes[:, 2:] - s.boxes[:, :2], 0, None)
-                sizes.append(np.sqrt(wh[:, 0] * wh[:, 1]))
-    allsz = np.concatenate(sizes) if sizes else np.zeros(1)
-    return {
-        "format": ds.source_format,
-        "root": ds.root,
-        "classes": list(ds.class_names),
-        "splits": splits,
-        "boxes_per_class": {n: per_class.get(n, 0) for n in ds.class_names} | (
-            {"<unknown>": per_class["<unknown>"]} if per_class.get("<unknown>") else {}),
-        "box_size_px": {"min": float(allsz.min()), "median": float(np.median(allsz)), "max": float(allsz.max())},
-        "image_sizes": dict(img_sizes.most_common(5)),
-    }

@@ -36,9 +36,16 @@ def _pack(samples) -> dict:
     return {"paths": paths, "boxes": boxes, "classes": classes}
 
 
+def _load_rgb(path) -> np.ndarray:
+    from edgedet.runtime.preprocess import load_image
+
+    return load_image(np.asarray(path).item().decode("utf-8"))  # bytes (graph) or a 0-d array (eager)
+
+
 def _decode(path):
-    raw = tf.io.read_file(path)
-    img = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    """``(H, W, 3)`` uint8 through the runtime's own loader (EXIF orientation applied,
+    grayscale/CMYK/alpha converted), so training sees exactly the pixels the runtime sees."""
+    img = tf.numpy_function(_load_rgb, [path], tf.uint8, stateful=False)
     img.set_shape([None, None, 3])
     return img
 

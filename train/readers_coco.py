@@ -26,7 +26,8 @@ def find_jsons(root: Path) -> list[Path]:
     return found
 
 
-def read_coco(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> Dataset:
+def read_coco(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1, 0.1), seed: int = 0,
+              layout: str = "COCO JSON") -> Dataset:
     """Read one COCO JSON file or a folder of per-split JSONs.
 
     Category ids are remapped, in id order, to contiguous 0-based classes with their names
@@ -73,7 +74,7 @@ def read_coco(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1
         raise DataError(f"{path}: class list {list(classes)} disagrees with the COCO categories {class_names}")
     all_samples = [x for v in splits.values() for x in v]
     own = {k: v for k, v in splits.items() if k is not None}
-    return Dataset(str(root), class_names, complete_splits(own, all_samples, ratios, seed), "coco")
+    return Dataset(str(root), class_names, complete_splits(own, all_samples, ratios, seed), "coco", layout)
 
 
 def _load_json(f: Path) -> dict:
@@ -118,12 +119,13 @@ def _samples(data: dict, f: Path, root: Path, split: str | None, cat_index: dict
             continue
         by_image[iid].append(a)
     try:
-        return _build(images, by_image, _image_dir(images, f, root, split), f, cat_index)
+        img_dir, flat = _image_dir(images, f, root, split)
+        return _build(images, by_image, img_dir, flat, f, cat_index)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{f}: malformed image or annotation entry ({type(exc).__name__}: {exc})") from None
 
 
-def _build(images, by_image, img_dir: Path, f: Path, cat_index: dict[int, int]) -> list:
+def _build(images, by_image, img_dir: Path, flat: bool, f: Path, cat_index: dict[int, int]) -> list:
     out = []
     for im in images:
         iid = int(im["id"])
@@ -135,29 +137,44 @@ def _build(images, by_image, img_dir: Path, f: Path, cat_index: dict[int, int]) 
             cls.append(cat_index.get(cid, -1))
             if cid not in cat_index:
                 unknown[j] = f"category_id {cid}"
-        path = img_dir / im["file_name"]
+        name = _file_name(im)
+        path = img_dir / (Path(name).name if flat else name)
         w, h = int(im.get("width") or 0), int(im.get("height") or 0)
-        if not w or not h:  # optional in some exporters: the header is the only truth we have
+        filled = not w or not h
+        if filled:  # optional in some exporters: the header is the only truth we have
             w, h = image_size(path) or (0, 0)
-        out.append(make_sample(path, w, h, boxes, cls, iid, str(f), unknown))
+        s = make_sample(path, w, h, boxes, cls, iid, str(f), unknown)
+        s.size_filled = filled
+        out.append(s)
     return out
 
 
-def _image_dir(images: list, f: Path, root: Path, split: str | None) -> Path:
-    """The folder that ``file_name`` is relative to, found by probing a few images."""
+def _file_name(im: dict) -> str:
+    # Windows exporters write back-slashes; CVAT and Label Studio keep sub-folders in file_name.
+    return str(im["file_name"]).replace("\\", "/")
+
+
+def _image_dir(images: list, f: Path, root: Path, split: str | None) -> tuple[Path, bool]:
+    """The folder that ``file_name`` is relative to, found by probing a few images.
+
+    Returns ``(folder, flat)``; ``flat`` means only the base name of ``file_name`` is found there
+    (an export whose sub-folders were flattened when the images were copied out).
+    """
     if not images:
-        return f.parent
-    cands = [f.parent, root, root / "images"]
+        return f.parent, False
+    cands = [f.parent, root, root / "images", f.parent.parent / "images"]
     for d in (split, f.stem.removeprefix("instances_")) if split else (f.stem.removeprefix("instances_"),):
         if d:
             cands += [root / d, root / "images" / d]
     if split == "val":
         cands += [root / "valid", root / "images" / "valid"]
-    probe = [im["file_name"] for im in images[:5]]
-    for d in dict.fromkeys(cands):
-        if any((d / p).is_file() for p in probe):
-            return d
+    probe = [_file_name(im) for im in images[:5]]
+    cands = list(dict.fromkeys(cands))
+    for flat in (False, True):
+        for d in cands:
+            if any((d / (Path(p).name if flat else p)).is_file() for p in probe):
+                return d, flat
     raise DataError(
         f"{f}: missing image directory ({probe[0]!r} not found under any of "
-        f"{', '.join(str(c.relative_to(root)) if c.is_relative_to(root) else str(c) for c in dict.fromkeys(cands))})"
+        f"{', '.join(str(c.relative_to(root)) if c.is_relative_to(root) else str(c) for c in cands)})"
     )

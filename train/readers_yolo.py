@@ -1,4 +1,11 @@
-"""YOLO reader: a data YAML (``path``, ``train``/``val``/``test``, ``names``) + one ``.txt`` per image."""
+"""YOLO reader: one ``.txt`` per image, found through a data YAML or from the folder layout.
+
+With a data YAML (``path``, ``train``/``val``/``test``, ``names``) the YAML says where the
+images are. Without one (:func:`read_yolo_dirs`), :mod:`edgedet.train.layouts` hands over the
+image and label folders it found (Ultralytics ``images/<split>/`` + ``labels/<split>/``, or
+image + ``.txt`` pairs) and class names come from ``classes.txt``, ``obj.names``,
+``names.txt`` or ``_darknet.labels``, else ``class0..classN`` with a note saying so.
+"""
 from __future__ import annotations
 
 import os
@@ -6,10 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 from edgedet.errors import DataError
-from edgedet.train.datasets import IMAGE_EXTS, complete_splits, image_size, make_sample
+from edgedet.train.datasets import IMAGE_EXTS, complete_splits, image_size, make_sample, read_class_file
 from edgedet.train.types import Dataset
 
 _SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
+CLASS_FILES = ("classes.txt", "obj.names", "names.txt", "_darknet.labels")  # the last: Roboflow Darknet export
 
 
 def find_yaml(root: Path) -> Path | None:
@@ -29,7 +37,8 @@ def find_yaml(root: Path) -> Path | None:
     return None
 
 
-def read_yolo(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> Dataset:
+def read_yolo(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1, 0.1), seed: int = 0,
+              layout: str = "YOLO data YAML") -> Dataset:
     """Read a YOLO dataset from its data YAML (or a folder holding one).
 
     Labels are ``class cx cy w h`` normalised to [0, 1]; they become xyxy pixels using the real
@@ -70,10 +79,49 @@ def read_yolo(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1
 
     all_paths = sorted({p for v in split_images.values() for p in v})
     ids = {p: i + 1 for i, p in enumerate(all_paths)}
-    samples = {p: _sample(p, ids[p], len(names)) for p in all_paths}
+    samples = {p: _sample(p, ids[p], len(names), label_path(p)) for p in all_paths}
     splits = {k: [samples[p] for p in v] for k, v in split_images.items() if k is not None}
     ds_splits = complete_splits(splits, [samples[p] for p in all_paths], ratios, seed)
-    return Dataset(str(base), names, ds_splits, "yolo")
+    return Dataset(str(base), names, ds_splits, "yolo", layout)
+
+
+def read_yolo_dirs(root: Path, parts: list[tuple[str | None, Path, Path]], classes: Sequence[str] | None = None,
+                   ratios=(0.8, 0.1, 0.1), seed: int = 0, layout: str = "") -> Dataset:
+    """Read YOLO labels without a data YAML.
+
+    Args:
+        root: the dataset folder (class files are looked for here, then in the label folders).
+        parts: ``(split or None, image folder, label folder)``; the label of ``img/x.jpg`` is
+            ``lbl/x.txt`` (the same folder for image + ``.txt`` pairs). An image without a label
+            file is a background image.
+        classes: class list; default from a class file, else ``class0..classN`` (N = the largest id).
+
+    Raises:
+        DataError: a label line that is not numbers, or an empty class file.
+    """
+    root = root.resolve()
+    notes = []
+    if classes is None:
+        dirs = list(dict.fromkeys([root] + [d for _, _, lbl in parts for d in (lbl, lbl.parent)]))
+        found = next((d / f for d in dirs for f in CLASS_FILES if (d / f).is_file()), None)
+        classes = read_class_file(found) if found else None
+    images = {}
+    for split, img_dir, lbl_dir in parts:
+        for p in sorted(q for q in img_dir.iterdir() if q.suffix.lower() in IMAGE_EXTS):
+            images[p.resolve()] = (split, (lbl_dir / p.name).with_suffix(".txt"))
+    ids = {p: i + 1 for i, p in enumerate(sorted(images))}
+    samples = {p: _sample(p, ids[p], len(classes) if classes else None, lbl) for p, (_, lbl) in images.items()}
+    if classes is None:
+        top = max((int(c) for s in samples.values() for c in s.classes), default=0)
+        classes = [f"class{i}" for i in range(top + 1)]
+        notes.append(f"{root}: no class names found (looked for {', '.join(CLASS_FILES)}); "
+                     f"using class0..class{top}")
+    splits: dict[str, list] = {}
+    for p in sorted(images):
+        if images[p][0] is not None:
+            splits.setdefault(images[p][0], []).append(samples[p])
+    ds_splits = complete_splits(splits, [samples[p] for p in sorted(images)], ratios, seed)
+    return Dataset(str(root), list(classes), ds_splits, "yolo", layout, notes)
 
 
 def _load_yaml(p: Path):
@@ -145,8 +193,8 @@ def label_path(image: Path) -> Path:
     return Path(s).with_suffix(".txt")
 
 
-def _sample(image: Path, image_id: int, nc: int):
-    lbl = label_path(image)
+def _sample(image: Path, image_id: int, nc: int | None, lbl: Path):
+    """One image's boxes from its label file; ``nc`` None accepts every id >= 0."""
     real = image_size(image)
     w, h = real if real else (0, 0)
     boxes, cls, unknown = [], [], {}
@@ -170,7 +218,7 @@ def _sample(image: Path, image_id: int, nc: int):
                 raise DataError(f"{lbl}:{n}: expected 'class cx cy w h', got {len(parts)} values")
             j = len(boxes)
             boxes.append([x1 * w, y1 * h, x2 * w, y2 * h])
-            if not 0 <= c < nc:
+            if c < 0 or (nc is not None and c >= nc):
                 unknown[j] = f"class id {c}"
                 c = -1
             cls.append(c)

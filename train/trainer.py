@@ -43,6 +43,10 @@ class Trainer:
 
         o = self.opts
         ds = load_checked(o.data, o.check_policy, classes=o.classes, log=self.log)
+        from edgedet.train.stats import training_warnings
+
+        for line in training_warnings(ds, o.image_size or _default_size(o.model)):
+            self.log(f"warning: {line}")
         train = ds.splits.get("train") or []
         if not train:
             from edgedet.errors import DataError
@@ -449,3 +453,13 @@ def resume_options(run_dir) -> TrainOptions:
     o = TrainOptions.from_dict(data.get("train") or {})
     o.out = str(run_dir)
     return o
+
+
+def _default_size(variant: str) -> int | None:
+    """The variant's own input side when ``--image-size`` is not given."""
+    try:
+        from edgedet.model import get_config
+
+        return get_config(variant).image_size
+    except Exception:  # an unknown variant fails later with its own message
+        return None

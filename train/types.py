@@ -22,6 +22,10 @@ class Sample:
         unknown_labels: box index -> the label as written in the annotation, for boxes whose
             class is not in the class list (their ``classes`` entry is -1). The checker
             reports them; a clean dataset has none.
+        size_filled: the annotation gave no size (or 0) and the reader took it from the image.
+        relabelled: box index -> the label as written, for labels that differed from their
+            class only in case or spacing and were mapped onto it. Both are repairs the
+            checker lists file by file.
     """
 
     image_path: str
@@ -32,6 +36,8 @@ class Sample:
     image_id: int = 0
     ann_path: str = ""
     unknown_labels: dict[int, str] = field(default_factory=dict)
+    size_filled: bool = False
+    relabelled: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_boxes(self) -> int:
@@ -46,6 +52,8 @@ class Dataset:
     class_names: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     source_format: str = ""  # "coco" | "voc" | "yolo"
+    layout: str = ""  # the layout found, in words, e.g. "VOC XML beside the images"
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the user (no class list found, ...)
 
     @property
     def num_classes(self) -> int:

@@ -198,13 +198,13 @@ def test_untrainable_format_and_swapped_size(tmp_path):
     root = tmp_path / "fmt"
     _write(root, "a", [("cat", (1, 1, 20, 20))])
     _write(root, "b", [("cat", (1, 1, 20, 20))], size=(64, 48), ann_size=(48, 64))
-    Image.open(root / "JPEGImages/a.jpg").save(root / "JPEGImages/a.webp", "WEBP")
+    Image.open(root / "JPEGImages/a.jpg").save(root / "JPEGImages/a.ppm", "PPM")
     (root / "JPEGImages/a.jpg").unlink()
-    xml = (root / "Annotations/a.xml").read_text().replace("a.jpg", "a.webp")
+    xml = (root / "Annotations/a.xml").read_text().replace("a.jpg", "a.ppm")
     (root / "Annotations/a.xml").write_text(xml)
     _, issues = check_dataset(load_dataset(root, ratios=(1, 0, 0)), "skip")
     assert [(i.file, i.kind, i.action) for i in issues] == [
-        ("JPEGImages/a.webp", "unreadable_image", "skipped image"),
+        ("JPEGImages/a.ppm", "unreadable_image", "skipped image"),
         ("Annotations/b.xml", "size_mismatch", "skipped image")]
-    assert "WEBP images are not supported" in issues[0].reason
+    assert "PPM images are not supported" in issues[0].reason
     assert "EXIF rotation?" in issues[1].reason

@@ -11,7 +11,8 @@ from PIL import Image
 
 from edgedet.errors import DataError
 from edgedet.train.check import DataCheckError, check_dataset
-from edgedet.train.datasets import dataset_stats, detect_format, load_dataset, ratio_split, split_name
+from edgedet.train.datasets import detect_format, load_dataset, ratio_split, split_name
+from edgedet.train.stats import dataset_stats
 
 
 def jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
