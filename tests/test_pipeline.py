@@ -65,7 +65,7 @@ def test_pipeline_kill_and_resume(tmp_path):
     rep = json.loads(report.read_text())
     names = {m["target"] for m in rep["models"]}
     assert {"tflite-fp32", "tflite-int8"} <= names
-    assert all(m["status"] in ("pass", "missed") for m in rep["models"]), [m.get("error") for m in rep["models"]]
+    assert all(m["status"] in ("pass", "miss") for m in rep["models"]), [m.get("error") for m in rep["models"]]
     assert (out / "5_validate" / "report.html").exists()
     assert "report:" in r2.stdout
 

@@ -151,7 +151,7 @@ def plot_stats(ds: Dataset, out: str | os.PathLike, *, samples: int = 8, thumb: 
     fig.tight_layout()
     import io
 
-    from edgedet.train.checkpoint import atomic_write_bytes
+    from edgedet.files import atomic_write_bytes
 
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
