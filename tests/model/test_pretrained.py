@@ -162,3 +162,43 @@ def test_d_backbone_from_keras_applications_h5(tmp_path, monkeypatch):
 
     with pytest.raises(ToolchainError, match="network"):
         load_backbone_weights(model, get_config("d0"), "imagenet")
+
+
+def _crafted_pth(path, offset: int, size: tuple, stride: tuple, numel: int = 4) -> None:
+    """A legacy-layout .pth with one float tensor view ``(offset, size, stride)`` on a ``numel`` storage,
+    written by hand (protocol-2 opcodes), as an attacker would."""
+    import struct
+
+    def pint(v: int) -> bytes:
+        return b"J" + struct.pack("<i", v)  # BININT
+
+    def ptuple(items: list[bytes]) -> bytes:
+        return b"(" + b"".join(items) + b"t"
+
+    def pstr(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    storage = ptuple([pstr("storage"), b"ctorch\nFloatStorage\n", pstr("0"), pstr("cpu"), pint(numel)]) + b"Q"
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n"
+              + ptuple([storage, pint(offset), ptuple([pint(s) for s in size]), ptuple([pint(s) for s in stride]),
+                        b"\x89", b"ccollections\nOrderedDict\n)R"]) + b"R")
+    obj = b"\x80\x02ccollections\nOrderedDict\n)R" + pstr("w") + tensor + b"s."
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+                + pickle.dumps({}, protocol=2) + obj + pickle.dumps(["0"], protocol=2))
+        f.write(struct.pack("<q", numel) + np.arange(numel, dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize("offset,size,stride", [(0, (2,), (1,)), (-3, (2,), (1,)), (3, (2,), (-3,)),
+                                                (0, (2, 2), (1,)), (2, (3,), (1,))])
+def test_crafted_tensor_view_stays_inside_its_storage(tmp_path, offset, size, stride):
+    from edgedet.model.torch_reader import load_torch_state_dict
+
+    p = tmp_path / "crafted.pth"
+    _crafted_pth(p, offset, size, stride)
+    if (offset, size, stride) == (0, (2,), (1,)):  # the honest file reads back
+        np.testing.assert_array_equal(load_torch_state_dict(p)["w"], [0.0, 1.0])
+        return
+    with pytest.raises(ModelFileError) as exc:
+        load_torch_state_dict(p)
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
