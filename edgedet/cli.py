@@ -35,13 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgedet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_CLIS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a stage not built yet / not installed
-            if exc.name and exc.name.startswith("edgedet"):
-                continue
-            raise
-        module.register(sub)
+        # Every stage ships in the one package, so a failing import is a broken install or a bug:
+        # let its real error through rather than drop the sub-commands without a word.
+        importlib.import_module(name).register(sub)
     return parser
 
 
