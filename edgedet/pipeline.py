@@ -65,7 +65,7 @@ def register(sub) -> None:
                    help="training wall-clock budget in minutes (full preset: 85); the cosine schedule is shortened to fit")
     p.add_argument("--targets", help="comma-separated export targets instead of the device profile's")
     p.add_argument("--synth-images", type=int, default=800, help="size of the built-in synthetic dataset [800]")
-    p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH.h5")
+    p.add_argument("--backbone-weights", default="auto", help="auto | imagenet | none | PATH.h5 [auto]")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.set_defaults(func=run_cli)
 

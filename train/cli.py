@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
                    help="freeze the whole backbone, or its stem + first N stages (small datasets, CPU)")
-    p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | path to .h5/.pth [imagenet]")
+    p.add_argument("--backbone-weights", default="auto",
+                   help="auto | imagenet | none | path to .h5/.pth [auto: imagenet where available offline, else random]")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
     p.add_argument("--ema-decay", type=float, default=0.9998)
     p.add_argument("--jitter", default="0.1,2.0", help="scale-jitter range MIN,MAX [0.1,2.0]")

