@@ -294,12 +294,25 @@ def test_delegate_that_takes_nothing_or_fails_is_caught(rt_models, tmp_path):
 
 
 def test_keras_backend_is_the_same_pipeline(rt_models, rt_image):
-    """Detector.from_keras (float baselines) == Keras + shared pre/post-processing, batched too."""
-    det = Detector.from_keras(rt_models.keras, rt_models.meta("keras"), score_threshold=0.3)
+    """A Keras model as a Detector (float baselines, `edgedet eval`) == Keras + shared pre/post-processing,
+    batched too; per-call post-processing overrides equal a detector set up that way."""
+    from edgedet.model.keras_backend import keras_detector
+
+    det = keras_detector(rt_models.keras, rt_models.meta("keras"), score_threshold=0.3)
     want = rt_models.keras_detections(rt_image, score_threshold=0.3)
     assert_same_detections(det.detect(rt_image), want, atol_px=1e-3)
     flipped = np.ascontiguousarray(rt_image[::-1])
     a, b = det.detect_batch([rt_image, flipped])  # dynamic batch: one invoke for both
     assert_same_detections(a, want, atol_px=1e-2)
     assert_same_detections(b, det.detect(flipped), atol_px=1e-2)
+    a2, b2 = det.detect_batch(det.preprocess_batch([rt_image, flipped]))  # prepared elsewhere
+    assert_same_detections(a2, a, atol_px=1e-3) and assert_same_detections(b2, b, atol_px=1e-3)
     assert det.warmup() > 0 and det.describe()["backend"] == "keras"
+    x, scales, hw = det.preprocess(rt_image)
+    outs = det.infer(x)
+    strict = keras_detector(rt_models.keras, rt_models.meta("keras"), score_threshold=0.6, max_detections=3)
+    assert_same_detections(det.decode(outs, scales, hw, score_threshold=0.6, max_detections=3),
+                           strict.decode(outs, scales, hw), atol_px=1e-6)
+    raw = det.raw_outputs(outs)
+    assert sorted(raw) == sorted(f"{k}_p{lv}" for k in ("class", "box") for lv in range(3, 8))
+    assert raw["class_p3"].shape == (16, 16, 27) and raw["box_p7"].dtype == np.float32
