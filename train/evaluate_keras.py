@@ -14,20 +14,6 @@ from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS
 EVAL_SCORE_THRESHOLD = EVAL_POSTPROCESS["score_threshold"]
 
 
-def to_detections(class_levels, box_levels, anchors, scale, image_shape, *, score_threshold, iou_threshold=0.5,
-                  max_detections=100, soft_nms=False, class_names=()):
-    """One image's raw outputs (per level ``(H, W, A*K)`` / ``(H, W, A*4)``) -> Detections in original pixels.
-
-    The runtime's numpy decode + NMS, then the letterbox undone with ``box / scale``.
-    """
-    from edgedet.runtime.postprocess import postprocess, to_original
-
-    dets = postprocess(class_levels, box_levels, anchors, score_threshold=score_threshold,
-                       iou_threshold=iou_threshold, max_detections=max_detections, soft=soft_nms,
-                       labels=tuple(class_names))
-    return to_original(dets, scale, image_shape)
-
-
 def eval_meta(*, image_size: int, mean, std, anchor_config, class_names=()):
     """The :class:`~edgedet.runtime.metadata.ModelMeta` of an in-memory float model, as an exported
     file of it would carry (letterbox to ``image_size``, ``(pixel - mean) / std``, raw outputs)."""
