@@ -84,7 +84,9 @@ class LiteRTBackend(Backend):
         path: model file.
         device: see :func:`parse_device`.
         threads: CPU (XNNPACK) threads; ``None`` = library default.
-        fallback: "cpu" to run on CPU when the delegate cannot load (with a warning).
+        fallback: "cpu" to run on CPU (with a warning) when the delegate cannot load, fails to
+            prepare or allocate the graph, takes no op of it, or the file is not compiled for
+            the Edge TPU; ``device`` then reads ``CPU (fallback from <device>)``.
         strip_boundary: on CPU, feed and read a uint8-I/O int8 file's int8 tensors directly
             instead of running its uint8 <-> int8 QUANTIZE ops (exact; ``False`` runs the file
             as stored).
