@@ -103,7 +103,8 @@ class Detector:
             device: a device profile name (``edgedet devices``) or a backend device string
                 ("cpu", "usb:0", "pci:0", "nnapi", "GPU", "NPU", "AUTO").
             threads: CPU threads (overrides the profile's).
-            fallback: "cpu" to run on CPU when the requested delegate/device is missing.
+            fallback: "cpu" to run on CPU when the requested delegate/device is missing, fails, or
+                would run nothing (an Edge TPU file not compiled); ``backend.device`` says so.
             labels: list of names or a labels file (required without metadata; overrides the
                 file's labels otherwise).
             image_size: int or ``(h, w)``; required for raw-output models without metadata.
