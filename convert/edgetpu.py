@@ -317,7 +317,10 @@ def export_edgetpu(ctx, target, tmp_path: str, meta) -> None:
             os.replace(compiled, tmp_path)
         ctx.log(f"edgetpu_compiler: {parsed.get('on_tpu', '?')} ops on the Edge TPU, {parsed.get('on_cpu', '?')} on CPU")
     else:
-        ctx.log(INSTALL_HINT + f"; then `edgetpu_compiler -s {os.path.basename(target.filename(ctx.source.stem))}`")
+        # The file is the int8 model ready to compile; its metadata says edgetpu.compiled=false and
+        # the runtime refuses it for the Edge TPU until edgetpu_compiler has run.
+        ctx.log("not compiled for the Edge TPU (runs on CPU only until compiled): " + INSTALL_HINT
+                + f"; then `edgetpu_compiler -s {os.path.basename(target.filename(ctx.source.stem))}`")
     meta.extra["edgetpu"] = report.to_dict()
     meta.extra["edgetpu"]["compiled"] = report.compiler is not None
     from edgedet.runtime.metadata import embed_tflite

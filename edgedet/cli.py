@@ -12,6 +12,7 @@ import sys
 
 from edgedet import __version__
 from edgedet.errors import EdgedetError
+from edgedet.quiet import is_verbose, toolchain_output
 
 # Order here is the order in `edgedet --help`.
 STAGE_CLIS = (
@@ -33,19 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="EfficientDet from training to the device: train, quantize, convert, run, validate.",
     )
     parser.add_argument("--version", action="version", version=f"edgedet {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow/CUDA/LiteRT log lines (hidden otherwise); also after COMMAND")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_CLIS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a stage not built yet / not installed
-            if exc.name and exc.name.startswith("edgedet"):
-                continue
-            raise
-        module.register(sub)
+        # Every stage ships in the one package, so a failing import is a broken install or a bug:
+        # let its real error through rather than drop the sub-commands without a word.
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = is_verbose(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    argv = [a for a in argv[:cut] if a != "--verbose"] + argv[cut:]  # accepted after the sub-command too
+    with toolchain_output(verbose):  # before any stage imports TensorFlow
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -65,7 +65,7 @@ def register(sub) -> None:
                    help="training wall-clock budget in minutes (full preset: 85); the cosine schedule is shortened to fit")
     p.add_argument("--targets", help="comma-separated export targets instead of the device profile's")
     p.add_argument("--synth-images", type=int, default=800, help="size of the built-in synthetic dataset [800]")
-    p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH.h5")
+    p.add_argument("--backbone-weights", default="auto", help="auto | imagenet | none | PATH.h5 [auto]")
     p.add_argument("--init", metavar="automl:PATH", help="fine-tune from an official google/automl COCO checkpoint "
                    "(folder, .tgz, or a name such as efficientdet-lite0 to download); sets the variant")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
@@ -259,7 +259,8 @@ def _run_child(cmd: list[str], log: Path) -> int:
     stdout_to = None
     if cmd and cmd[-1].startswith(">"):
         cmd, stdout_to = cmd[:-1], Path(cmd[-1][1:])
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # TF_CPP_MIN_LOG_LEVEL and EDGEDET_VERBOSE come from the CLI's --verbose choice (edgedet.quiet)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
     kwargs = {}
     if sys.platform.startswith("linux"):
         kwargs["preexec_fn"] = _die_with_parent

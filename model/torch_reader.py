@@ -58,7 +58,7 @@ class _LazyTensor:
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *args):
     key, _dtype = storage
-    return _LazyTensor(str(key), int(storage_offset), tuple(size), tuple(stride))
+    return _LazyTensor(str(key), int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride):
@@ -104,12 +104,26 @@ class _SafeUnpickler(pickle.Unpickler):
         return (key, stype.dtype)
 
 
+def _check_extent(t: _LazyTensor, numel: int) -> None:
+    """Refuse a view that would reach outside its storage of ``numel`` items: ``as_strided`` does
+    no checking, so a negative offset or stride (or a size/stride count mismatch) read from a crafted
+    file would otherwise read foreign memory."""
+    if len(t.size) != len(t.stride):
+        raise ValueError(f"tensor on storage {t.key}: {len(t.size)} sizes but {len(t.stride)} strides")
+    if t.offset < 0 or any(s < 0 for s in t.size) or any(st < 0 for st in t.stride):
+        raise ValueError(f"tensor on storage {t.key}: negative offset, size or stride "
+                         f"(offset {t.offset}, size {t.size}, stride {t.stride})")
+    if 0 in t.size:
+        return
+    if t.offset + 1 + sum((s - 1) * st for s, st in zip(t.size, t.stride)) > numel:
+        raise ValueError(f"tensor exceeds its storage {t.key}")
+
+
 def _materialise(obj, buffers: dict):
     if isinstance(obj, _LazyTensor):
         buf = buffers[obj.key]
         item = buf.itemsize
-        if obj.size and obj.offset + 1 + sum((s - 1) * st for s, st in zip(obj.size, obj.stride)) > buf.size:
-            raise ValueError(f"tensor exceeds its storage {obj.key}")
+        _check_extent(obj, buf.size)
         arr = np.lib.stride_tricks.as_strided(
             buf[obj.offset:], shape=obj.size, strides=tuple(s * item for s in obj.stride)
         )

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning of a float run (``edgedet quantize qat``).
 
-The float run's model is made quantization-aware (:func:`edgedet.quantize.configs.quantize_model`:
+The float run's model is made quantization-aware (:func:`edgedet.quantize.qat_graph.quantize_model`:
 fake-quant on weights and activations exactly where the int8 TFLite graph quantizes) and
 fine-tuned with the trainer's own loop (:class:`edgedet.train.trainer.Trainer`: same loss,
 SGD, EMA, clipping, checkpoints, resume, evaluation), with a short low-LR schedule:
@@ -122,7 +122,7 @@ def _trainer_class():
             import tensorflow as tf
             import tf_keras as keras
 
-            from edgedet.quantize.configs import calibrate_ranges, quantize_model
+            from edgedet.quantize.qat_graph import calibrate_ranges, quantize_model
             from edgedet.runs import load_run
             from edgedet.train.input import steps_per_epoch
             from edgedet.train.schedule import WeightEMA
@@ -225,7 +225,7 @@ def load_qat_model(run_dir, which: str = "best"):
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.model import build_model
     from edgedet.model.config import ModelConfig
-    from edgedet.quantize.configs import quantize_model
+    from edgedet.quantize.qat_graph import quantize_model
     from edgedet.runs import BEST, LAST, RUN_JSON, RunInfo, read_run_json, sha256_file
 
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -27,6 +27,17 @@ from edgedet.runtime.preprocess import as_rgb_uint8, resize_for_model
 from edgedet.runtime.outputs import InputPlan, map_nms_outputs, map_raw_outputs
 
 _BACKGROUND = ("???", "background", "__background__", "bg")
+# Settings of :meth:`Detector.decode`, all attributes of the detector.
+POST_SETTINGS = ("score_threshold", "iou_threshold", "max_detections", "nms", "soft", "sigma", "pre_nms_topk")
+
+
+class PreparedBatch(NamedTuple):
+    """Input of :meth:`Detector.detect_batch`: ``x`` the model input ``(B, h, w, 3)`` (or NCHW),
+    ``scales`` ``(scale_y, scale_x)`` and ``sizes`` original ``(H, W)`` per image."""
+
+    x: np.ndarray
+    scales: list
+    sizes: list
 
 
 def backend_for(path: str) -> str:
@@ -92,7 +103,8 @@ class Detector:
             device: a device profile name (``edgedet devices``) or a backend device string
                 ("cpu", "usb:0", "pci:0", "nnapi", "GPU", "NPU", "AUTO").
             threads: CPU threads (overrides the profile's).
-            fallback: "cpu" to run on CPU when the requested delegate/device is missing.
+            fallback: "cpu" to run on CPU when the requested delegate/device is missing, fails, or
+                would run nothing (an Edge TPU file not compiled); ``backend.device`` says so.
             labels: list of names or a labels file (required without metadata; overrides the
                 file's labels otherwise).
             image_size: int or ``(h, w)``; required for raw-output models without metadata.
@@ -117,22 +129,6 @@ class Detector:
         backend = open_backend(path, kind, device=device, threads=threads, fallback=fallback)
         meta, raw_pixels = _resolve_meta(path, kind, backend, labels, image_size, mean, std)
         det = cls(backend, meta, path=path, raw_pixels=raw_pixels, **post)
-        det.load_seconds = time.perf_counter() - t0
-        return det
-
-    @classmethod
-    def from_keras(cls, model, meta: ModelMeta, **post) -> "Detector":
-        """Run an in-memory tf_keras model (float baseline) through the same pipeline.
-
-        Args:
-            model: tf_keras model; input normalised ``(B, S, S, 3)``; outputs ``class_p3..box_p7``.
-            meta: its :class:`ModelMeta` (labels, input size, mean/std, anchors).
-            **post: post-processing settings as in :meth:`from_file`.
-        """
-        from edgedet.runtime.backends.keras import KerasBackend  # noqa: PLC0415  (imports TensorFlow)
-
-        t0 = time.perf_counter()
-        det = cls(KerasBackend(model, meta.output_names or None), meta, path=meta.model or "keras", **post)
         det.load_seconds = time.perf_counter() - t0
         return det
 
@@ -161,22 +157,46 @@ class Detector:
         outs = self.backend.run(x)
         return [np.array(o) for o in outs] if copy else outs
 
-    def decode(self, outputs: Sequence[np.ndarray], scales, image_hw, index: int = 0) -> Detections:
-        """Backend outputs (batch item ``index``) -> :class:`Detections` in original-image pixels."""
+    def decode(self, outputs: Sequence[np.ndarray], scales, image_hw, index: int = 0, **post) -> Detections:
+        """Backend outputs (batch item ``index``) -> :class:`Detections` in original-image pixels.
+
+        ``**post`` overrides the post-processing settings for this call only (e.g. the evaluation's
+        low score floor on the same outputs as a deployment-setting decode).
+        """
+        unknown = set(post) - set(POST_SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown post-processing settings {sorted(unknown)}; valid: {', '.join(POST_SETTINGS)}")
+        p = {k: post.get(k, getattr(self, k)) for k in POST_SETTINGS}
         if self._nms_idx is not None:
             if not self._nms_checked:
                 self._check_nms_order(outputs)
             b, c, s, n = (outputs[i] for i in self._nms_idx)
             d = from_nms_outputs(b[index], c[index], s[index], np.reshape(n, (-1,))[index:index + 1], self.input.size,
-                                 self.score_threshold, self.labels)
-            d.classes = d.classes[: self.max_detections]
-            d.boxes, d.scores = d.boxes[: self.max_detections], d.scores[: self.max_detections]
+                                 p["score_threshold"], self.labels)
+            k = p["max_detections"]
+            d.classes, d.boxes, d.scores = d.classes[:k], d.boxes[:k], d.scores[:k]
         else:
             cls_out, box_out = self._raw.split(outputs, index)
-            d = postprocess(cls_out, box_out, self.anchors, self.score_threshold, self.iou_threshold,
-                            self.max_detections, self.nms, self.soft, self.sigma, self.pre_nms_topk,
-                            class_quant=self._raw.class_quant, box_quant=self._raw.box_quant, labels=self.labels)
+            d = postprocess(cls_out, box_out, self.anchors, class_quant=self._raw.class_quant,
+                            box_quant=self._raw.box_quant, labels=self.labels, **p)
         return to_original(d, scales, image_hw)
+
+    def raw_outputs(self, outputs: Sequence[np.ndarray], index: int = 0) -> dict[str, np.ndarray]:
+        """Batch item ``index`` of the backend outputs as ``{"class_pL" | "box_pL": float32 (H, W, K)}``,
+        dequantised, for comparing files layer by layer; empty for 4-output (NMS) models."""
+        if self._nms_idx is not None:
+            return {}
+        cls_l, box_l = self._raw.split(outputs, index)
+        lo = self.meta.anchor_config.min_level
+        out = {}
+        for prefix, arrays, quant in (("class", cls_l, self._raw.class_quant), ("box", box_l, self._raw.box_quant)):
+            for i, a in enumerate(arrays):
+                a = np.asarray(a)
+                q = quant[i] if quant else None
+                if q is not None and np.issubdtype(a.dtype, np.integer):
+                    a = (a.astype(np.float32) - q[1]) * q[0]
+                out[f"{prefix}_p{lo + i}"] = a.astype(np.float32)
+        return out
 
     def _check_nms_order(self, outputs) -> None:
         # Files converted by TF2 name their outputs StatefulPartitionedCall:N in an order that
@@ -205,23 +225,34 @@ class Detector:
 
     __call__ = detect
 
-    def detect_batch(self, images: Sequence) -> list[Detections]:
-        """Detect in several images; one invoke per batch when the model's batch is dynamic."""
-        images = list(images)
-        if not images:
-            return []
-        if self.input.batch != -1 or len(images) == 1:
-            return [self.detect(im) for im in images]
-        t0 = time.perf_counter()
+    def preprocess_batch(self, images: Sequence) -> PreparedBatch:
+        """Images (arrays or paths) -> one :class:`PreparedBatch`. Safe to call on another thread
+        (it reads the detector, never changes it), e.g. to prepare the next batch during an invoke."""
         prepped = [self.preprocess(im) for im in images]
-        x = np.concatenate([p[0] for p in prepped])
-        t1 = time.perf_counter()
-        outs = self.backend.run(x)
-        t2 = time.perf_counter()
-        dets = [self.decode(outs, p[1], p[2], index=i) for i, p in enumerate(prepped)]
-        del outs
-        t3 = time.perf_counter()
-        self.last_timing = {"pre": t1 - t0, "invoke": t2 - t1, "post": t3 - t2}
+        x = np.concatenate([p[0] for p in prepped]) if prepped else np.zeros((0,), np.float32)
+        return PreparedBatch(x, [p[1] for p in prepped], [p[2] for p in prepped])
+
+    def detect_batch(self, images) -> list[Detections]:
+        """Detect in several images (arrays or paths, or a :meth:`preprocess_batch` result): one
+        invoke for the whole batch when the model's batch dimension is dynamic, else one per image.
+        ``last_timing`` sums the batch's seconds."""
+        t0 = time.perf_counter()
+        batch = images if isinstance(images, PreparedBatch) else self.preprocess_batch(list(images))
+        n = len(batch.sizes)
+        step = n if self.input.batch == -1 else 1
+        dets: list[Detections] = []
+        timing = {"pre": time.perf_counter() - t0, "invoke": 0.0, "post": 0.0}
+        for start in range(0, n, max(step, 1)):
+            t1 = time.perf_counter()
+            outs = self.backend.run(batch.x[start:start + step])
+            t2 = time.perf_counter()
+            dets += [self.decode(outs, batch.scales[start + i], batch.sizes[start + i], index=i)
+                     for i in range(min(step, n - start))]
+            del outs  # release zero-copy views before the next invoke
+            timing["invoke"] += t2 - t1
+            timing["post"] += time.perf_counter() - t2
+        if n:
+            self.last_timing = timing
         return dets
 
     def describe(self) -> dict:

@@ -1,8 +1,12 @@
 """Package-level checks: the runtime stays TensorFlow-free, the CLI loads."""
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 
 def test_runtime_import_does_not_import_tensorflow():
@@ -19,3 +23,56 @@ def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "edgedet", "--help"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "edgedet" in r.stdout
+
+
+def test_cli_raises_when_a_stage_cli_fails_to_import():
+    """A sub-command module that cannot be imported is an error, not a silently missing command."""
+    code = ("import sys; sys.modules['edgedet.devices.cli'] = None\n"  # makes `import edgedet.devices.cli` fail
+            "from edgedet.cli import main\nsys.exit(main(['--help']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0, r.stdout
+    assert "ModuleNotFoundError" in r.stderr and "edgedet.devices.cli" in r.stderr
+
+
+TOOLCHAIN_NOISE = ("cuInit", "cuda drivers", "oneDNN", "cpu_feature_guard", "rebuild TensorFlow", "absl::InitializeLog",
+                   "I0000", "W0000", "XNNPACK delegate")
+
+
+@pytest.mark.slow
+def test_toolchain_start_up_noise_only_with_verbose():
+    """A real TensorFlow-loading command prints nothing on stderr; --verbose lets the log lines through."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "EDGEDET_VERBOSE")}
+    cmd = [sys.executable, "-m", "edgedet", "info", "test", "--build"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and "BiFPN" in quiet.stdout, quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([*cmd, "--verbose"], capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] ", loud.stderr, re.M), loud.stderr
+
+
+def test_stderr_filter_drops_only_toolchain_log_lines():
+    """Native writes to fd 2 (as TensorFlow, absl and LiteRT do) pass through the filter; only their
+    log-line shapes are dropped, progress bars go through at once, edgedet's own lines stay."""
+    code = r"""
+import os, time
+from edgedet.quiet import toolchain_output
+with toolchain_output(False):
+    for line in (
+        b"2026-12-04 23:36:12.842054: E external/local_xla/xla/stream_executor/cuda/cuda_platform.cc:51] failed call to cuInit: X\n",
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        b"W0000 00:00:1796428877.490202    2458 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.\n",
+        b"I0000 00:00:1796428877.504497    2458 mlir_graph_optimization_pass.cc:437] MLIR V1 optimization\n",
+        b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
+        b"WARNING:absl:Found untraced functions\n",
+        b"edgedet: warning: kept\n",
+        b"\reval:  50%|#####     | 4/8",
+    ):
+        os.write(2, line)
+    time.sleep(0.3)
+    os.write(2, b"\n2026 is not a log line\n")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       env={k: v for k, v in os.environ.items() if k != "EDGEDET_VERBOSE"})
+    assert r.returncode == 0
+    assert r.stderr == b"edgedet: warning: kept\n\reval:  50%|#####     | 4/8\n2026 is not a log line\n", r.stderr

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
                    help="freeze the whole backbone, or its stem + first N stages (small datasets, CPU)")
-    p.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | path to .h5/.pth [imagenet]")
+    p.add_argument("--backbone-weights", default="auto",
+                   help="auto | imagenet | none | path to .h5/.pth [auto: imagenet where available offline, else random]")
     p.add_argument("--init", default=None, metavar="automl:PATH",
                    help="start from an official google/automl COCO checkpoint (folder, .tgz, or a name such as "
                    "efficientdet-lite0 to download); the variant comes from the checkpoint")

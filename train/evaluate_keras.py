@@ -1,41 +1,26 @@
 """COCO evaluation of a Keras (float) model, through the runtime's own pre/post-processing.
 
-Images go through :mod:`edgedet.runtime.preprocess` (Pillow letterbox, the same bytes the
-on-device runtime feeds), outputs through :func:`edgedet.runtime.postprocess.postprocess`
-(numpy decode + NMS) and metrics through :func:`edgedet.runtime.report.evaluate.coco_evaluate`.
-So ``edgedet eval`` here and ``edgedet validate``'s float baseline agree exactly.
+The model runs as a runtime :class:`~edgedet.runtime.detector.Detector` on the Keras backend
+(:mod:`edgedet.model.keras_backend`): the on-device pre-processing (Pillow letterbox), numpy
+decode + NMS, then :func:`edgedet.runtime.report.evaluate.coco_evaluate`. So ``edgedet eval``
+here and ``edgedet validate``'s float baseline agree exactly.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS
 
 EVAL_SCORE_THRESHOLD = EVAL_POSTPROCESS["score_threshold"]
 
 
-def _prep(sample, size: int, mean, std):
-    from edgedet.runtime.preprocess import letterbox, load_image, normalize
+def eval_meta(*, image_size: int, mean, std, anchor_config, class_names=()):
+    """The :class:`~edgedet.runtime.metadata.ModelMeta` of an in-memory float model, as an exported
+    file of it would carry (letterbox to ``image_size``, ``(pixel - mean) / std``, raw outputs)."""
+    from edgedet.runtime.metadata import ModelMeta
 
-    img = load_image(sample.image_path)
-    canvas, scale = letterbox(img, (size, size), mean)
-    return normalize(canvas, mean, std), scale, img.shape
-
-
-def to_detections(class_levels, box_levels, anchors, scale, image_shape, *, score_threshold, iou_threshold=0.5,
-                  max_detections=100, soft_nms=False, class_names=()):
-    """One image's raw outputs (per level ``(H, W, A*K)`` / ``(H, W, A*4)``) -> Detections in original pixels.
-
-    The runtime's numpy decode + NMS, then the letterbox undone with ``box / scale``.
-    """
-    from edgedet.runtime.postprocess import postprocess, to_original
-
-    dets = postprocess(class_levels, box_levels, anchors, score_threshold=score_threshold,
-                       iou_threshold=iou_threshold, max_detections=max_detections, soft=soft_nms,
-                       labels=tuple(class_names))
-    return to_original(dets, scale, image_shape)
+    return ModelMeta(labels=list(class_names), input_size=(int(image_size), int(image_size)), mean=tuple(mean),
+                     std=tuple(std), anchors=anchor_config.to_dict(), outputs="raw", target="keras")
 
 
 def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_names=(), batch_size: int = 8,
@@ -43,43 +28,36 @@ def predict(model, samples, *, image_size: int, mean, std, anchor_config, class_
             max_detections: int = 100, progress: bool = False) -> list:
     """Run the model on samples and return one :class:`Detections` per sample (original pixels).
 
+    The model runs as a runtime :class:`~edgedet.runtime.detector.Detector` on a Keras backend,
+    ``batch_size`` images per call, the next batch pre-processed on a thread meanwhile.
+
     Args:
         model: Keras model, input ``(B, S, S, 3)`` normalised, 10 outputs (class_p3.., box_p3..).
         samples: objects with ``image_path``.
     """
-    import tensorflow as tf
+    from edgedet.model.keras_backend import keras_detector
 
-    from edgedet.runtime.anchors import generate_anchors
-
-    anchors = generate_anchors(image_size, anchor_config)
-    fn = getattr(model, "_edgedet_predict_fn", None)
-    if fn is None:  # trace once per model, not once per evaluation
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        model._edgedet_predict_fn = fn
+    meta = eval_meta(image_size=image_size, mean=mean, std=std, anchor_config=anchor_config, class_names=class_names)
+    det = keras_detector(model, meta, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                         max_detections=max_detections, soft=soft_nms)
+    paths = [s.image_path for s in samples]
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     out = []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(samples), desc="eval", unit="img", leave=False, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        # Pre-process the next batch while the model runs on this one.
-        batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-        futures = [pool.submit(lambda b: [_prep(s, image_size, mean, std) for s in b], batches[0])] if batches else []
-        for bi, _ in enumerate(batches):
-            prepped = futures[bi].result()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Pre-process the next batch (JPEG decode, resize) while the model runs on this one.
+        pending = pool.submit(det.preprocess_batch, batches[0]) if batches else None
+        for bi in range(len(batches)):
+            prepared = pending.result()
             if bi + 1 < len(batches):
-                futures.append(pool.submit(lambda b: [_prep(s, image_size, mean, std) for s in b], batches[bi + 1]))
-            x = np.stack([p[0] for p in prepped])
-            outputs = [o.numpy() for o in fn(tf.constant(x))]
-            half = len(outputs) // 2
-            for j, (_, scale, shape) in enumerate(prepped):
-                out.append(to_detections([o[j] for o in outputs[:half]], [o[j] for o in outputs[half:]], anchors,
-                                         scale, shape, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                         max_detections=max_detections, soft_nms=soft_nms,
-                                         class_names=class_names))
+                pending = pool.submit(det.preprocess_batch, batches[bi + 1])
+            out += det.detect_batch(prepared)
             if bar:
-                bar.update(len(prepped))
+                bar.update(len(prepared.sizes))
     if bar:
         bar.close()
     return out

@@ -21,7 +21,7 @@ class TrainOptions:
     lr: float | None = None  # default: automl's 0.08 per 64 images, scaled linearly
     warmup_epochs: float = 1.0
     freeze_backbone: str | None = None  # None, "all", or "N": stem + blocks 1..N
-    backbone_weights: str | None = "imagenet"
+    backbone_weights: str | None = "auto"  # imagenet where available offline, else random init
     init: str | None = None  # "automl:PATH" or "automl:efficientdet-NAME": start from a COCO checkpoint
     strategy: str = "default"
     seed: int = 0

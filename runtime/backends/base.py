@@ -1,6 +1,7 @@
 """What every backend exposes to :class:`edgedet.runtime.detector.Detector`."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,16 @@ class Backend:
 
     def close(self) -> None:
         """Release native resources (optional)."""
+
+
+def cpu_fallback(exc: Exception, fallback: str | None, requested: str) -> str:
+    """The one way a backend gives up its requested device: re-raise ``exc`` unless the caller
+    asked for ``fallback="cpu"``; then print a one-line warning and return the device label
+    every backend reports, ``"CPU (fallback from <requested>)"``."""
+    if fallback != "cpu":
+        raise exc
+    print(f"edgedet: warning: {exc}; running on CPU (--fallback cpu)", file=sys.stderr)
+    return f"CPU (fallback from {requested})"
 
 
 def open_backend(path: str, kind: str, device: str | None = None, threads: int | None = None, fallback: str | None = None) -> Backend:

@@ -3,23 +3,27 @@
 The interpreter comes from ``ai_edge_litert`` (current wheels), else ``tflite_runtime``
 (older Raspberry Pi images), else ``tensorflow.lite`` — the first two keep TensorFlow off the device.
 
-Delegates never fail over silently: a delegate that cannot load raises :class:`ToolchainError`
-saying what to install, unless the caller asked for ``fallback="cpu"`` (then a warning is printed
-and ``device`` says so).
+Delegates never fail over silently: a delegate that cannot load, fails to prepare or allocate the
+graph, or takes no part of it raises :class:`ToolchainError` saying what to install, unless the
+caller asked for ``fallback="cpu"`` (then a warning is printed and ``device`` says
+``CPU (fallback from ...)``). A file not compiled for the Edge TPU is refused for the Edge TPU the
+same way.
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
 import numpy as np
 
 from edgedet.errors import ConfigError, ModelFileError, ToolchainError
-from edgedet.runtime.backends.base import Backend, TensorSpec
+from edgedet.runtime.backends.base import Backend, TensorSpec, cpu_fallback
 
 _EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 _NNAPI_LIBS = ("libnnapi_delegate.so", "libtensorflowlite_nnapi_delegate.so")
 _GPU_LIBS = ("libtensorflowlite_gpu_delegate.so",)
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"  # the op edgetpu_compiler puts in place of what it maps
 
 EDGETPU_HELP = (
     "install the Edge TPU runtime (Debian/Raspberry Pi OS: add the Coral apt repo, then "
@@ -80,7 +84,9 @@ class LiteRTBackend(Backend):
         path: model file.
         device: see :func:`parse_device`.
         threads: CPU (XNNPACK) threads; ``None`` = library default.
-        fallback: "cpu" to run on CPU when the delegate cannot load (with a warning).
+        fallback: "cpu" to run on CPU (with a warning) when the delegate cannot load, fails to
+            prepare or allocate the graph, takes no op of it, or the file is not compiled for
+            the Edge TPU; ``device`` then reads ``CPU (fallback from <device>)``.
         strip_boundary: on CPU, feed and read a uint8-I/O int8 file's int8 tensors directly
             instead of running its uint8 <-> int8 QUANTIZE ops (exact; ``False`` runs the file
             as stored).
@@ -93,31 +99,31 @@ class LiteRTBackend(Backend):
         Interpreter, load_delegate, module, version = _interpreter_module()
         self.module, self.version, self.threads = module, version, threads
         delegate, options = parse_device(device)
-        delegates = []
+        requested = f"edgetpu:{options.get('device', 'auto')}" if delegate == "edgetpu" else delegate.upper()
         self.delegate, self.device = None, "CPU"
-        if delegate != "cpu":
-            try:
-                delegates = [self._load_delegate(load_delegate, delegate, options)]
-                self.delegate = delegate
-                self.device = f"edgetpu:{options.get('device', 'auto')}" if delegate == "edgetpu" else delegate.upper()
-            except ToolchainError as exc:
-                if fallback != "cpu":
-                    raise
-                print(f"edgedet: warning: {exc}; running on CPU (--fallback cpu)", file=sys.stderr)
-                self.device = f"CPU (fallback from {delegate})"
         _check_flatbuffer(path)
-        kwargs = {"model_path": path, "experimental_delegates": delegates or None}
+        kwargs = {"model_path": path}
         if threads:
             kwargs["num_threads"] = int(threads)
-        # CPU only: the graph without its uint8 <-> int8 boundary QUANTIZE ops (see tflite_io).
         self._model_bytes, self.boundary_ops_removed = None, 0
-        if not delegates and strip_boundary:
-            self._model_bytes, self.boundary_ops_removed = _without_type_flips(path)
-        try:
-            self.interpreter = self._open(Interpreter, kwargs, path)
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path}: cannot load TFLite model ({first})") from exc
+        self.interpreter = None
+        if delegate != "cpu":
+            try:
+                if delegate == "edgetpu":
+                    _check_edgetpu_compiled(path)
+                lib = self._load_delegate(load_delegate, delegate, options)
+                self.interpreter = _open_delegated(Interpreter, kwargs, lib, delegate, path)
+                self.delegate, self.device = delegate, requested
+            except (ToolchainError, ModelFileError) as exc:
+                self.device = cpu_fallback(exc, fallback, requested)
+        if self.interpreter is None:
+            # CPU only: the graph without its uint8 <-> int8 boundary QUANTIZE ops (see tflite_io).
+            if strip_boundary:
+                self._model_bytes, self.boundary_ops_removed = _without_type_flips(path)
+            try:
+                self.interpreter = self._open(Interpreter, kwargs, path)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelFileError(f"{path}: cannot load TFLite model ({_short(exc)})") from exc
         it = self.interpreter
         self._in = it.get_input_details()
         self._out = it.get_output_details()
@@ -176,6 +182,53 @@ class LiteRTBackend(Backend):
         it.set_tensor(self._in_index, x)
         it.invoke()
         return [v() for v in self._views]
+
+
+def _open_delegated(Interpreter, kwargs: dict, lib, delegate: str, path: str):
+    """An interpreter with the delegate applied and its tensors allocated, or :class:`ToolchainError`
+    when the delegate fails to prepare or allocate, or claims no part of the graph (every op would
+    run on the CPU while the report says otherwise)."""
+    try:
+        it = Interpreter(experimental_delegates=[lib], **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        raise ToolchainError(f"{delegate} delegate failed to prepare {path} ({_short(exc)})") from exc
+    if delegated_nodes(it) == 0:
+        raise ToolchainError(f"{delegate} delegate took no operation of {path}: nothing would run on it")
+    try:
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ToolchainError(f"{delegate} delegate failed to allocate {path} ({_short(exc)})") from exc
+    return it
+
+
+def delegated_nodes(interpreter) -> int | None:
+    """Nodes of the execution plan a delegate has taken over (``None`` when the interpreter cannot
+    tell). Read before ``allocate_tensors``, when LiteRT has not yet applied its default XNNPACK
+    delegate, so only explicitly passed delegates count."""
+    ops = getattr(interpreter, "_get_ops_details", None)
+    if ops is None:
+        return None
+    return sum(1 for op in ops() if op.get("op_name") == "DELEGATE")
+
+
+def _check_edgetpu_compiled(path: str) -> None:
+    """Refuse a file ``edgetpu_compiler`` never processed: it has no ``edgetpu-custom-op``, so the
+    Edge TPU would run nothing of it (edgedet's ``edgetpu`` target written without the compiler
+    records ``edgetpu.compiled = false`` in its metadata)."""
+    import mmap  # noqa: PLC0415
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf.find(EDGETPU_CUSTOM_OP) >= 0:
+            return
+    from edgedet.runtime.metadata import read_metadata  # noqa: PLC0415
+
+    try:
+        said = (read_metadata(path).extra.get("edgetpu") or {}).get("compiled") is False
+    except Exception:  # noqa: BLE001 - the op check above already decided; metadata only words it
+        said = False
+    why = "its metadata says edgetpu.compiled=false" if said else f"it has no {EDGETPU_CUSTOM_OP.decode()}"
+    raise ModelFileError(f"{path}: not compiled for the Edge TPU ({why}); compile it with "
+                         f"`edgetpu_compiler -s {os.path.basename(path)}` (x86-64 Linux) or run it with --device cpu")
 
 
 def _without_type_flips(path: str) -> tuple[bytes | None, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgedet.errors import ConfigError, ModelFileError, ToolchainError
-from edgedet.runtime.backends.base import Backend, TensorSpec
+from edgedet.runtime.backends.base import Backend, TensorSpec, cpu_fallback
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -47,14 +47,10 @@ class OnnxRuntimeBackend(Backend):
             raise ConfigError(f"unknown onnxruntime device {device!r}; use one of {', '.join(_PROVIDERS)}")
         provider = _PROVIDERS[key]
         available = ort.get_available_providers()
+        fell_back = None
         if provider not in available:
             msg = f"onnxruntime has no {provider} here (available: {', '.join(available)}); install the matching onnxruntime build"
-            if fallback != "cpu":
-                raise ToolchainError(msg)
-            import sys  # noqa: PLC0415
-
-            print(f"edgedet: warning: {msg}; running on CPU (--fallback cpu)", file=sys.stderr)
-            provider = "CPUExecutionProvider"
+            fell_back, provider = cpu_fallback(ToolchainError(msg), fallback, key), "CPUExecutionProvider"
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
@@ -65,7 +61,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: cannot load ONNX model ({first[:200]})") from exc
-        self.device = self.session.get_providers()[0]
+        self.device = fell_back or self.session.get_providers()[0]
         self.delegate = None if provider == "CPUExecutionProvider" else provider
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]

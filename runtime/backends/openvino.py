@@ -4,12 +4,12 @@
 """
 from __future__ import annotations
 
-import sys
+import re
 
 import numpy as np
 
 from edgedet.errors import ModelFileError, ToolchainError
-from edgedet.runtime.backends.base import Backend, TensorSpec
+from edgedet.runtime.backends.base import Backend, TensorSpec, cpu_fallback
 from edgedet.runtime.metadata import openvino_xml
 
 
@@ -20,7 +20,8 @@ class OpenVINOBackend(Backend):
         path: ``.xml`` file or the folder holding it.
         device: "CPU" (default), "GPU", "NPU", "AUTO" (any OpenVINO device string).
         threads: ``INFERENCE_NUM_THREADS`` on CPU; ``None`` = OpenVINO default.
-        fallback: "cpu" to use the CPU when the device is not present (with a warning).
+        fallback: "cpu" to use the CPU when the device is not present or cannot compile the
+            model (with a warning; ``device`` then reads ``CPU (fallback from <device>)``).
     """
 
     name = "openvino"
@@ -36,17 +37,35 @@ class OpenVINOBackend(Backend):
         dev = (device or "CPU").upper()
         available = core.available_devices
         base = dev.split(".")[0].split(":")[0]
+        fell_back = None
         if base not in ("AUTO", "MULTI", "HETERO") and not any(a.split(".")[0] == base for a in available):
             msg = f"OpenVINO device {dev} is not available here (found: {', '.join(available) or 'none'}); install its driver (GPU: intel-opencl-icd; NPU: the Intel NPU driver)"
-            if fallback != "cpu":
-                raise ToolchainError(msg)
-            print(f"edgedet: warning: {msg}; running on CPU (--fallback cpu)", file=sys.stderr)
-            dev = "CPU"
+            fell_back, dev = cpu_fallback(ToolchainError(msg), fallback, dev), "CPU"
         try:
             model = core.read_model(xml)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{xml}: cannot read OpenVINO model ({first[:200]})") from exc
+            raise ModelFileError(f"{xml}: cannot read OpenVINO model ({_first_line(exc)})") from exc
+        try:
+            self.compiled = self._compile(core, model, dev, threads)
+        except Exception as exc:  # noqa: BLE001
+            err = ToolchainError(f"OpenVINO could not compile {xml} for {dev} ({_first_line(exc)})")
+            if dev == "CPU":
+                raise err from exc
+            fell_back, dev = cpu_fallback(err, fallback, dev), "CPU"
+            self.compiled = self._compile(core, model, dev, threads)
+        try:
+            used = self.compiled.get_property("EXECUTION_DEVICES")
+            self.device = ",".join(used) if isinstance(used, (list, tuple)) else str(used)
+        except Exception:  # noqa: BLE001 - older plugins lack the property
+            self.device = dev
+        self.device = fell_back or self.device
+        self.delegate = None
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [_spec(p) for p in self.compiled.inputs]
+        self.outputs = [_spec(p) for p in self.compiled.outputs]
+
+    @staticmethod
+    def _compile(core, model, dev: str, threads: int | None):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if dev == "CPU":
             # On CPUs with AVX512-BF16 or AMX, OpenVINO otherwise computes an fp32 IR in bfloat16
@@ -54,26 +73,21 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = "f32"
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(model, dev, config)
-        except Exception as exc:  # noqa: BLE001
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ToolchainError(f"OpenVINO could not compile {xml} for {dev} ({first[:200]})") from exc
-        try:
-            used = self.compiled.get_property("EXECUTION_DEVICES")
-            self.device = ",".join(used) if isinstance(used, (list, tuple)) else str(used)
-        except Exception:  # noqa: BLE001 - older plugins lack the property
-            self.device = dev
-        self.delegate = None
-        self.request = self.compiled.create_infer_request()
-        self.inputs = [_spec(p) for p in self.compiled.inputs]
-        self.outputs = [_spec(p) for p in self.compiled.outputs]
+        return core.compile_model(model, dev, config)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         req = self.request
         req.infer({0: x})
         # .data is a zero-copy numpy view of the output tensor, valid until the next infer.
         return [req.get_output_tensor(i).data for i in range(len(self.outputs))]
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an OpenVINO error that says something (its messages start with a stack of
+    ``Exception from src/...:N:`` locations)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not re.fullmatch(r"Exception from \S+:\d+:", ln)]
+    return (said or lines or [type(exc).__name__])[0][:200]
 
 
 def _spec(port) -> TensorSpec:

@@ -1,12 +1,12 @@
 """The float baseline from a training run (imports TensorFlow; used only inside a validate worker).
 
-Accuracy and latency come from two paths on purpose:
+Both run the model as a :class:`~edgedet.runtime.detector.Detector` on the Keras backend
+(:func:`edgedet.model.keras_backend.keras_detector`), the code path every exported file takes:
 
 * accuracy: :func:`edgedet.train.evaluate_keras.predict`, the very function ``edgedet eval`` uses
-  (runtime pre-processing, batched Keras call, runtime decode + NMS, same settings), so the
-  baseline's AP in the report equals ``edgedet eval``'s for the same weights exactly;
-* latency and raw outputs: :meth:`edgedet.runtime.detector.Detector.from_keras`, one image per
-  call through the same Detector code path every exported file takes.
+  (batches of 8, same settings), so the baseline's AP in the report equals ``edgedet eval``'s
+  for the same weights exactly;
+* latency and raw outputs: the same Detector, one image per call, like every exported file.
 """
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def load_baseline(run_dir: str):
 
 def keras_detector(model, meta, **post):
     """The baseline as a :class:`Detector` (timed path)."""
-    from edgedet.runtime.detector import Detector
+    from edgedet.model.keras_backend import keras_detector as build
 
-    return Detector.from_keras(model, meta, **post)
+    return build(model, meta, **post)
 
 
 def eval_detections(model, info, image_paths: list[str], eval_post: dict) -> list:

@@ -35,27 +35,6 @@ def _one_line(exc: BaseException) -> str:
     return msg if isinstance(exc, EdgedetError) else f"{type(exc).__name__}: {msg}"
 
 
-def _canonical_outputs(det, outs) -> dict[str, np.ndarray]:
-    """Raw outputs as float32 ``(H, W, K)`` per level, named class_pL / box_pL, dequantised.
-
-    Empty for 4-output (NMS) models, which have no raw outputs to compare.
-    """
-    raw = getattr(det, "_raw", None)
-    if raw is None or getattr(det, "_nms_idx", None) is not None:
-        return {}
-    cls_l, box_l = raw.split(outs, 0)
-    levels = range(det.meta.anchor_config.min_level, det.meta.anchor_config.min_level + len(cls_l))
-    out = {}
-    for prefix, arrays, quant in (("class", cls_l, raw.class_quant), ("box", box_l, raw.box_quant)):
-        for i, (lv, a) in enumerate(zip(levels, arrays)):
-            a = np.asarray(a)
-            q = quant[i] if quant else None
-            if q is not None and np.issubdtype(a.dtype, np.integer):
-                a = (a.astype(np.float32) - q[1]) * q[0]
-            out[f"{prefix}_p{lv}"] = a.astype(np.float32)
-    return out
-
-
 def _append(dets, boxes, scores, classes, counts) -> None:
     boxes.append(np.asarray(dets.boxes, np.float32).reshape(-1, 4))
     scores.append(np.asarray(dets.scores, np.float32))
@@ -137,14 +116,10 @@ def run_job(job: dict, result: dict) -> dict:
         d = time.perf_counter()
         if call < n_images:
             if i < int(job.get("keep_outputs") or 0):
-                for name, arr in _canonical_outputs(det, outs).items():
+                for name, arr in det.raw_outputs(outs).items():
                     kept[f"out_{i}_{name}"] = arr
             if eval_fn is None:
-                for k, v in evalpost.items():
-                    setattr(det, k, v)
-                _append(det.decode(outs, scales, hw), boxes, scores, classes, counts)
-                for k, v in deploy.items():
-                    setattr(det, k, v)
+                _append(det.decode(outs, scales, hw, **evalpost), boxes, scores, classes, counts)
             result["images_done"] = i + 1
         del outs  # zero-copy views must go before the next invoke
         if call == 0:

@@ -207,7 +207,7 @@ def make_qat_run(float_run: Path, out: Path) -> Path:
     import tf_keras as keras
     from tensorflow_model_optimization.python.core.quantization.keras import quantizers
 
-    from edgedet.quantize.configs import quantize_model
+    from edgedet.quantize.qat_graph import quantize_model
     from edgedet import runs as ck
 
     model, info = ck.load_run(float_run)

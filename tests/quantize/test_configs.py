@@ -38,7 +38,7 @@ def test_quantized_fusion_matches_float_fusion(method, n):
 def test_unknown_layer_is_a_one_line_error():
     import tf_keras as keras
 
-    from edgedet.quantize.configs import annotate
+    from edgedet.quantize.qat_graph import annotate
 
     x = keras.Input((8, 8, 3))
     y = keras.layers.Conv2D(4, 3, padding="same")(x)
@@ -54,7 +54,8 @@ def test_prepare_unshares_heads_and_keeps_outputs():
 
     from edgedet.model import build_model, get_config
     from edgedet.model.layers import WeightedFusion
-    from edgedet.quantize.configs import QuantizedWeightedFusion, prepare_for_qat
+    from edgedet.quantize.configs import QuantizedWeightedFusion
+    from edgedet.quantize.qat_graph import prepare_for_qat
 
     keras.utils.set_random_seed(0)
     model = build_model(get_config("test-lite", num_classes=3))
@@ -82,7 +83,7 @@ def test_qat_mini_model_converts_exactly_with_calibrated_ranges_and_splat_bias()
     """
     import tf_keras as keras
 
-    from edgedet.quantize.configs import calibrate_ranges, quantize_model
+    from edgedet.quantize.qat_graph import calibrate_ranges, quantize_model
     from edgedet.convert.tflite_converter import interpreter, keras_to_tflite
 
     keras.utils.set_random_seed(0)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=["d", "lite"])
 def family(request, synth, qhelpers):
     """(name, cfg, float model, QAT model) built once per family."""
-    from edgedet.quantize.configs import quantize_model
+    from edgedet.quantize.qat_graph import quantize_model
 
     model, cfg = qhelpers.build_realistic(qhelpers.FAMILIES[request.param], synth)
     return request.param, cfg, model, quantize_model(model)
@@ -33,7 +33,7 @@ def _freeze_bn(qat):
 def test_quantize_apply_wraps_every_layer_and_folds_bn(family):
     import tf_keras as keras
 
-    from edgedet.quantize.configs import annotate, unfolded_batchnorms
+    from edgedet.quantize.qat_graph import annotate, unfolded_batchnorms
 
     _, _, _, qat = family
     kinds = {type(layer).__name__ for layer in qat.layers}
@@ -53,7 +53,7 @@ def test_qat_trains_a_step(family, synth, qhelpers):
     from edgedet.train.input import make_dataset
     from edgedet.train.losses import detection_loss
 
-    from edgedet.quantize.configs import calibrate_ranges
+    from edgedet.quantize.qat_graph import calibrate_ranges
 
     _, cfg, _, qat = family
     _freeze_bn(qat)
@@ -87,7 +87,7 @@ def test_qat_converts_to_full_integer_tflite(family, synth, qhelpers):
 
     name, cfg, _, qat = family
     _freeze_bn(qat)
-    from edgedet.quantize.configs import calibrate_ranges
+    from edgedet.quantize.qat_graph import calibrate_ranges
 
     x = qhelpers.synth_images(synth, cfg.image_size, mean=cfg.mean, std=cfg.std)
     assert calibrate_ranges(qat, [x[:4], x[4:]]) > 100  # what the QAT trainer does before its first step

@@ -11,7 +11,7 @@ def test_quantize_apply_accepts_full_size_variants(variant):
     import tf_keras as keras
 
     from edgedet.model import build_model, get_config
-    from edgedet.quantize.configs import quantize_model, unfolded_batchnorms
+    from edgedet.quantize.qat_graph import quantize_model, unfolded_batchnorms
 
     keras.backend.clear_session()
     model = build_model(get_config(variant, num_classes=3))

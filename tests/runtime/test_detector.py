@@ -158,18 +158,32 @@ def test_bad_images(rt_models, tmp_path):
         det.detect(np.zeros((10, 10, 5), np.uint8))
 
 
-def test_delegate_failure_is_loud_and_fallback_is_explicit(rt_models, capsys):
+def _edgetpu_copy(src: str, dst, compiled: bool) -> str:
+    """``src`` with its metadata saying what ``edgetpu_compiler`` did; ``compiled`` files also carry
+    the name of the Edge TPU custom op after the flatbuffer (what the compiler's output contains)."""
+    from edgedet.runtime.metadata import _model_length, embed_tflite, read_metadata
+
+    data = open(src, "rb").read()
+    meta = read_metadata(src)
+    meta.extra["edgetpu"] = {"compiled": compiled}
+    dst.write_bytes(data[: _model_length(data)] + (b"edgetpu-custom-op" if compiled else b""))
+    embed_tflite(str(dst), meta)
+    return str(dst)
+
+
+def test_delegate_failure_is_loud_and_fallback_is_explicit(rt_models, capsys, tmp_path):
     path = rt_models.tflite("fp32")
+    compiled = _edgetpu_copy(path, tmp_path / "m_edgetpu.tflite", compiled=True)
     for dev in ("usb:0", "pci:0", "edgetpu"):
         with pytest.raises(ToolchainError, match=r"libedgetpu\.so\.1.*install") as e:
-            Detector.from_file(path, device=dev)
+            Detector.from_file(compiled, device=dev)
         assert "\n" not in str(e.value)
     with pytest.raises(ToolchainError, match="nnapi delegate could not be loaded.*install"):
         Detector.from_file(path, device="nnapi")
     with pytest.raises(ToolchainError, match="libedgetpu"):
-        Detector.from_file(path, device="coral-usb")  # a device profile name
-    det = Detector.from_file(path, device="usb:0", fallback="cpu")
-    assert det.backend.device.startswith("CPU (fallback")
+        Detector.from_file(compiled, device="coral-usb")  # a device profile name
+    det = Detector.from_file(compiled, device="usb:0", fallback="cpu")
+    assert det.backend.device == "CPU (fallback from edgetpu:usb:0)" and det.backend.delegate is None
     assert "running on CPU (--fallback cpu)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown LiteRT device"):
         Detector.from_file(path, device="tpu9")
@@ -190,16 +204,115 @@ def test_openvino_device_selection(rt_models):
     if "NPU" not in ov.Core().available_devices:
         with pytest.raises(ToolchainError, match="NPU is not available"):
             Detector.from_file(path, device="NPU")
-        assert Detector.from_file(path, device="NPU", fallback="cpu").backend.device == "CPU"
+        assert Detector.from_file(path, device="NPU", fallback="cpu").backend.device == "CPU (fallback from NPU)"
+        # NPU named inside HETERO passes the device check and fails when compiling
+        with pytest.raises(ToolchainError, match="could not compile.*HETERO:NPU"):
+            Detector.from_file(path, device="HETERO:NPU")
+        assert Detector.from_file(path, device="HETERO:NPU", fallback="cpu").backend.device == \
+            "CPU (fallback from HETERO:NPU)"
+
+
+def test_uncompiled_file_is_never_called_edgetpu(rt_models, rt_image, tmp_path, capsys):
+    """The `edgetpu` target written without edgetpu_compiler is refused for the Edge TPU (one line),
+    or runs on the CPU and says so with --fallback cpu."""
+    path = _edgetpu_copy(rt_models.tflite("int8"), tmp_path / "m_edgetpu.tflite", compiled=False)
+    for dev in ("usb:0", "edgetpu", "coral-usb"):
+        with pytest.raises(ModelFileError, match=r"not compiled for the Edge TPU \(its metadata says "
+                                                 r"edgetpu.compiled=false\); compile it with `edgetpu_compiler") as e:
+            Detector.from_file(path, device=dev)
+        assert "\n" not in str(e.value)
+    det = Detector.from_file(path, device="usb:0", fallback="cpu")
+    assert det.backend.device == "CPU (fallback from edgetpu:usb:0)" and det.describe()["delegate"] is None
+    assert "not compiled for the Edge TPU" in capsys.readouterr().err
+    assert len(det.detect(rt_image)) > 0
+
+
+_FAKE_DELEGATE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+typedef struct TfLiteDelegate {  /* tensorflow/lite/core/c/common.h */
+  void* data_;
+  int (*Prepare)(void* context, struct TfLiteDelegate* delegate);
+  void* CopyFromBufferHandle; void* CopyToBufferHandle; void* FreeBufferHandle;
+  int64_t flags;
+  void* opaque_delegate_builder;
+} TfLiteDelegate;
+/* takes no node (returns kTfLiteOk), or fails (kTfLiteError) when FAKE_DELEGATE_FAIL is set */
+static int prepare_none(void* c, TfLiteDelegate* d) { (void)c; (void)d; return 0; }
+static int prepare_fail(void* c, TfLiteDelegate* d) { (void)c; (void)d; return 1; }
+TfLiteDelegate* tflite_plugin_create_delegate(char** k, char** v, size_t n, void (*err)(const char*)) {
+  (void)k; (void)v; (void)n; (void)err;
+  TfLiteDelegate* d = calloc(1, sizeof *d);
+  const char* f = getenv("FAKE_DELEGATE_FAIL");
+  d->Prepare = (f && *f) ? prepare_fail : prepare_none;
+  return d;
+}
+void tflite_plugin_destroy_delegate(TfLiteDelegate* d) { free(d); }
+"""
+
+_PROBE = """
+import sys
+from edgedet.runtime.detector import Detector
+path, dev, fallback = sys.argv[1], sys.argv[2], sys.argv[3] or None
+try:
+    b = Detector.from_file(path, device=dev, fallback=fallback).backend
+    print("OK", b.device, b.delegate)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_delegate_that_takes_nothing_or_fails_is_caught(rt_models, tmp_path):
+    """A delegate library that loads but takes no op, or fails to prepare the graph, is an error
+    (never reported as the delegate's device); --fallback cpu runs on the CPU and says so.
+    Real LiteRT with a minimal delegate built from C, found as the NNAPI / Edge TPU library."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test delegate")
+    src = tmp_path / "fake_delegate.c"
+    src.write_text(_FAKE_DELEGATE)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libnnapi_delegate.so"), str(src)], check=True)
+    shutil.copy(tmp_path / "libnnapi_delegate.so", tmp_path / "libedgetpu.so.1")
+    fp32 = rt_models.tflite("fp32")
+    compiled = _edgetpu_copy(fp32, tmp_path / "m_edgetpu.tflite", compiled=True)
+
+    def probe(path, dev, fallback="", fail=""):
+        env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path), FAKE_DELEGATE_FAIL=fail)
+        r = subprocess.run([sys.executable, "-c", _PROBE, path, dev, fallback], capture_output=True, text=True, env=env)
+        return r.stdout.strip()
+
+    assert probe(fp32, "nnapi").startswith("ToolchainError nnapi delegate took no operation of")
+    assert probe(compiled, "usb:0").startswith("ToolchainError edgetpu delegate took no operation of")
+    assert probe(fp32, "nnapi", fail="1").startswith("ToolchainError nnapi delegate failed to prepare")
+    assert probe(fp32, "nnapi", "cpu", fail="1") == "OK CPU (fallback from NNAPI) None"
+    assert probe(compiled, "usb:0", "cpu") == "OK CPU (fallback from edgetpu:usb:0) None"
 
 
 def test_keras_backend_is_the_same_pipeline(rt_models, rt_image):
-    """Detector.from_keras (float baselines) == Keras + shared pre/post-processing, batched too."""
-    det = Detector.from_keras(rt_models.keras, rt_models.meta("keras"), score_threshold=0.3)
+    """A Keras model as a Detector (float baselines, `edgedet eval`) == Keras + shared pre/post-processing,
+    batched too; per-call post-processing overrides equal a detector set up that way."""
+    from edgedet.model.keras_backend import keras_detector
+
+    det = keras_detector(rt_models.keras, rt_models.meta("keras"), score_threshold=0.3)
     want = rt_models.keras_detections(rt_image, score_threshold=0.3)
     assert_same_detections(det.detect(rt_image), want, atol_px=1e-3)
     flipped = np.ascontiguousarray(rt_image[::-1])
     a, b = det.detect_batch([rt_image, flipped])  # dynamic batch: one invoke for both
     assert_same_detections(a, want, atol_px=1e-2)
     assert_same_detections(b, det.detect(flipped), atol_px=1e-2)
+    a2, b2 = det.detect_batch(det.preprocess_batch([rt_image, flipped]))  # prepared elsewhere
+    assert_same_detections(a2, a, atol_px=1e-3) and assert_same_detections(b2, b, atol_px=1e-3)
     assert det.warmup() > 0 and det.describe()["backend"] == "keras"
+    x, scales, hw = det.preprocess(rt_image)
+    outs = det.infer(x)
+    strict = keras_detector(rt_models.keras, rt_models.meta("keras"), score_threshold=0.6, max_detections=3)
+    assert_same_detections(det.decode(outs, scales, hw, score_threshold=0.6, max_detections=3),
+                           strict.decode(outs, scales, hw), atol_px=1e-6)
+    raw = det.raw_outputs(outs)
+    assert sorted(raw) == sorted(f"{k}_p{lv}" for k in ("class", "box") for lv in range(3, 8))
+    assert raw["class_p3"].shape == (16, 16, 27) and raw["box_p7"].dtype == np.float32
