@@ -81,3 +81,53 @@ def test_as_rgb_uint8_accepts_arrays_and_paths(tmp_path):
     assert as_rgb_uint8(np.zeros((4, 4))).shape == (4, 4, 3)
     f = as_rgb_uint8(np.ones((2, 2, 4), np.float32) * 0.5)
     assert f.dtype == np.uint8 and f.shape == (2, 2, 3) and (f == 127).all()
+
+
+def _photo(h=480, w=640):
+    """Smooth colour gradients with a few sharp blobs: a stand-in for a photo."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w * 220, yy / h * 220, (xx + yy) / (w + h) * 255], -1)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(10, 50)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
+    return img.astype(np.uint8)
+
+
+@pytest.mark.parametrize("hw,size,mode,decoded", [
+    ((480, 640), (320, 320), "letterbox", (240, 320)),  # lands at 320x240: decoded at half size, no resize left
+    ((1080, 1920), (320, 320), "letterbox", (270, 480)),  # 6x: decoded at 1/4, then BILINEAR
+    ((480, 640), (256, 256), "stretch", (480, 640)),  # less than 2x on one side: full decode
+    ((200, 300), (320, 320), "letterbox", (200, 300)),  # upscaled: full decode
+])
+def test_jpeg_decoded_reduced_keeps_geometry(tmp_path, hw, size, mode, decoded):
+    """A large JPEG is decoded reduced in the DCT domain; the canvas geometry and the scale that maps
+    boxes back refer to the original image, and the pixels stay close to the full-decode path."""
+    from PIL import Image
+
+    from edgedet.runtime.preprocess import load_for_model
+
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(_photo(*hw)).save(p, quality=95)
+    img, orig = load_for_model(p, size, mode)
+    assert orig == hw and img.shape[:2] == decoded
+    fast, s_fast = resize_for_model(img, size, mode, source_hw=orig, exact=True)
+    ref, s_ref = resize_for_model(load_image(p), size, mode, exact=True)
+    assert s_fast == s_ref and fast.shape == ref.shape
+    assert np.abs(fast.astype(int) - ref.astype(int)).mean() < 2.5
+
+
+def test_array_resize_fast_path_close_to_pillow(monkeypatch):
+    """Camera frames (arrays, often a reversed BGR view) resize with OpenCV's area filter when it is
+    installed: same geometry, pixels within a small mean difference of Pillow's BILINEAR."""
+    from edgedet.runtime import preprocess
+
+    bgr = np.ascontiguousarray(_photo()[..., ::-1])
+    rgb_view = bgr[..., ::-1]  # what the video source yields
+    fast, s = letterbox(rgb_view, (320, 320))
+    same, _ = letterbox(np.ascontiguousarray(rgb_view), (320, 320))
+    assert (fast == same).all()
+    monkeypatch.setenv("EDGEDET_RESIZE", "pillow")
+    assert preprocess.resize_backend() == "pillow"
+    ref, s_ref = letterbox(rgb_view, (320, 320))
+    assert s == s_ref and np.abs(fast.astype(int) - ref.astype(int)).mean() < 1.5
