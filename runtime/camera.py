@@ -3,11 +3,14 @@
 Sources: a camera index ("0"; picamera2 on a Raspberry Pi when installed, OpenCV otherwise),
 a video file, or a folder of images. OpenCV (``cv2``) and picamera2 are imported lazily.
 The loop ends cleanly on ``q``, Ctrl-C or the end of the stream, and skips dropped frames.
+Capture and pre-processing run one frame ahead on a second thread (``sequential=False``).
 """
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from typing import Iterator
 
@@ -167,9 +170,83 @@ class _Writer:
                 os.remove(self.tmp)
 
 
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def _valid(frame) -> bool:
+    return frame is not None and getattr(frame, "ndim", 0) == 3
+
+
+def _inline(source, prepare) -> Iterator[tuple]:
+    """The sequential loop's frames: ``(frame, (x, scales, hw, pre seconds) or None)``, each prepared when needed."""
+    for frame in source:
+        if not _valid(frame):
+            yield frame, None
+            continue
+        t = time.perf_counter()
+        x, scales, hw = prepare(frame)
+        yield frame, (x, scales, hw, time.perf_counter() - t)
+
+
+class _Prefetch:
+    """Capture and pre-processing on a worker thread, ``depth`` frames ahead of the consumer.
+
+    The consumer's invoke releases the GIL (LiteRT, ONNX Runtime and OpenVINO all do), so the
+    next frame is read and letterboxed while the current one is in the network. Frames come out
+    in capture order, and each is prepared exactly as the sequential loop prepares it.
+    """
+
+    def __init__(self, source, prepare, depth: int = 1):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, prepare), name="edgedet-capture", daemon=True)
+        self._thread.start()
+
+    def _run(self, source, prepare) -> None:
+        try:
+            for item in _inline(source, prepare):
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer (KeyboardInterrupt too)
+            self._put(_Failure(exc))
+            return
+        self._put(_END)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple]:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
 def run_camera(detector, source, headless: bool = False, save: str | None = None, max_frames: int | None = None,
-               window: str = "edgedet") -> dict:
+               window: str = "edgedet", sequential: bool = False, on_detections=None) -> dict:
     """Run the demo loop.
+
+    By default capture + pre-processing of frame n+1 run on a second thread while frame n is
+    in invoke; ``sequential=True`` runs every step one after another. Both give the same
+    detections for every frame.
 
     Args:
         detector: a :class:`~edgedet.runtime.detector.Detector`.
@@ -177,44 +254,48 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
         headless: no window (use with ``save``).
         save: write the annotated video here (``.mp4`` or ``.avi``).
         max_frames: stop after this many processed frames.
+        sequential: the one-thread loop (for comparison, or a source that must be read on the
+            calling thread).
+        on_detections: called as ``on_detections(frame_index, detections)`` for each frame.
 
     Returns:
-        ``{"frames", "dropped", "fps", "invoke_ms", "stopped"}`` where stopped is
-        "end", "q", "interrupt" or "max_frames".
+        ``{"frames", "dropped", "fps", "invoke_ms", "stopped", "mode"}``: ``fps`` is frames per
+        second of wall time over the whole run; stopped is "end", "q", "interrupt" or "max_frames".
     """
     cv2 = None if headless else _cv2()
     if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
-    fps_src = getattr(source, "fps", 30.0)
-    writer = _Writer(save, fps_src) if save else None
+    writer = _Writer(save, getattr(source, "fps", 30.0)) if save else None
     frames = dropped = 0
-    fps = 0.0
+    shown_fps = 0.0
     invoke_ms = []
     stopped = "end"
-    last = time.perf_counter()
+    items = _inline(source, detector.preprocess) if sequential else _Prefetch(source, detector.preprocess)
+    start = last = time.perf_counter()
     try:
-        for frame in source:
-            if frame is None or getattr(frame, "ndim", 0) != 3:
+        for frame, prepared in items:
+            if prepared is None:
                 dropped += 1
                 continue
-            dets = detector.detect(frame)
+            x, scales, hw, pre = prepared
+            t1 = time.perf_counter()
+            outs = detector.backend.run(x)
+            t2 = time.perf_counter()
+            dets = detector.decode(outs, scales, hw)
+            del outs  # release zero-copy views before the next invoke
+            detector.last_timing = {"pre": pre, "invoke": t2 - t1, "post": time.perf_counter() - t2}
+            if on_detections is not None:
+                on_detections(frames, dets)
             now = time.perf_counter()
             dt, last = now - last, now
-            fps = (1.0 / dt) if fps == 0.0 else 0.9 * fps + 0.1 / max(dt, 1e-6)
-            ms = detector.last_timing["invoke"] * 1000
-            invoke_ms.append(ms)
-            header = f"{fps:5.1f} FPS  inference {ms:5.1f} ms  {len(dets)} objects"
-            out = draw_detections(frame, dets, header)
+            shown_fps = (1.0 / dt) if shown_fps == 0.0 else 0.9 * shown_fps + 0.1 / max(dt, 1e-6)
+            invoke_ms.append((t2 - t1) * 1000)
             frames += 1
-            if writer:
-                writer.write(out)
-            if cv2 is not None:
-                try:
-                    cv2.imshow(window, np.ascontiguousarray(out[..., ::-1]))
-                    key = cv2.waitKey(1) & 0xFF
-                except cv2.error as exc:
-                    raise ToolchainError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1][:120]}); use --headless --save out.mp4") from exc
-                if key in (ord("q"), 27):
+            if writer or cv2 is not None:  # nothing to draw for when headless without --save
+                out = draw_detections(frame, dets, f"{shown_fps:5.1f} FPS  inference {invoke_ms[-1]:5.1f} ms  {len(dets)} objects")
+                if writer:
+                    writer.write(out)
+                if cv2 is not None and _show(cv2, window, out):
                     stopped = "q"
                     break
             if max_frames and frames >= max_frames:
@@ -223,6 +304,9 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
     except KeyboardInterrupt:
         stopped = "interrupt"
     finally:
+        elapsed = time.perf_counter() - start
+        if isinstance(items, _Prefetch):
+            items.close()
         if hasattr(source, "close"):
             source.close()
         if writer:
@@ -232,5 +316,16 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
                 cv2.destroyAllWindows()
             except cv2.error:
                 pass
-    return {"frames": frames, "dropped": dropped, "fps": round(fps, 2),
-            "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped}
+    return {"frames": frames, "dropped": dropped, "fps": round(frames / elapsed, 2) if frames and elapsed > 0 else 0.0,
+            "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped,
+            "mode": "sequential" if sequential else "pipelined"}
+
+
+def _show(cv2, window: str, rgb: np.ndarray) -> bool:
+    """Show a frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow(window, np.ascontiguousarray(rgb[..., ::-1]))
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error as exc:
+        raise ToolchainError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1][:120]}); use --headless --save out.mp4") from exc
+    return key in (ord("q"), 27)
