@@ -240,13 +240,74 @@ class _Prefetch:
         self._thread.join(timeout=5.0)
 
 
+class _Frames:
+    """What happens to a frame after invoke: decode, report, draw, save and show (in frame order)."""
+
+    def __init__(self, detector, writer, cv2, window: str, on_detections):
+        self.detector, self.writer, self.cv2, self.window = detector, writer, cv2, window
+        self.on_detections = on_detections
+        self.count = 0
+        self.shown_fps = 0.0
+        self.last = time.perf_counter()
+
+    def handle(self, frame, outs, scales, hw, pre: float, invoke: float) -> bool:
+        """Returns True when the user asked to stop (q / Esc in the window)."""
+        t = time.perf_counter()
+        dets = self.detector.decode(outs, scales, hw)
+        del outs
+        self.detector.last_timing = {"pre": pre, "invoke": invoke, "post": time.perf_counter() - t}
+        if self.on_detections is not None:
+            self.on_detections(self.count, dets)
+        self.count += 1
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        self.shown_fps = (1.0 / dt) if self.shown_fps == 0.0 else 0.9 * self.shown_fps + 0.1 / max(dt, 1e-6)
+        if self.writer is None and self.cv2 is None:
+            return False  # nothing to draw for when headless without --save
+        out = draw_detections(frame, dets, f"{self.shown_fps:5.1f} FPS  inference {invoke * 1000:5.1f} ms  {len(dets)} objects")
+        if self.writer is not None:
+            self.writer.write(out)
+        return self.cv2 is not None and _show(self.cv2, self.window, out)
+
+
+class _Behind:
+    """Runs ``handle`` on a worker thread, one frame behind invoke, in frame order (headless only:
+    a window must be drawn from the thread that created it). An error there stops the loop."""
+
+    def __init__(self, handle, depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(handle,), name="edgedet-post", daemon=True)
+        self._thread.start()
+
+    def _run(self, handle) -> None:
+        while (item := self._q.get()) is not _END:
+            if self.error is None:
+                try:
+                    handle(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+                    self.error = exc
+
+    def __call__(self, *item) -> bool:
+        """Queue a frame; True (stop) once the worker has failed (the error is raised by ``_finish``)."""
+        if self.error is not None:
+            return True
+        self._q.put(item)
+        return False
+
+    def close(self) -> None:
+        self._q.put(_END)
+        self._thread.join()
+
+
 def run_camera(detector, source, headless: bool = False, save: str | None = None, max_frames: int | None = None,
                window: str = "edgedet", sequential: bool = False, on_detections=None) -> dict:
     """Run the demo loop.
 
-    By default capture + pre-processing of frame n+1 run on a second thread while frame n is
-    in invoke; ``sequential=True`` runs every step one after another. Both give the same
-    detections for every frame.
+    By default it is a pipeline: capture + pre-processing of frame n+1 run on one worker thread
+    and (headless) decoding, drawing and saving of frame n-1 on another while frame n is in
+    invoke, which releases the GIL. ``sequential=True`` runs every step one after another.
+    Both give the same detections for every frame.
 
     Args:
         detector: a :class:`~edgedet.runtime.detector.Detector`.
@@ -266,59 +327,58 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
     if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
     writer = _Writer(save, getattr(source, "fps", 30.0)) if save else None
-    frames = dropped = 0
-    shown_fps = 0.0
-    invoke_ms = []
-    stopped = "end"
+    sink = _Frames(detector, writer, cv2, window, on_detections)
     items = _inline(source, detector.preprocess) if sequential else _Prefetch(source, detector.preprocess)
-    start = last = time.perf_counter()
+    behind = None if sequential or cv2 is not None else _Behind(sink.handle)
+    dropped, invoke_ms, stopped = 0, [], "end"
+    start = time.perf_counter()
     try:
         for frame, prepared in items:
             if prepared is None:
                 dropped += 1
                 continue
             x, scales, hw, pre = prepared
-            t1 = time.perf_counter()
+            t = time.perf_counter()
             outs = detector.backend.run(x)
-            t2 = time.perf_counter()
-            dets = detector.decode(outs, scales, hw)
-            del outs  # release zero-copy views before the next invoke
-            detector.last_timing = {"pre": pre, "invoke": t2 - t1, "post": time.perf_counter() - t2}
-            if on_detections is not None:
-                on_detections(frames, dets)
-            now = time.perf_counter()
-            dt, last = now - last, now
-            shown_fps = (1.0 / dt) if shown_fps == 0.0 else 0.9 * shown_fps + 0.1 / max(dt, 1e-6)
-            invoke_ms.append((t2 - t1) * 1000)
-            frames += 1
-            if writer or cv2 is not None:  # nothing to draw for when headless without --save
-                out = draw_detections(frame, dets, f"{shown_fps:5.1f} FPS  inference {invoke_ms[-1]:5.1f} ms  {len(dets)} objects")
-                if writer:
-                    writer.write(out)
-                if cv2 is not None and _show(cv2, window, out):
-                    stopped = "q"
-                    break
-            if max_frames and frames >= max_frames:
+            invoke = time.perf_counter() - t
+            invoke_ms.append(invoke * 1000)
+            # The next invoke reuses the interpreter's output buffers: a frame decoded on the
+            # other thread gets its own copy.
+            if (behind or sink.handle)(frame, [np.array(o) for o in outs] if behind else outs, scales, hw, pre, invoke):
+                stopped = "q"
+                break
+            del outs
+            if max_frames and len(invoke_ms) >= max_frames:
                 stopped = "max_frames"
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"
     finally:
-        elapsed = time.perf_counter() - start
-        if isinstance(items, _Prefetch):
-            items.close()
-        if hasattr(source, "close"):
-            source.close()
-        if writer:
-            writer.close(keep=True)
-        if cv2 is not None:
-            try:
-                cv2.destroyAllWindows()
-            except cv2.error:
-                pass
-    return {"frames": frames, "dropped": dropped, "fps": round(frames / elapsed, 2) if frames and elapsed > 0 else 0.0,
+        _finish(items, behind, source, writer, cv2)
+    elapsed = time.perf_counter() - start
+    return {"frames": sink.count, "dropped": dropped, "fps": round(sink.count / elapsed, 2) if sink.count else 0.0,
             "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped,
             "mode": "sequential" if sequential else "pipelined"}
+
+
+def _finish(items, behind, source, writer, cv2) -> None:
+    """Stop the worker threads (the frames already invoked are decoded and saved), then release
+    the source, the video file and the window; a worker's error is raised after the cleanup."""
+    if isinstance(items, _Prefetch):
+        items.close()
+    if behind is not None:
+        behind.close()
+    if hasattr(source, "close"):
+        source.close()
+    if writer:
+        writer.close(keep=True)
+    if cv2 is not None:
+        try:
+            cv2.destroyAllWindows()
+        except cv2.error:
+            pass
+    if behind is not None and behind.error is not None:
+        raise behind.error
 
 
 def _show(cv2, window: str, rgb: np.ndarray) -> bool:

@@ -129,3 +129,19 @@ def test_pipelined_loop_gives_the_sequential_detections(rt_models, tmp_path, cap
     # the CLI flag
     assert main(["camera", "--model", rt_models.tflite("int8"), "--source", str(video), "--headless", "--sequential"]) == 0
     assert "12 frames" in capsys.readouterr().out
+
+
+def test_pipelined_loop_reports_an_error_from_its_worker(rt_models, tmp_path):
+    """A failure while decoding/saving on the worker thread stops the loop with that error."""
+    from edgedet.runtime.camera import run_camera
+    from edgedet.runtime.detector import Detector
+
+    det = Detector.from_file(rt_models.tflite("int8"))
+    frame = np.full((90, 120, 3), 100, np.uint8)
+
+    def boom(i, dets):
+        if i == 2:
+            raise RuntimeError("sink failed")
+
+    with pytest.raises(RuntimeError, match="sink failed"):
+        run_camera(det, [frame] * 20, headless=True, on_detections=boom)
