@@ -204,7 +204,8 @@ def load_for_model(path, size, mode: str = "letterbox") -> tuple[np.ndarray, tup
     Returns:
         ``(image (H', W', 3) uint8, original (H, W))``; ``H' = H`` unless a JPEG was at least
         twice the size it lands at on the canvas. Pass the original to :func:`resize_for_model`
-        as ``source_hw`` (with ``exact=True``, so the rest of the scaling uses the training filter).
+        as ``source_hw``, with ``exact=True`` when the image came back reduced (the rest of the
+        scaling then uses the training filter).
     """
     return _decode(path, size, mode)
 

@@ -48,6 +48,10 @@ class OpenVINOBackend(Backend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{xml}: cannot read OpenVINO model ({first[:200]})") from exc
         config = {"PERFORMANCE_HINT": "LATENCY"}
+        if dev == "CPU":
+            # On CPUs with AVX512-BF16 / AMX OpenVINO otherwise runs float layers in bfloat16:
+            # quicker, but an fp32 file would no longer give the float model's detections.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads and dev == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
