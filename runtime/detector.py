@@ -244,9 +244,7 @@ def prepare_image(image, plan: InputPlan, meta: ModelMeta) -> tuple[np.ndarray, 
     decoded already reduced when it is large (:func:`~edgedet.runtime.preprocess.load_for_model`)."""
     if isinstance(image, (str, os.PathLike)):
         img, hw = load_for_model(image, plan.size, meta.resize)
-        # What the decoder did not scale is finished with the training filter; a file decoded
-        # at full size is resized like any array.
-        canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean, source_hw=hw, exact=img.shape[:2] != hw)
+        canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean, source_hw=hw)
         return plan.prepare(canvas[None]), scales, hw
     img = as_rgb_uint8(image)
     canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean)

@@ -5,18 +5,21 @@ fits the network input with its aspect ratio kept, placed at the TOP-LEFT corner
 bottom/right with the mean pixel, so the normalised padding is 0. A box found on the canvas
 maps back to the original image with ``box / scale``.
 
-Resampling (every path downscales with an antialiasing filter, as training's
-``tf.image.resize(..., antialias=True)`` does):
+Resampling: one filter everywhere, Pillow's antialiased BILINEAR (a triangle as wide as two
+source pixels per output pixel when downscaling), the filter training's
+``tf.image.resize(..., antialias=True)`` applies. Two quicker ways to get the same pixels:
 
-* an image FILE goes through :func:`load_for_model`: a JPEG at least twice the target size is
-  decoded already reduced by 2, 4 or 8 (Pillow's ``draft``: libjpeg's scaled inverse DCT, exact
-  in the frequency domain, ~20x quicker than a full decode plus resize), and what is left of
-  the scaling is done by Pillow's antialiased BILINEAR, the training filter;
-* an ARRAY (a camera or video frame) is downscaled by OpenCV's ``INTER_AREA`` (pixel-area
-  averaging, ~25x quicker than Pillow here) when OpenCV is installed, by Pillow's BILINEAR
-  otherwise. ``EDGEDET_RESIZE=pillow`` forces Pillow everywhere (the reference path).
+* integer downscale factors (640x480 -> 320x240, 1280x720 -> 320x180, ...) run on OpenCV when it
+  is installed: the triangle is a box of the factor convolved with a short blur, so a 3-5 tap
+  blur plus ``INTER_AREA``'s box average gives Pillow's result to +-1 grey level (the border
+  rows and columns are Pillow's own), 5x quicker;
+  other factors use Pillow. (``INTER_AREA`` alone, a box filter, is 25x quicker but sharper
+  than what the network was trained on: -2.2 AP on BCCD, see docs/performance.md.)
+* :func:`load_for_model` lets a JPEG decoder drop whole factors of 2 (Pillow's ``draft``:
+  libjpeg's scaled inverse DCT) as long as the image stays at least twice the size it lands at,
+  so the last 2x or more is still done by the training filter.
 
-The AP effect of both fast paths on BCCD is measured in docs/performance.md.
+``EDGEDET_RESIZE=pillow`` turns both off (Pillow on the full image: the reference path).
 
 Pillow, numpy and (optionally) OpenCV; all imported lazily so ``import edgedet.runtime`` stays quick.
 """
@@ -69,8 +72,8 @@ def load_image(path) -> np.ndarray:
 
 
 def _decode(path, size=None, mode: str = "letterbox") -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode ``path`` as RGB; with a network ``size``, a JPEG at least twice the size it lands at
-    on the canvas is decoded reduced (2, 4 or 8 x, never below that size). Returns ``(image, (H, W))``
+    """Decode ``path`` as RGB; with a network ``size``, a JPEG is decoded reduced by 2, 4 or 8 as
+    long as it stays at least twice the size it lands at on the canvas. Returns ``(image, (H, W))``
     with the ORIGINAL size."""
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
@@ -82,7 +85,8 @@ def _decode(path, size=None, mode: str = "letterbox") -> tuple[np.ndarray, tuple
             iw, ih = im.size
             if size is not None and im.format == "JPEG" and not _reference():
                 nh, nw, _ = fit_geometry((ih, iw), size, mode)
-                im.draft("RGB" if im.mode == "RGB" else None, (nw, nh))
+                # draft keeps both sides >= the request; the last >= 2x is the training filter's
+                im.draft("RGB" if im.mode == "RGB" else None, (2 * nw, 2 * nh))
             im.load()  # decode now: a truncated file fails here, not later in resize
             if im.mode != "RGB":
                 im = im.convert("RGB")
@@ -115,23 +119,56 @@ def _fill(mean) -> np.ndarray:
     return np.clip(np.round(np.asarray(mean, np.float32).reshape(-1)), 0, 255).astype(np.uint8)
 
 
-def _resize(image: np.ndarray, new_w: int, new_h: int, exact: bool = False) -> np.ndarray:
-    """``(H, W, 3)`` uint8 -> ``(new_h, new_w, 3)``; ``exact`` keeps Pillow's (training's) filter."""
-    if (image.shape[1], image.shape[0]) == (new_w, new_h):
+def _factor(src: int, dst: int) -> int:
+    """The integer downscale factor from ``src`` to ``dst`` pixels, or 0 when there is none."""
+    return src // dst if dst and src % dst == 0 and src >= 2 * dst else 0
+
+
+def _blur_kernel(f: int) -> np.ndarray:
+    """Pillow's BILINEAR for an integer factor ``f`` is box(f) * box(f) (* box(2) when ``f`` is even,
+    which centres it between pixels); ``INTER_AREA`` applies one box(f), this is the rest."""
+    k = np.ones(f)
+    if f % 2 == 0:
+        k = np.convolve(k, [1.0, 1.0])
+    return (k / k.sum()).astype(np.float32)
+
+
+def _resize(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(new_h, new_w, 3)`` with Pillow's antialiased BILINEAR (see module doc)."""
+    ih, iw = image.shape[:2]
+    if (iw, ih) == (new_w, new_h):
         return image
-    cv2 = None if exact or new_w > image.shape[1] or new_h > image.shape[0] else _opencv()
+    fx, fy = _factor(iw, new_w), _factor(ih, new_h)
+    cv2 = _opencv() if fx and fy else None
     if cv2 is not None:
-        # A BGR->RGB frame is usually a channel-reversed view: resize the contiguous BGR
-        # buffer and reverse the (4x smaller) result, instead of copying the whole frame.
+        # A BGR->RGB frame is usually a channel-reversed view: filter the contiguous BGR buffer
+        # and swap the channels of the (4x smaller) result, instead of copying the whole frame.
         flipped = image.strides[2] < 0
-        src = image[..., ::-1] if flipped else image
-        out = cv2.resize(np.ascontiguousarray(src), (new_w, new_h), interpolation=cv2.INTER_AREA)
-        return out[..., ::-1] if flipped else out
+        src = np.ascontiguousarray(image[..., ::-1] if flipped else image)
+        blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
+        out = cv2.resize(blurred, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        _exact_borders(out, src, fx, fy)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if flipped else out
+    return _pillow(image, new_w, new_h)
+
+
+def _pillow(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     from PIL import Image  # noqa: PLC0415
 
-    # Pillow's BILINEAR widens its filter when downscaling (antialiased), matching
-    # tf.image.resize(..., antialias=True) used in training.
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR))
+
+
+def _exact_borders(out: np.ndarray, src: np.ndarray, fx: int, fy: int) -> None:
+    """Redo the outermost output rows/columns with Pillow, in place. Only they reach past the
+    image, where Pillow drops the missing taps and renormalises and OpenCV repeats the edge pixel.
+    A strip two output pixels wide has the same scale and filter centres as the whole image."""
+    h, w = out.shape[:2]
+    if w >= 2:
+        out[:, 0] = _pillow(src[:, : 2 * fx], 2, h)[:, 0]
+        out[:, -1] = _pillow(src[:, -2 * fx:], 2, h)[:, 1]
+    if h >= 2:
+        out[0] = _pillow(src[: 2 * fy], w, 2)[0]
+        out[-1] = _pillow(src[-2 * fy:], w, 2)[1]
 
 
 def fit_geometry(image_hw, size, mode: str = "letterbox") -> tuple[int, int, tuple[float, float]]:
@@ -148,8 +185,7 @@ def fit_geometry(image_hw, size, mode: str = "letterbox") -> tuple[int, int, tup
     return min(h, max(1, int(round(ih * scale)))), min(w, max(1, int(round(iw * scale)))), (scale, scale)
 
 
-def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=None,
-              exact: bool = False) -> tuple[np.ndarray, float]:
+def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=None) -> tuple[np.ndarray, float]:
     """Aspect-preserving resize onto a ``size`` canvas, top-left, padded with the mean pixel.
 
     Args:
@@ -158,14 +194,13 @@ def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=Non
         mean: pad colour in pixel units (the model's normalisation mean, so padding normalises to 0).
         source_hw: the original ``(H, W)`` when ``image`` was decoded reduced (the geometry and
             the returned scale refer to the original).
-        exact: resize with Pillow's BILINEAR (the training filter) even when OpenCV is installed.
 
     Returns:
         ``(canvas (h, w, 3) uint8, scale)`` with ``input_px = original_px * scale``.
     """
     h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     nh, nw, (scale, _) = fit_geometry(source_hw or image.shape[:2], (h, w))
-    resized = _resize(image[..., :3], nw, nh, exact)
+    resized = _resize(image[..., :3], nw, nh)
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(resized), float(scale)
     canvas = np.empty((h, w, 3), np.uint8)
@@ -179,22 +214,21 @@ def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=Non
     return canvas, float(scale)
 
 
-def stretch(image: np.ndarray, size, source_hw=None, exact: bool = False) -> tuple[np.ndarray, tuple[float, float]]:
+def stretch(image: np.ndarray, size, source_hw=None) -> tuple[np.ndarray, tuple[float, float]]:
     """Resize to ``size`` ignoring aspect ratio; returns ``(canvas, (scale_y, scale_x))`` (see :func:`letterbox`)."""
     h, w, scales = fit_geometry(source_hw or image.shape[:2], size, "stretch")
-    return np.ascontiguousarray(_resize(image[..., :3], w, h, exact)), scales
+    return np.ascontiguousarray(_resize(image[..., :3], w, h)), scales
 
 
-def resize_for_model(image: np.ndarray, size, mode: str = "letterbox", mean=(127.0, 127.0, 127.0), source_hw=None,
-                     exact: bool = False):
+def resize_for_model(image: np.ndarray, size, mode: str = "letterbox", mean=(127.0, 127.0, 127.0), source_hw=None):
     """Letterbox or stretch per the model metadata.
 
     Returns:
         ``(canvas (h, w, 3) uint8, (scale_y, scale_x))``.
     """
     if mode == "stretch":
-        return stretch(image, size, source_hw, exact)
-    canvas, s = letterbox(image, size, mean, source_hw, exact)
+        return stretch(image, size, source_hw)
+    canvas, s = letterbox(image, size, mean, source_hw)
     return canvas, (s, s)
 
 
@@ -203,9 +237,8 @@ def load_for_model(path, size, mode: str = "letterbox") -> tuple[np.ndarray, tup
 
     Returns:
         ``(image (H', W', 3) uint8, original (H, W))``; ``H' = H`` unless a JPEG was at least
-        twice the size it lands at on the canvas. Pass the original to :func:`resize_for_model`
-        as ``source_hw``, with ``exact=True`` when the image came back reduced (the rest of the
-        scaling then uses the training filter).
+        four times the size it lands at on the canvas (it is then decoded at 1/2, 1/4 or 1/8,
+        never below twice that size). Pass the original to :func:`resize_for_model` as ``source_hw``.
     """
     return _decode(path, size, mode)
 
