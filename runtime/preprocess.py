@@ -161,14 +161,15 @@ def _pillow(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 def _exact_borders(out: np.ndarray, src: np.ndarray, fx: int, fy: int) -> None:
     """Redo the outermost output rows/columns with Pillow, in place. Only they reach past the
     image, where Pillow drops the missing taps and renormalises and OpenCV repeats the edge pixel.
-    A strip two output pixels wide has the same scale and filter centres as the whole image."""
+    The first and last ``2 f`` source pixels, side by side, resized to 4 pixels, have the same
+    scale and the same filter centres at both ends as the whole image: one small call per axis."""
     h, w = out.shape[:2]
     if w >= 2:
-        out[:, 0] = _pillow(src[:, : 2 * fx], 2, h)[:, 0]
-        out[:, -1] = _pillow(src[:, -2 * fx:], 2, h)[:, 1]
+        cols = _pillow(np.concatenate([src[:, : 2 * fx], src[:, -2 * fx:]], axis=1), 4, h)
+        out[:, 0], out[:, -1] = cols[:, 0], cols[:, 3]
     if h >= 2:
-        out[0] = _pillow(src[: 2 * fy], w, 2)[0]
-        out[-1] = _pillow(src[-2 * fy:], w, 2)[1]
+        rows = _pillow(np.concatenate([src[: 2 * fy], src[-2 * fy:]], axis=0), w, 4)
+        out[0], out[-1] = rows[0], rows[3]
 
 
 def fit_geometry(image_hw, size, mode: str = "letterbox") -> tuple[int, int, tuple[float, float]]:
