@@ -6,7 +6,7 @@ interleaved (sequential, pipelined, sequential, ... ``--rounds`` times each), wi
 Detector. Reported: median FPS (frames / wall second over the whole clip) per mode, their
 ratio, the load average, and whether every frame's detections were identical in both modes.
 
-    python benchmarks/bench_camera.py --model runs/bccd/5_convert/lite0_tflite-int8.tflite [--threads 2] [--rounds 5]
+    python benchmarks/bench_camera.py --model runs/bccd/5_convert/lite0_tflite-int8.tflite [--threads 2] [--rounds 5] [--save]
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def make_clip(path: Path, frames: int = 150, hold: int = 5) -> Path:
     return path
 
 
-def run_once(det, clip: Path, sequential: bool) -> tuple[dict, list]:
+def run_once(det, clip: Path, sequential: bool, save: str | None = None) -> tuple[dict, list]:
     from edgedet.runtime.camera import FrameSource, run_camera
 
     found: list = []
-    stats = run_camera(det, FrameSource(str(clip)), headless=True, sequential=sequential,
+    stats = run_camera(det, FrameSource(str(clip)), headless=True, sequential=sequential, save=save,
                        on_detections=lambda i, d: found.append((d.boxes.copy(), d.scores.copy(), d.classes.copy())))
     return stats, found
 
@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--clip", default="/tmp/edgedet-bench-camera/bccd_640x480.mp4")
+    ap.add_argument("--save", action="store_true", help="also write the annotated video (as `--save out.mp4`)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     from edgedet.runtime.detector import Detector
@@ -81,13 +82,14 @@ def main(argv=None) -> dict:
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     for _ in range(args.rounds):
         for mode in ("sequential", "pipelined"):
-            stats, found = run_once(det, clip, mode == "sequential")
+            out = str(clip.parent / f"annotated_{mode}.mp4") if args.save else None
+            stats, found = run_once(det, clip, mode == "sequential", out)
             fps[mode].append(stats["fps"])
             reference = found if reference is None else reference
             identical &= same(reference, found)
     med = {k: statistics.median(v) for k, v in fps.items()}
     ratio = med["pipelined"] / med["sequential"]
-    print(f"{Path(args.model).name}, {det.input.size[0]} px, {args.threads} threads, {len(reference)} frames 640x480, "
+    print(f"{Path(args.model).name}, {det.input.size[0]} px, {args.threads} threads, {len(reference)} frames 640x480{' saved' if args.save else ''}, "
           f"{args.rounds} interleaved rounds ({time.perf_counter() - t0:.0f} s); load avg before {load0:.2f}, "
           f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     for k, v in fps.items():
