@@ -15,6 +15,8 @@ Every other candidate gets a one-line reason: failed, over budget, slower, or as
 """
 from __future__ import annotations
 
+from edgedet.files import fmt_size
+
 TIE_FRACTION = 0.05  # latencies within 5 % of the fastest are a tie
 
 RECOMMENDATION_SCHEMA: dict = {
@@ -31,15 +33,6 @@ RECOMMENDATION_SCHEMA: dict = {
                            "detail": {"type": "string"}}}},
     },
 }
-
-
-def _latency(entry: dict, metric: str) -> float | None:
-    part, _, key = metric.partition(".")
-    return ((entry.get("latency") or {}).get(part) or {}).get(key)
-
-
-def _mib(n) -> str:
-    return "?" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def _over_budget(entry: dict, max_drop) -> str | None:
@@ -62,13 +55,15 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
         ``{"name", "path", "metric", "latency_ms", "file_size_bytes", "reason", "others": [{"name",
         "path", "lost", "detail"}]}``, or None when no candidate ran.
     """
+    from edgedet.runtime.report.build import latency_value  # noqa: PLC0415  (build imports this module)
+
     metric = thresholds.get("latency_metric") or "end_to_end.p50"
     max_drop = thresholds.get("max_ap_drop")
     others, fit = [], []
     for m in models:
         if m.get("role") != "candidate":
             continue
-        lat = _latency(m, metric)
+        lat = latency_value(m, metric)
         over = _over_budget(m, max_drop)
         if m.get("status") == "fail":
             others.append((m, "failed", m.get("error") or "did not run"))
@@ -89,12 +84,12 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
             continue
         if lat_m <= fastest * (1.0 + tie):
             others.append((m, "larger", f"as fast ({metric} {lat_m:.2f} ms, within {tie * 100:.0f} %) but "
-                                        f"{_mib(m.get('file_size_bytes'))} vs {_mib(best.get('file_size_bytes'))}"))
+                                        f"{fmt_size(m.get('file_size_bytes'))} vs {fmt_size(best.get('file_size_bytes'))}"))
         else:
             others.append((m, "slower", f"{metric} {lat_m:.2f} ms vs {lat:.2f} ms ({(lat_m / lat - 1) * 100:+.0f} %)"))
     accuracy = ("AP not checked against a float baseline" if max_drop is None or (best.get("delta") or {}).get("AP") is None
                 else f"ΔAP {best['delta']['AP'] * 100:+.2f} points within the {max_drop * 100:.2f}-point budget")
-    reason = f"fastest within the accuracy budget: {metric} {lat:.2f} ms, {_mib(best.get('file_size_bytes'))}, {accuracy}"
+    reason = f"fastest within the accuracy budget: {metric} {lat:.2f} ms, {fmt_size(best.get('file_size_bytes'))}, {accuracy}"
     if len(tied) > 1:
         reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"
     order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "failed": 4}
