@@ -96,8 +96,9 @@ def _photo(h=480, w=640):
 
 @pytest.mark.parametrize("hw,size,mode,decoded", [
     ((480, 640), (320, 320), "letterbox", (480, 640)),  # lands at 320x240: 2x is left to the training filter
-    ((1440, 1920), (320, 320), "letterbox", (720, 960)),  # 6x: decoded at 1/2, then 3x
-    ((2448, 3264), (320, 320), "letterbox", (612, 816)),  # 10.2x: decoded at 1/4, then 2.55x
+    ((960, 1280), (320, 320), "letterbox", (480, 640)),  # 4x: decoded at 1/2, then 2x
+    ((1224, 1632), (320, 320), "letterbox", (612, 816)),  # 5.1x: decoded at 1/2, then 2.55x
+    ((1200, 1600), (160, 160), "letterbox", (300, 400)),  # 10x: decoded at 1/4, then 2.5x
     ((1080, 1920), (256, 256), "stretch", (540, 960)),  # per axis 7.5x / 4.2x: 1/2
     ((200, 300), (320, 320), "letterbox", (200, 300)),  # upscaled: full decode
 ])
