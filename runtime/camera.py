@@ -3,11 +3,14 @@
 Sources: a camera index ("0"; picamera2 on a Raspberry Pi when installed, OpenCV otherwise),
 a video file, or a folder of images. OpenCV (``cv2``) and picamera2 are imported lazily.
 The loop ends cleanly on ``q``, Ctrl-C or the end of the stream, and skips dropped frames.
+Capture and pre-processing run one frame ahead on a second thread (``sequential=False``).
 """
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from typing import Iterator
 
@@ -167,9 +170,144 @@ class _Writer:
                 os.remove(self.tmp)
 
 
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def _valid(frame) -> bool:
+    return frame is not None and getattr(frame, "ndim", 0) == 3
+
+
+def _inline(source, prepare) -> Iterator[tuple]:
+    """The sequential loop's frames: ``(frame, (x, scales, hw, pre seconds) or None)``, each prepared when needed."""
+    for frame in source:
+        if not _valid(frame):
+            yield frame, None
+            continue
+        t = time.perf_counter()
+        x, scales, hw = prepare(frame)
+        yield frame, (x, scales, hw, time.perf_counter() - t)
+
+
+class _Prefetch:
+    """Capture and pre-processing on a worker thread, ``depth`` frames ahead of the consumer.
+
+    The consumer's invoke releases the GIL (LiteRT, ONNX Runtime and OpenVINO all do), so the
+    next frame is read and letterboxed while the current one is in the network. Frames come out
+    in capture order, and each is prepared exactly as the sequential loop prepares it.
+    """
+
+    def __init__(self, source, prepare, depth: int = 1):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, prepare), name="edgedet-capture", daemon=True)
+        self._thread.start()
+
+    def _run(self, source, prepare) -> None:
+        try:
+            for item in _inline(source, prepare):
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer (KeyboardInterrupt too)
+            self._put(_Failure(exc))
+            return
+        self._put(_END)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple]:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+class _Frames:
+    """What happens to a frame after invoke: decode, report, draw, save and show (in frame order)."""
+
+    def __init__(self, detector, writer, cv2, window: str, on_detections):
+        self.detector, self.writer, self.cv2, self.window = detector, writer, cv2, window
+        self.on_detections = on_detections
+        self.count = 0
+        self.shown_fps = 0.0
+        self.last = time.perf_counter()
+
+    def handle(self, frame, outs, scales, hw, pre: float, invoke: float) -> bool:
+        """Returns True when the user asked to stop (q / Esc in the window)."""
+        t = time.perf_counter()
+        dets = self.detector.decode(outs, scales, hw)
+        del outs
+        self.detector.last_timing = {"pre": pre, "invoke": invoke, "post": time.perf_counter() - t}
+        if self.on_detections is not None:
+            self.on_detections(self.count, dets)
+        self.count += 1
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        self.shown_fps = (1.0 / dt) if self.shown_fps == 0.0 else 0.9 * self.shown_fps + 0.1 / max(dt, 1e-6)
+        if self.writer is None and self.cv2 is None:
+            return False  # nothing to draw for when headless without --save
+        out = draw_detections(frame, dets, f"{self.shown_fps:5.1f} FPS  inference {invoke * 1000:5.1f} ms  {len(dets)} objects")
+        if self.writer is not None:
+            self.writer.write(out)
+        return self.cv2 is not None and _show(self.cv2, self.window, out)
+
+
+class _Behind:
+    """Runs ``handle`` on a worker thread, one frame behind invoke, in frame order (headless only:
+    a window must be drawn from the thread that created it). An error there stops the loop."""
+
+    def __init__(self, handle, depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(handle,), name="edgedet-post", daemon=True)
+        self._thread.start()
+
+    def _run(self, handle) -> None:
+        while (item := self._q.get()) is not _END:
+            if self.error is None:
+                try:
+                    handle(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+                    self.error = exc
+
+    def __call__(self, *item) -> bool:
+        """Queue a frame; True (stop) once the worker has failed (the error is raised by ``_finish``)."""
+        if self.error is not None:
+            return True
+        self._q.put(item)
+        return False
+
+    def close(self) -> None:
+        self._q.put(_END)
+        self._thread.join()
+
+
 def run_camera(detector, source, headless: bool = False, save: str | None = None, max_frames: int | None = None,
-               window: str = "edgedet") -> dict:
+               window: str = "edgedet", sequential: bool = False, on_detections=None) -> dict:
     """Run the demo loop.
+
+    By default it is a pipeline: capture + pre-processing of frame n+1 run on one worker thread
+    and (headless) decoding, drawing and saving of frame n-1 on another while frame n is in
+    invoke, which releases the GIL. ``sequential=True`` runs every step one after another.
+    Both give the same detections for every frame.
 
     Args:
         detector: a :class:`~edgedet.runtime.detector.Detector`.
@@ -177,60 +315,77 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
         headless: no window (use with ``save``).
         save: write the annotated video here (``.mp4`` or ``.avi``).
         max_frames: stop after this many processed frames.
+        sequential: the one-thread loop (for comparison, or a source that must be read on the
+            calling thread).
+        on_detections: called as ``on_detections(frame_index, detections)`` for each frame.
 
     Returns:
-        ``{"frames", "dropped", "fps", "invoke_ms", "stopped"}`` where stopped is
-        "end", "q", "interrupt" or "max_frames".
+        ``{"frames", "dropped", "fps", "invoke_ms", "stopped", "mode"}``: ``fps`` is frames per
+        second of wall time over the whole run; stopped is "end", "q", "interrupt" or "max_frames".
     """
     cv2 = None if headless else _cv2()
     if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
-    fps_src = getattr(source, "fps", 30.0)
-    writer = _Writer(save, fps_src) if save else None
-    frames = dropped = 0
-    fps = 0.0
-    invoke_ms = []
-    stopped = "end"
-    last = time.perf_counter()
+    writer = _Writer(save, getattr(source, "fps", 30.0)) if save else None
+    sink = _Frames(detector, writer, cv2, window, on_detections)
+    items = _inline(source, detector.preprocess) if sequential else _Prefetch(source, detector.preprocess)
+    behind = None if sequential or cv2 is not None else _Behind(sink.handle)
+    dropped, invoke_ms, stopped = 0, [], "end"
+    start = time.perf_counter()
     try:
-        for frame in source:
-            if frame is None or getattr(frame, "ndim", 0) != 3:
+        for frame, prepared in items:
+            if prepared is None:
                 dropped += 1
                 continue
-            dets = detector.detect(frame)
-            now = time.perf_counter()
-            dt, last = now - last, now
-            fps = (1.0 / dt) if fps == 0.0 else 0.9 * fps + 0.1 / max(dt, 1e-6)
-            ms = detector.last_timing["invoke"] * 1000
-            invoke_ms.append(ms)
-            header = f"{fps:5.1f} FPS  inference {ms:5.1f} ms  {len(dets)} objects"
-            out = draw_detections(frame, dets, header)
-            frames += 1
-            if writer:
-                writer.write(out)
-            if cv2 is not None:
-                try:
-                    cv2.imshow(window, np.ascontiguousarray(out[..., ::-1]))
-                    key = cv2.waitKey(1) & 0xFF
-                except cv2.error as exc:
-                    raise ToolchainError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1][:120]}); use --headless --save out.mp4") from exc
-                if key in (ord("q"), 27):
-                    stopped = "q"
-                    break
-            if max_frames and frames >= max_frames:
+            x, scales, hw, pre = prepared
+            t = time.perf_counter()
+            outs = detector.backend.run(x)
+            invoke = time.perf_counter() - t
+            invoke_ms.append(invoke * 1000)
+            # The next invoke reuses the interpreter's output buffers: a frame decoded on the
+            # other thread gets its own copy.
+            if (behind or sink.handle)(frame, [np.array(o) for o in outs] if behind else outs, scales, hw, pre, invoke):
+                stopped = "q"
+                break
+            del outs
+            if max_frames and len(invoke_ms) >= max_frames:
                 stopped = "max_frames"
                 break
     except KeyboardInterrupt:
         stopped = "interrupt"
     finally:
-        if hasattr(source, "close"):
-            source.close()
-        if writer:
-            writer.close(keep=True)
-        if cv2 is not None:
-            try:
-                cv2.destroyAllWindows()
-            except cv2.error:
-                pass
-    return {"frames": frames, "dropped": dropped, "fps": round(fps, 2),
-            "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped}
+        _finish(items, behind, source, writer, cv2)
+    elapsed = time.perf_counter() - start
+    return {"frames": sink.count, "dropped": dropped, "fps": round(sink.count / elapsed, 2) if sink.count else 0.0,
+            "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped,
+            "mode": "sequential" if sequential else "pipelined"}
+
+
+def _finish(items, behind, source, writer, cv2) -> None:
+    """Stop the worker threads (the frames already invoked are decoded and saved), then release
+    the source, the video file and the window; a worker's error is raised after the cleanup."""
+    if isinstance(items, _Prefetch):
+        items.close()
+    if behind is not None:
+        behind.close()
+    if hasattr(source, "close"):
+        source.close()
+    if writer:
+        writer.close(keep=True)
+    if cv2 is not None:
+        try:
+            cv2.destroyAllWindows()
+        except cv2.error:
+            pass
+    if behind is not None and behind.error is not None:
+        raise behind.error
+
+
+def _show(cv2, window: str, rgb: np.ndarray) -> bool:
+    """Show a frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow(window, np.ascontiguousarray(rgb[..., ::-1]))
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error as exc:
+        raise ToolchainError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1][:120]}); use --headless --save out.mp4") from exc
+    return key in (ord("q"), 27)

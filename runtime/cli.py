@@ -39,6 +39,8 @@ def register(sub) -> None:
     c.add_argument("--headless", action="store_true", help="no window (use with --save)")
     c.add_argument("--save", metavar="OUT.mp4", help="write the annotated video")
     c.add_argument("--max-frames", type=int, help="stop after N frames")
+    c.add_argument("--sequential", action="store_true",
+                   help="one frame at a time on one thread (default: the next frame is read and pre-processed during invoke)")
     c.set_defaults(func=run_camera_cmd)
 
 
@@ -148,7 +150,8 @@ def run_camera_cmd(args: argparse.Namespace) -> int:
         print("edgedet: note: --headless without --save shows and saves nothing; printing stats only", file=sys.stderr)
     det = _detector(args)
     source = FrameSource(args.source)
-    stats = run_camera(det, source, headless=args.headless, save=args.save, max_frames=args.max_frames)
-    print(f"camera: {stats['frames']} frames, {stats['dropped']} dropped, {stats['fps']} FPS, "
+    stats = run_camera(det, source, headless=args.headless, save=args.save, max_frames=args.max_frames,
+                       sequential=args.sequential)
+    print(f"camera: {stats['frames']} frames, {stats['dropped']} dropped, {stats['fps']} FPS ({stats['mode']}), "
           f"median inference {stats['invoke_ms']} ms, stopped by {stats['stopped']}" + (f"; saved {args.save}" if args.save else ""))
     return 0

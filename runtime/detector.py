@@ -23,7 +23,7 @@ from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.metadata import ModelMeta, read_metadata, read_tflite_zip
 from edgedet.runtime.postprocess import from_nms_outputs, postprocess, to_original
-from edgedet.runtime.preprocess import as_rgb_uint8, resize_for_model
+from edgedet.runtime.preprocess import as_rgb_uint8, load_for_model, resize_for_model
 from edgedet.runtime.outputs import InputPlan, map_nms_outputs, map_raw_outputs
 
 _BACKGROUND = ("???", "background", "__background__", "bg")
@@ -271,7 +271,12 @@ class Detector:
 
 def prepare_image(image, plan: InputPlan, meta: ModelMeta) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
     """Image (array or path) -> ``(input tensor (1, h, w, 3) or NCHW, (scale_y, scale_x), original (H, W))``:
-    letterbox or stretch per ``meta``, then ``plan``'s quantisation and layout."""
+    letterbox or stretch per ``meta``, then ``plan``'s quantisation and layout. A JPEG path is
+    decoded already reduced when it is large (:func:`~edgedet.runtime.preprocess.load_for_model`)."""
+    if isinstance(image, (str, os.PathLike)):
+        img, hw = load_for_model(image, plan.size, meta.resize)
+        canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean, source_hw=hw)
+        return plan.prepare(canvas[None]), scales, hw
     img = as_rgb_uint8(image)
     canvas, scales = resize_for_model(img, plan.size, meta.resize, meta.mean)
     return plan.prepare(canvas[None]), scales, img.shape[:2]

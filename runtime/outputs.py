@@ -47,7 +47,7 @@ class InputPlan:
         self.dtype = np.dtype(spec.dtype)
         self.mean = np.asarray(meta.mean, np.float32)
         self.std = np.asarray(meta.std, np.float32)
-        self.lut = None
+        self.lut = self.float_lut = None
         self.identity = self.flip = False
         if np.issubdtype(self.dtype, np.integer):
             info = np.iinfo(self.dtype)
@@ -64,6 +64,11 @@ class InputPlan:
             self.flip = self.dtype == np.int8 and all(np.array_equal(lut, px - 128) for lut in luts)
             # Same normalisation on every channel (Lite models: 127/128): one gather, not three.
             self.lut_shared = bool((self.lut == self.lut[0]).all())
+        elif self.dtype == np.float32 and np.all(self.mean == self.mean[0]) and np.all(self.std == self.std[0]):
+            # The same float32 arithmetic as below, done once per pixel value: one gather
+            # instead of three passes over the canvas (0.25 vs 0.75 ms at 320 px).
+            px = np.arange(256, dtype=np.float32)
+            self.float_lut = ((px - self.mean[0]) * (np.float32(1.0) / self.std[0])).astype(np.float32)
 
     def prepare(self, canvas: np.ndarray) -> np.ndarray:
         """``(B, h, w, 3)`` uint8 -> the model's input tensor (dtype, quantisation, layout)."""
@@ -77,6 +82,8 @@ class InputPlan:
             x = np.empty(canvas.shape, self.dtype)
             for c in range(3):
                 np.take(self.lut[c], canvas[..., c], out=x[..., c])
+        elif self.float_lut is not None and canvas.dtype == np.uint8:
+            x = np.take(self.float_lut, canvas)
         else:
             x = (canvas.astype(np.float32) - self.mean) * (1.0 / self.std)
             if x.dtype != self.dtype:

@@ -45,13 +45,42 @@ def _dequant(values: np.ndarray, quant) -> np.ndarray:
     return (values.astype(np.float32) - np.float32(zp)) * np.float32(scale)
 
 
-def _above(flat: np.ndarray, logit_thr: float, quant) -> np.ndarray:
-    """Flat indices where ``value > logit_thr`` (comparing quantised ints when quantised)."""
-    if np.issubdtype(flat.dtype, np.integer):
+_CV2: list = []  # [cv2 module or None] once looked up
+
+
+def _nonzero(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the True entries of a 2-D bool mask, in row-major order.
+
+    OpenCV's findNonZero is about twice as quick as numpy's flatnonzero on the 1.3 M-entry P3
+    mask (a few hundred hits), when OpenCV is installed.
+    """
+    if not _CV2:
+        try:
+            import cv2  # noqa: PLC0415
+        except ImportError:
+            cv2 = None
+        _CV2.append(cv2)
+    cv2 = _CV2[0]
+    if cv2 is None or mask.size < 65536 or mask.ndim != 2 or mask.shape[1] >= 2**31:
+        return np.flatnonzero(mask)
+    pts = cv2.findNonZero(mask.view(np.uint8))
+    if pts is None:
+        return np.zeros((0,), np.int64)
+    pts = pts.reshape(-1, 2)
+    return pts[:, 1].astype(np.int64) * mask.shape[1] + pts[:, 0]
+
+
+def _above(values: np.ndarray, logit_thr: float, quant) -> np.ndarray:
+    """Flat indices where ``value > logit_thr`` (comparing quantised ints when quantised).
+
+    Args:
+        values: ``(N, K)`` (any 2-D view of one level's class logits).
+    """
+    if np.issubdtype(values.dtype, np.integer):
         scale, zp = quant if quant is not None else (1.0, 0)
-        info = np.iinfo(flat.dtype)
+        info = np.iinfo(values.dtype)
         if logit_thr == -math.inf:
-            return np.arange(flat.size)
+            return np.arange(values.size)
         if logit_thr == math.inf:
             return np.zeros((0,), np.int64)
         # (q - zp) * scale > t  <=>  q > t / scale + zp  <=>  q >= floor(t / scale + zp) + 1
@@ -59,9 +88,9 @@ def _above(flat: np.ndarray, logit_thr: float, quant) -> np.ndarray:
         if q_min > info.max:
             return np.zeros((0,), np.int64)
         if q_min <= info.min:
-            return np.arange(flat.size)
-        return np.flatnonzero(flat >= flat.dtype.type(q_min))
-    return np.flatnonzero(flat > np.float32(logit_thr))
+            return np.arange(values.size)
+        return _nonzero(values >= values.dtype.type(q_min))
+    return _nonzero(values > np.float32(logit_thr))
 
 
 def postprocess(
@@ -118,12 +147,12 @@ def postprocess(
     flat_idx, logits = [], []
     offset = 0
     for lv, arr in enumerate(cls_levels):
-        flat = np.asarray(arr).reshape(-1)
-        hit = _above(flat, logit_thr, cq[lv])
+        arr = np.asarray(arr)
+        hit = _above(arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1), logit_thr, cq[lv])
         if hit.size:
             flat_idx.append(hit + offset)
-            logits.append(_dequant(flat[hit], cq[lv]))
-        offset += flat.size
+            logits.append(_dequant(arr.reshape(-1)[hit], cq[lv]))
+        offset += arr.size
     if not flat_idx:
         return Detections.empty(labels)
     flat_idx = np.concatenate(flat_idx)

@@ -5,7 +5,23 @@ fits the network input with its aspect ratio kept, placed at the TOP-LEFT corner
 bottom/right with the mean pixel, so the normalised padding is 0. A box found on the canvas
 maps back to the original image with ``box / scale``.
 
-Pillow and numpy only; Pillow is imported lazily so ``import edgedet.runtime`` stays quick.
+Resampling: one filter everywhere, Pillow's antialiased BILINEAR (a triangle as wide as two
+source pixels per output pixel when downscaling), the filter training's
+``tf.image.resize(..., antialias=True)`` applies. Two quicker ways to get the same pixels:
+
+* integer downscale factors (640x480 -> 320x240, 1280x720 -> 320x180, ...) run on OpenCV when it
+  is installed: the triangle is a box of the factor convolved with a short blur, so a 3-5 tap
+  blur plus ``INTER_AREA``'s box average gives Pillow's result to +-1 grey level (the border
+  rows and columns are Pillow's own), 5x quicker;
+  other factors use Pillow. (``INTER_AREA`` alone, a box filter, is 25x quicker but sharper
+  than what the network was trained on: -2.2 AP on BCCD, see docs/performance.md.)
+* :func:`load_for_model` lets a JPEG decoder drop whole factors of 2 (Pillow's ``draft``:
+  libjpeg's scaled inverse DCT) as long as the image stays at least twice the size it lands at,
+  so the last 2x or more is still done by the training filter.
+
+``EDGEDET_RESIZE=pillow`` turns both off (Pillow on the full image: the reference path).
+
+Pillow, numpy and (optionally) OpenCV; all imported lazily so ``import edgedet.runtime`` stays quick.
 """
 from __future__ import annotations
 
@@ -16,6 +32,28 @@ import numpy as np
 from edgedet.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_CV2: list = []  # [module or None] once looked up
+
+
+def resize_backend() -> str:
+    """``"opencv"`` or ``"pillow"``: what downscales arrays (``EDGEDET_RESIZE`` overrides)."""
+    return "opencv" if _opencv() is not None else "pillow"
+
+
+def _reference() -> bool:
+    return os.environ.get("EDGEDET_RESIZE", "").strip().lower() == "pillow"
+
+
+def _opencv():
+    if _reference():
+        return None
+    if not _CV2:
+        try:
+            import cv2  # noqa: PLC0415
+        except ImportError:
+            cv2 = None
+        _CV2.append(cv2)
+    return _CV2[0]
 
 
 def to_rgb(im):
@@ -73,6 +111,13 @@ def load_image(path) -> np.ndarray:
     Raises:
         DataError: missing, not an image, or truncated/corrupt (the message names the file).
     """
+    return _decode(path)[0]
+
+
+def _decode(path, size=None, mode: str = "letterbox") -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` as RGB; with a network ``size``, a JPEG is decoded reduced by 2, 4 or 8 as
+    long as it stays at least twice the size it lands at on the canvas. Returns ``(image, (H, W))``
+    with the ORIGINAL size."""
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     path = os.fspath(path)
@@ -80,8 +125,15 @@ def load_image(path) -> np.ndarray:
         raise DataError(f"{path}: no such image file")
     try:
         with Image.open(path) as im:
+            dw, dh = displayed_size(im)
+            if size is not None and im.format == "JPEG" and not _reference():
+                nh, nw, _ = fit_geometry((dh, dw), size, mode)
+                # draft keeps both sides >= the request; the last >= 2x is the training filter's.
+                # The request is in stored orientation (EXIF rotation is applied after decoding).
+                req = (2 * nw, 2 * nh) if im.size == (dw, dh) else (2 * nh, 2 * nw)
+                im.draft("RGB" if im.mode == "RGB" else None, req)
             im.load()  # decode now: a truncated file fails here, not later in resize
-            return np.asarray(to_rgb(im), dtype=np.uint8).copy()
+            return np.asarray(to_rgb(im), dtype=np.uint8).copy(), (dh, dw)
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image file (Pillow cannot identify it)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -110,32 +162,89 @@ def _fill(mean) -> np.ndarray:
     return np.clip(np.round(np.asarray(mean, np.float32).reshape(-1)), 0, 255).astype(np.uint8)
 
 
+def _factor(src: int, dst: int) -> int:
+    """The integer downscale factor from ``src`` to ``dst`` pixels, or 0 when there is none."""
+    return src // dst if dst and src % dst == 0 and src >= 2 * dst else 0
+
+
+def _blur_kernel(f: int) -> np.ndarray:
+    """Pillow's BILINEAR for an integer factor ``f`` is box(f) * box(f) (* box(2) when ``f`` is even,
+    which centres it between pixels); ``INTER_AREA`` applies one box(f), this is the rest."""
+    k = np.ones(f)
+    if f % 2 == 0:
+        k = np.convolve(k, [1.0, 1.0])
+    return (k / k.sum()).astype(np.float32)
+
+
 def _resize(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == (new_w, new_h):
+    """``(H, W, 3)`` uint8 -> ``(new_h, new_w, 3)`` with Pillow's antialiased BILINEAR (see module doc)."""
+    ih, iw = image.shape[:2]
+    if (iw, ih) == (new_w, new_h):
         return image
+    fx, fy = _factor(iw, new_w), _factor(ih, new_h)
+    cv2 = _opencv() if fx and fy else None
+    if cv2 is not None:
+        # A BGR->RGB frame is usually a channel-reversed view: filter the contiguous BGR buffer
+        # and swap the channels of the (4x smaller) result, instead of copying the whole frame.
+        flipped = image.strides[2] < 0
+        src = np.ascontiguousarray(image[..., ::-1] if flipped else image)
+        blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
+        out = cv2.resize(blurred, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        _exact_borders(out, src, fx, fy)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if flipped else out
+    return _pillow(image, new_w, new_h)
+
+
+def _pillow(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     from PIL import Image  # noqa: PLC0415
 
-    # Pillow's BILINEAR widens its filter when downscaling (antialiased), matching
-    # tf.image.resize(..., antialias=True) used in training.
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR))
 
 
-def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0)) -> tuple[np.ndarray, float]:
+def _exact_borders(out: np.ndarray, src: np.ndarray, fx: int, fy: int) -> None:
+    """Redo the outermost output rows/columns with Pillow, in place. Only they reach past the
+    image, where Pillow drops the missing taps and renormalises and OpenCV repeats the edge pixel.
+    The first and last ``2 f`` source pixels, side by side, resized to 4 pixels, have the same
+    scale and the same filter centres at both ends as the whole image: one small call per axis."""
+    h, w = out.shape[:2]
+    if w >= 2:
+        cols = _pillow(np.concatenate([src[:, : 2 * fx], src[:, -2 * fx:]], axis=1), 4, h)
+        out[:, 0], out[:, -1] = cols[:, 0], cols[:, 3]
+    if h >= 2:
+        rows = _pillow(np.concatenate([src[: 2 * fy], src[-2 * fy:]], axis=0), w, 4)
+        out[0], out[-1] = rows[0], rows[3]
+
+
+def fit_geometry(image_hw, size, mode: str = "letterbox") -> tuple[int, int, tuple[float, float]]:
+    """Where an ``image_hw = (H, W)`` image lands on the ``size`` canvas.
+
+    Returns:
+        ``(new_h, new_w, (scale_y, scale_x))`` with ``input_px = original_px * scale``.
+    """
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    ih, iw = int(image_hw[0]), int(image_hw[1])
+    if mode == "stretch":
+        return h, w, (h / ih, w / iw)
+    scale = min(h / ih, w / iw)
+    return min(h, max(1, int(round(ih * scale)))), min(w, max(1, int(round(iw * scale)))), (scale, scale)
+
+
+def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=None) -> tuple[np.ndarray, float]:
     """Aspect-preserving resize onto a ``size`` canvas, top-left, padded with the mean pixel.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         size: ``(h, w)`` of the network input (or an int for square).
         mean: pad colour in pixel units (the model's normalisation mean, so padding normalises to 0).
+        source_hw: the original ``(H, W)`` when ``image`` was decoded reduced (the geometry and
+            the returned scale refer to the original).
 
     Returns:
         ``(canvas (h, w, 3) uint8, scale)`` with ``input_px = original_px * scale``.
     """
     h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    ih, iw = image.shape[:2]
-    scale = min(h / ih, w / iw)
-    nh, nw = min(h, max(1, int(round(ih * scale)))), min(w, max(1, int(round(iw * scale))))
-    resized = _resize(np.ascontiguousarray(image[..., :3]), nw, nh)
+    nh, nw, (scale, _) = fit_geometry(source_hw or image.shape[:2], (h, w))
+    resized = _resize(image[..., :3], nw, nh)
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(resized), float(scale)
     canvas = np.empty((h, w, 3), np.uint8)
@@ -149,23 +258,33 @@ def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0)) -> tuple[np.n
     return canvas, float(scale)
 
 
-def stretch(image: np.ndarray, size) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize to ``size`` ignoring aspect ratio; returns ``(canvas, (scale_y, scale_x))``."""
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    ih, iw = image.shape[:2]
-    return np.ascontiguousarray(_resize(np.ascontiguousarray(image[..., :3]), w, h)), (h / ih, w / iw)
+def stretch(image: np.ndarray, size, source_hw=None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize to ``size`` ignoring aspect ratio; returns ``(canvas, (scale_y, scale_x))`` (see :func:`letterbox`)."""
+    h, w, scales = fit_geometry(source_hw or image.shape[:2], size, "stretch")
+    return np.ascontiguousarray(_resize(image[..., :3], w, h)), scales
 
 
-def resize_for_model(image: np.ndarray, size, mode: str = "letterbox", mean=(127.0, 127.0, 127.0)):
+def resize_for_model(image: np.ndarray, size, mode: str = "letterbox", mean=(127.0, 127.0, 127.0), source_hw=None):
     """Letterbox or stretch per the model metadata.
 
     Returns:
         ``(canvas (h, w, 3) uint8, (scale_y, scale_x))``.
     """
     if mode == "stretch":
-        return stretch(image, size)
-    canvas, s = letterbox(image, size, mean)
+        return stretch(image, size, source_hw)
+    canvas, s = letterbox(image, size, mean, source_hw)
     return canvas, (s, s)
+
+
+def load_for_model(path, size, mode: str = "letterbox") -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file for a ``size`` network input, reduced in the decoder when it can be.
+
+    Returns:
+        ``(image (H', W', 3) uint8, original (H, W))``; ``H' = H`` unless a JPEG was at least
+        four times the size it lands at on the canvas (it is then decoded at 1/2, 1/4 or 1/8,
+        never below twice that size). Pass the original to :func:`resize_for_model` as ``source_hw``.
+    """
+    return _decode(path, size, mode)
 
 
 def normalize(canvas: np.ndarray, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)) -> np.ndarray:

@@ -148,6 +148,9 @@ def assemble(models: list[dict], dataset: dict, thresholds: dict, command: str |
         apply_thresholds(m, baseline, th)
     recall = next((m for m in models if m.get("per_class")), None)
     n = {s: sum(m["status"] == s for m in models) for s in STATUS_ICONS}
+    from edgedet.runtime.report.recommend import recommend
+
+    shipped = recommend(models, th)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "tool": {"name": "edgedet", "version": __version__, "command": command},
@@ -160,6 +163,7 @@ def assemble(models: list[dict], dataset: dict, thresholds: dict, command: str |
         "models": models,
         "summary": {"passed": n["pass"], "missed": n["miss"], "failed": n["fail"],
                     "exit_code": 1 if n["miss"] or n["fail"] else 0},
+        "recommendation": shipped,
     }
 
 

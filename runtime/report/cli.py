@@ -69,6 +69,8 @@ def _validate(args) -> int:
             print(f"❌ {m['name']}: {m['error']}")
     s = report["summary"]
     print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.html")
+    ship = report.get("recommendation")
+    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else "file to ship: none (no candidate ran)")
     return s["exit_code"]
 
 

@@ -159,6 +159,9 @@ def render_markdown(report: dict) -> str:
         "", "AP values are COCO AP × 100; Δ is against the float baseline, in points.", "",
         "## Summary", "", md_table(*summary_table(report)), "",
     ]
+    from edgedet.runtime.report.recommend import markdown as ship_section
+
+    lines += ship_section(report.get("recommendation")) if "recommendation" in report else []
     probs = problems(report)
     if probs:
         lines += ["## Problems", ""] + probs + [""]

@@ -7,6 +7,8 @@ the keywords used here (``type``, ``properties``, ``required``, ``items``, ``enu
 """
 from __future__ import annotations
 
+from edgedet.runtime.report.recommend import RECOMMENDATION_SCHEMA
+
 REPORT_SCHEMA_VERSION = 1
 
 STATUS_ICONS = {"pass": "✅", "miss": "❎", "fail": "❌"}
@@ -117,6 +119,7 @@ REPORT_SCHEMA: dict = {
         "baseline": _STR,
         "recall_thresholds": {"type": "array", "items": {"type": "number"}},
         "models": {"type": "array", "items": _MODEL},
+        "recommendation": RECOMMENDATION_SCHEMA,
         "summary": {
             "type": "object",
             "required": ["passed", "missed", "failed", "exit_code"],

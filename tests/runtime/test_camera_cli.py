@@ -103,3 +103,45 @@ def test_camera_survives_dropped_frames_and_interrupt(rt_models, tmp_path):
 
     stats = run_camera(det, interrupted(), headless=True, save=str(tmp_path / "i.mp4"))
     assert stats["stopped"] == "interrupt" and stats["frames"] == 1 and (tmp_path / "i.mp4").is_file()
+
+
+def test_pipelined_loop_gives_the_sequential_detections(rt_models, tmp_path, capsys):
+    """Reading + pre-processing the next frame during invoke changes nothing in the results."""
+    from edgedet.runtime.camera import FrameSource, run_camera
+    from edgedet.runtime.detector import Detector
+
+    video = tmp_path / "clip.avi"
+    _write_video(video, frames=12)
+    det = Detector.from_file(rt_models.tflite("int8"), score_threshold=0.05)
+    runs = {}
+    for sequential in (True, False):
+        got = []
+        stats = run_camera(det, FrameSource(str(video)), headless=True, sequential=sequential,
+                           on_detections=lambda i, d, got=got: got.append((i, d)))
+        assert stats["frames"] == 12 and stats["mode"] == ("sequential" if sequential else "pipelined")
+        runs[sequential] = got
+    assert sum(len(d) for _, d in runs[True]) > 0  # something to compare
+    for (i, a), (j, b) in zip(runs[True], runs[False]):
+        assert i == j and a.labels == b.labels
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.classes, b.classes)
+    # the CLI flag
+    assert main(["camera", "--model", rt_models.tflite("int8"), "--source", str(video), "--headless", "--sequential"]) == 0
+    assert "12 frames" in capsys.readouterr().out
+
+
+def test_pipelined_loop_reports_an_error_from_its_worker(rt_models, tmp_path):
+    """A failure while decoding/saving on the worker thread stops the loop with that error."""
+    from edgedet.runtime.camera import run_camera
+    from edgedet.runtime.detector import Detector
+
+    det = Detector.from_file(rt_models.tflite("int8"))
+    frame = np.full((90, 120, 3), 100, np.uint8)
+
+    def boom(i, dets):
+        if i == 2:
+            raise RuntimeError("sink failed")
+
+    with pytest.raises(RuntimeError, match="sink failed"):
+        run_camera(det, [frame] * 20, headless=True, on_detections=boom)

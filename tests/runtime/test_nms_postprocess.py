@@ -210,3 +210,14 @@ def test_from_nms_outputs():
     assert d.classes.tolist() == [0, 1] and d.scores.tolist() == pytest.approx([0.9, 0.4])
     np.testing.assert_allclose(d.boxes[1], [40, 10, 120, 50])
     assert d.label(1) == "y"
+
+
+def test_threshold_hits_in_flat_order_on_large_levels():
+    """Large levels may be scanned by OpenCV's findNonZero: same indices, same order as numpy."""
+    from edgedet.runtime.postprocess import _nonzero
+
+    rng = np.random.default_rng(3)
+    for shape in ((1600, 810), (400, 810), (3, 5)):
+        mask = rng.random(shape) > 0.999
+        np.testing.assert_array_equal(_nonzero(mask), np.flatnonzero(mask))
+    assert _nonzero(np.zeros((1600, 810), bool)).size == 0

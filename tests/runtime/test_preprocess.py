@@ -81,3 +81,64 @@ def test_as_rgb_uint8_accepts_arrays_and_paths(tmp_path):
     assert as_rgb_uint8(np.zeros((4, 4))).shape == (4, 4, 3)
     f = as_rgb_uint8(np.ones((2, 2, 4), np.float32) * 0.5)
     assert f.dtype == np.uint8 and f.shape == (2, 2, 3) and (f == 127).all()
+
+
+def _photo(h=480, w=640):
+    """Smooth colour gradients with a few sharp blobs: a stand-in for a photo."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w * 220, yy / h * 220, (xx + yy) / (w + h) * 255], -1)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(10, 50)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
+    return img.astype(np.uint8)
+
+
+@pytest.mark.parametrize("hw,size,mode,decoded", [
+    ((480, 640), (320, 320), "letterbox", (480, 640)),  # lands at 320x240: 2x is left to the training filter
+    ((960, 1280), (320, 320), "letterbox", (480, 640)),  # 4x: decoded at 1/2, then 2x
+    ((1224, 1632), (320, 320), "letterbox", (612, 816)),  # 5.1x: decoded at 1/2, then 2.55x
+    ((1200, 1600), (160, 160), "letterbox", (300, 400)),  # 10x: decoded at 1/4, then 2.5x
+    ((1080, 1920), (256, 256), "stretch", (540, 960)),  # per axis 7.5x / 4.2x: 1/2
+    ((200, 300), (320, 320), "letterbox", (200, 300)),  # upscaled: full decode
+])
+def test_jpeg_decoded_reduced_keeps_geometry(tmp_path, monkeypatch, hw, size, mode, decoded):
+    """A large JPEG is decoded reduced in the DCT domain, never below twice the size it lands at;
+    the geometry and the scale that maps boxes back refer to the original image, and the canvas
+    stays within a grey level or so of the reference path (full decode, Pillow)."""
+    from PIL import Image
+
+    from edgedet.runtime.preprocess import load_for_model
+
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(_photo(*hw)).save(p, quality=95)
+    img, orig = load_for_model(p, size, mode)
+    assert orig == hw and img.shape[:2] == decoded
+    fast, s_fast = resize_for_model(img, size, mode, source_hw=orig)
+    monkeypatch.setenv("EDGEDET_RESIZE", "pillow")
+    assert load_for_model(p, size, mode)[0].shape[:2] == hw
+    ref, s_ref = resize_for_model(load_image(p), size, mode)
+    assert s_fast == s_ref and fast.shape == ref.shape
+    assert np.abs(fast.astype(int) - ref.astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("hw,size,mode", [((480, 640), (320, 320), "letterbox"), ((720, 1280), (320, 320), "letterbox"),
+                                          ((1080, 1920), (320, 320), "letterbox"), ((480, 640), (160, 320), "stretch"),
+                                          ((480, 640), (256, 256), "letterbox")])
+def test_array_resize_matches_pillow(monkeypatch, hw, size, mode):
+    """Camera frames (arrays, often a reversed BGR view): integer factors run on OpenCV and give
+    Pillow's BILINEAR (the training filter) to one grey level; other factors are Pillow's."""
+    pytest.importorskip("cv2")
+    from edgedet.runtime import preprocess
+
+    bgr = np.ascontiguousarray(_photo(*hw)[..., ::-1])
+    rgb_view = bgr[..., ::-1]  # what the video source yields
+    fast, s = resize_for_model(rgb_view, size, mode)
+    same, _ = resize_for_model(np.ascontiguousarray(rgb_view), size, mode)
+    assert (fast == same).all()
+    assert preprocess.resize_backend() == "opencv"
+    monkeypatch.setenv("EDGEDET_RESIZE", "pillow")
+    assert preprocess.resize_backend() == "pillow"
+    ref, s_ref = resize_for_model(rgb_view, size, mode)
+    d = np.abs(fast.astype(int) - ref.astype(int))
+    assert s == s_ref and d.max() <= 1 and d.mean() < 0.3

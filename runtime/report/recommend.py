@@ -1,0 +1,111 @@
+"""The file to ship: the fastest model within the device profile's accuracy budget.
+
+Rule, applied to the candidate files of one report (the float baseline is a reference, not a
+file to ship):
+
+1. a model that failed to run, or whose speed was not measured, is out;
+2. a model whose AP dropped more than the profile's ``max_ap_drop`` is out ("over budget");
+3. of the rest, the fastest by the report's latency metric (``end_to_end.p50`` by default:
+   pre-processing + invoke + decode/NMS, what a user waits for) wins;
+4. models within ``TIE_FRACTION`` of the fastest count as equally fast (medians of a few hundred
+   runs move by a few percent between runs), and the smallest file among them wins; equal
+   sizes fall back to the faster one.
+
+Every other candidate gets a one-line reason: failed, over budget, slower, or as fast but larger.
+"""
+from __future__ import annotations
+
+from edgedet.files import fmt_size
+
+TIE_FRACTION = 0.05  # latencies within 5 % of the fastest are a tie
+
+RECOMMENDATION_SCHEMA: dict = {
+    "type": ["object", "null"],
+    "required": ["name", "path", "metric", "latency_ms", "file_size_bytes", "reason", "others"],
+    "properties": {
+        "name": {"type": "string"}, "path": {"type": "string"}, "metric": {"type": "string"},
+        "latency_ms": {"type": "number"}, "file_size_bytes": {"type": ["integer", "null"]},
+        "reason": {"type": "string"},
+        "others": {"type": "array", "items": {
+            "type": "object", "required": ["name", "path", "lost", "detail"],
+            "properties": {"name": {"type": "string"}, "path": {"type": "string"},
+                           "lost": {"type": "string", "enum": ["failed", "not measured", "over budget", "slower", "larger"]},
+                           "detail": {"type": "string"}}}},
+    },
+}
+
+
+def _over_budget(entry: dict, max_drop) -> str | None:
+    """Why the model is over the accuracy budget, or None."""
+    d = (entry.get("delta") or {}).get("AP")
+    if max_drop is None or d is None or -d <= max_drop + 1e-12:
+        return None
+    return f"AP dropped {-d * 100:.2f} points (allowed {max_drop * 100:.2f})"
+
+
+def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -> dict | None:
+    """Choose the file to ship among a report's entries.
+
+    Args:
+        models: report entries (``build.model_entry`` / ``failed_entry``) with deltas filled in.
+        thresholds: the report's thresholds (``max_ap_drop``, ``latency_metric``).
+        tie: latencies within this fraction of the fastest count as equal.
+
+    Returns:
+        ``{"name", "path", "metric", "latency_ms", "file_size_bytes", "reason", "others": [{"name",
+        "path", "lost", "detail"}]}``, or None when no candidate ran.
+    """
+    from edgedet.runtime.report.build import latency_value  # noqa: PLC0415  (build imports this module)
+
+    metric = thresholds.get("latency_metric") or "end_to_end.p50"
+    max_drop = thresholds.get("max_ap_drop")
+    others, fit = [], []
+    for m in models:
+        if m.get("role") != "candidate":
+            continue
+        lat = latency_value(m, metric)
+        over = _over_budget(m, max_drop)
+        if m.get("status") == "fail":
+            others.append((m, "failed", m.get("error") or "did not run"))
+        elif lat is None:
+            others.append((m, "not measured", f"no {metric} latency"))
+        elif over:
+            others.append((m, "over budget", f"{over}; {metric} {lat:.2f} ms"))
+        else:
+            fit.append((lat, m))
+    if not fit:
+        return None
+    fastest = min(lat for lat, _ in fit)
+    tied = [(m.get("file_size_bytes") if m.get("file_size_bytes") is not None else float("inf"), lat, m)
+            for lat, m in fit if lat <= fastest * (1.0 + tie)]
+    size, lat, best = min(tied, key=lambda t: (t[0], t[1]))
+    for lat_m, m in fit:
+        if m is best:
+            continue
+        if lat_m <= fastest * (1.0 + tie):
+            others.append((m, "larger", f"as fast ({metric} {lat_m:.2f} ms, within {tie * 100:.0f} %) but "
+                                        f"{fmt_size(m.get('file_size_bytes'))} vs {fmt_size(best.get('file_size_bytes'))}"))
+        else:
+            others.append((m, "slower", f"{metric} {lat_m:.2f} ms vs {lat:.2f} ms ({(lat_m / lat - 1) * 100:+.0f} %)"))
+    accuracy = ("AP not checked against a float baseline" if max_drop is None or (best.get("delta") or {}).get("AP") is None
+                else f"ΔAP {best['delta']['AP'] * 100:+.2f} points within the {max_drop * 100:.2f}-point budget")
+    reason = f"fastest within the accuracy budget: {metric} {lat:.2f} ms, {fmt_size(best.get('file_size_bytes'))}, {accuracy}"
+    if len(tied) > 1:
+        reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"
+    order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "failed": 4}
+    others.sort(key=lambda o: order[o[1]])
+    return {"name": best["name"], "path": best["path"], "metric": metric, "latency_ms": float(lat),
+            "file_size_bytes": best.get("file_size_bytes"), "reason": reason,
+            "others": [{"name": m["name"], "path": m["path"], "lost": lost, "detail": detail} for m, lost, detail in others]}
+
+
+def markdown(rec: dict | None) -> list[str]:
+    """The report's "File to ship" section."""
+    if rec is None:
+        return ["## File to ship", "", "No candidate ran, so none can be recommended.", ""]
+    lines = ["## File to ship", "", f"**`{rec['path']}`** ({rec['name']}): {rec['reason']}.", ""]
+    if rec["others"]:
+        lines += ["| Model | Lost because | Detail |", "|---|---|---|"]
+        lines += [f"| {o['name']} | {o['lost']} | {o['detail'].replace('|', '/')} |" for o in rec["others"]]
+        lines.append("")
+    return lines

@@ -1,0 +1,53 @@
+"""The file to ship: the fastest model within the accuracy budget, ties broken by smaller file."""
+from __future__ import annotations
+
+from edgedet.runtime.report.recommend import recommend
+from edgedet.runtime.report.schema import check_schema
+
+
+def _m(name, e2e, size, d_ap=0.0, role="candidate", status="pass"):
+    return {"name": name, "path": f"/run/{name}", "role": role, "status": status, "error": None if status != "fail" else "crashed",
+            "file_size_bytes": size, "delta": {"AP": d_ap}, "latency": {"end_to_end": {"p50": e2e}} if e2e else None}
+
+
+TH = {"max_ap_drop": 0.003, "latency_metric": "end_to_end.p50"}
+
+
+def test_fastest_within_budget_wins_and_the_others_say_why():
+    models = [_m("float", 80.0, 13_000_000, role="baseline"),
+              _m("a.tflite", 20.0, 12_000_000),
+              _m("b.tflite", 12.0, 4_000_000, d_ap=-0.010),  # fastest, but over the accuracy budget
+              _m("c.onnx", 15.0, 4_500_000, d_ap=-0.002),
+              _m("d.xml", None, 4_000_000, status="fail")]
+    rec = recommend(models, TH)
+    assert rec["path"] == "/run/c.onnx" and rec["latency_ms"] == 15.0
+    assert "fastest within the accuracy budget" in rec["reason"]
+    lost = {o["name"]: o["lost"] for o in rec["others"]}
+    assert lost == {"a.tflite": "slower", "b.tflite": "over budget", "d.xml": "failed"}  # the baseline is no candidate
+    assert "AP dropped 1.00 points (allowed 0.30)" in next(o["detail"] for o in rec["others"] if o["name"] == "b.tflite")
+
+
+def test_ties_go_to_the_smaller_file():
+    # within 5 % of the fastest counts as equally fast: the smaller file wins
+    models = [_m("fp32.tflite", 10.0, 12_000_000), _m("int8.tflite", 10.3, 4_000_000), _m("ov-int8", 10.4, 4_700_000)]
+    rec = recommend(models, TH)
+    assert rec["name"] == "int8.tflite" and "smallest of 3 files" in rec["reason"]
+    assert {o["name"]: o["lost"] for o in rec["others"]} == {"fp32.tflite": "larger", "ov-int8": "larger"}
+    # an exact tie on speed and size: the order of the entries does not matter
+    same = [_m("x", 10.0, 4_000_000), _m("y", 10.0, 3_000_000)]
+    assert recommend(same, TH)["name"] == recommend(same[::-1], TH)["name"] == "y"
+    # outside the tie margin speed wins over size
+    assert recommend([_m("big", 10.0, 12_000_000), _m("small", 11.0, 4_000_000)], TH)["name"] == "big"
+
+
+def test_nothing_to_recommend_and_the_report_carries_it():
+    assert recommend([_m("broken", None, 1, status="fail"), _m("float", 50.0, 1, role="baseline")], TH) is None
+    from tests.runtime.report.test_report import make_report  # noqa: PLC0415
+
+    from edgedet.runtime.report.md import render_markdown
+
+    report = make_report()
+    assert report["recommendation"]["name"] == "model-fp16.tflite"  # the faster int8 file is over budget
+    assert not check_schema(report)
+    md = render_markdown(report)
+    assert "## File to ship" in md and "`/x/model-fp16.tflite`" in md
