@@ -320,6 +320,6 @@ def export_edgetpu(ctx, target, tmp_path: str, meta) -> None:
         ctx.log(INSTALL_HINT + f"; then `edgetpu_compiler -s {os.path.basename(target.filename(ctx.source.stem))}`")
     meta.extra["edgetpu"] = report.to_dict()
     meta.extra["edgetpu"]["compiled"] = report.compiler is not None
-    from edgedet.runtime.metadata import embed_tflite
+    from edgedet.convert.tflite_metadata import write_tflite_metadata
 
-    embed_tflite(tmp_path, meta)
+    write_tflite_metadata(tmp_path, meta, ctx.log)

@@ -15,6 +15,8 @@ which is why the default export keeps raw outputs and leaves thresholding to the
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from edgedet.runtime.outputs import NMS_OUTPUT_NAMES
@@ -86,6 +88,53 @@ def with_nms(model, input_size, anchor_config, num_classes: int, max_detections:
     res = keras.layers.Lambda(post, name="detection_postprocess")(list(outs))
     named = [keras.layers.Activation("linear", name=n)(t) for n, t in zip(NMS_OUTPUT_NAMES, res)]
     return keras.Model(inp, named, name=f"{model.name}_nms")
+
+
+def pixel_range(mean, std) -> tuple[float, float]:
+    """Normalised values of pixels 0 and 255: ``(min, max)`` over the channels."""
+    m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return float(np.min((0.0 - m) / s)), float(np.max((255.0 - m) / s))
+
+
+def with_pixel_extremes(representative, input_size, mean, std):
+    """Calibration data plus one canvas holding pixel values 0 and 255 (the rest mean grey).
+
+    An int8 ``--nms`` model is what MediaPipe and the Coral examples feed raw camera bytes:
+    they skip normalisation for an integer input, so the input quantization must *be* the
+    normalisation, ``real = (q - mean) / std``. The converter takes the input range from the
+    calibration min/max; this one sample makes it exactly ``[(0 - mean)/std, (255 - mean)/std]``
+    (scale 1/std, zero point mean for uint8) and barely touches any other range.
+    """
+    h, w = int(input_size[0]), int(input_size[1])
+    canvas = np.broadcast_to(np.round(np.asarray(mean, np.float32)), (h, w, 3)).copy()
+    canvas[0, 0], canvas[0, 1] = 0.0, 255.0
+    extreme = ((canvas - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))[None].astype(np.float32)
+
+    def gen():
+        yield from (representative() if callable(representative) else representative)
+        yield extreme
+
+    return gen
+
+
+@contextlib.contextmanager
+def qat_pixel_input(model, mean, std):
+    """While converting, set a QAT model's input fake-quant range to the pixel range (see
+    :func:`with_pixel_extremes`); the trained range is restored afterwards."""
+    lo, hi = pixel_range(mean, std)
+    saved = []
+    for layer in model.submodules:
+        if type(layer).__name__ == "QuantizeLayer":
+            for v in layer.weights:
+                short = v.name.split("/")[-1]
+                if short.startswith(("quantize_layer_min", "quantize_layer_max")):
+                    saved.append((v, v.numpy()))
+                    v.assign(np.full(v.shape, lo if "_min" in short else hi, v.dtype.as_numpy_dtype))
+    try:
+        yield len(saved)
+    finally:
+        for v, value in saved:
+            v.assign(value)
 
 
 def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
