@@ -163,4 +163,35 @@ def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uin
     finally:
         for var, value in restore:
             var.assign(value)
-    return rename_outputs(raw, names)
+    out = rename_outputs(raw, names)
+    return dequantize_last(out) if mode == "int8" else out
+
+
+def dequantize_last(tflite_bytes: bytes) -> bytes:
+    """Run the DEQUANTIZE ops that feed ``TFLite_Detection_PostProcess`` right before it.
+
+    The converter places the box branch's DEQUANTIZE where that branch ends, in the middle of
+    the class head. The Edge TPU compiler maps ops in execution order up to the first one it
+    cannot map, so that DEQUANTIZE would leave the rest of the class head on the CPU. Moved
+    to the end (a valid order: only the NMS op reads them), the graph is 8-bit up to a float
+    tail of DEQUANTIZE + NMS, the layout of Coral's own detection models. Same ops, same values.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sub = model.subgraphs[0]
+    codes = [model.operatorCodes[op.opcodeIndex].customCode for op in sub.operators]
+    names = [c.decode() if c else fbu.opcode_to_name(model, op.opcodeIndex) for c, op in zip(codes, sub.operators)]
+    if "TFLite_Detection_PostProcess" not in names:
+        return tflite_bytes
+    post = sub.operators[names.index("TFLite_Detection_PostProcess")]
+    feeds = {int(t) for t in post.inputs}
+    users = {}
+    for op in sub.operators:
+        for t in op.inputs:
+            users[int(t)] = users.get(int(t), 0) + 1
+    tail = [op for op, n in zip(sub.operators, names)
+            if n == "DEQUANTIZE" and all(int(t) in feeds and users.get(int(t)) == 1 for t in op.outputs)]
+    rest = [op for op in sub.operators if op is not post and all(op is not t for t in tail)]
+    sub.operators = rest + tail + [post]
+    return bytes(fbu.convert_object_to_bytearray(model))
