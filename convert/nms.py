@@ -126,10 +126,10 @@ def qat_pixel_input(model, mean, std):
     for layer in model.submodules:
         if type(layer).__name__ == "QuantizeLayer":
             for v in layer.weights:
-                short = v.name.split("/")[-1]
-                if short.startswith(("quantize_layer_min", "quantize_layer_max")):
+                short = v.name.split("/")[-1].split(":")[0]  # "<layer name>_min", "<layer name>_max"
+                if short.endswith(("_min", "_max")):
                     saved.append((v, v.numpy()))
-                    v.assign(np.full(v.shape, lo if "_min" in short else hi, v.dtype.as_numpy_dtype))
+                    v.assign(np.full(v.shape, lo if short.endswith("_min") else hi, v.dtype.as_numpy_dtype))
     try:
         yield len(saved)
     finally:
