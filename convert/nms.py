@@ -123,8 +123,8 @@ def qat_pixel_input(model, mean, std):
     :func:`with_pixel_extremes`); the trained range is restored afterwards."""
     lo, hi = pixel_range(mean, std)
     saved = []
-    for layer in model.submodules:
-        if type(layer).__name__ == "QuantizeLayer":
+    for layer in model.layers:  # the QuantizeLayer that reads the image input
+        if type(layer).__name__ == "QuantizeLayer" and any(layer.input is t for t in model.inputs):
             for v in layer.weights:
                 short = v.name.split("/")[-1].split(":")[0]  # "<layer name>_min", "<layer name>_max"
                 if short.endswith(("_min", "_max")):
