@@ -30,6 +30,9 @@ INSTALL_HINT = (
 )
 
 _Q8 = ("int8", "uint8")
+# The in-graph NMS of a `--nms` model: a float custom op that runs on the CPU after the TPU
+# part, exactly as in Coral's own SSD/EfficientDet detection models.
+POSTPROCESS = "TFLite_Detection_PostProcess"
 
 
 def _acts(op: OpInfo):
@@ -127,6 +130,7 @@ class OpVerdict:
     name: str
     mapped: bool
     reason: str = ""
+    expected_cpu: bool = False  # the trailing NMS op: on the CPU by design, not a cut
 
 
 @dataclass
@@ -152,13 +156,17 @@ class EdgeTpuReport:
 
     @property
     def first_unmapped(self) -> OpVerdict | None:
-        return next((v for v in self.ops if not v.mapped), None)
+        return next((v for v in self.ops if not v.mapped and not v.expected_cpu), None)
+
+    @property
+    def expected_cpu(self) -> list[str]:
+        return [v.name for v in self.ops if v.expected_cpu]
 
     @property
     def on_tpu(self) -> int:
         """Ops before the cut, i.e. what the compiler would actually put on the TPU."""
         cut = self.first_unmapped
-        return len(self.ops) if cut is None else cut.index
+        return len(self.ops) - len(self.expected_cpu) if cut is None else cut.index
 
     def summary(self) -> str:
         n = len(self.ops)
@@ -166,6 +174,8 @@ class EdgeTpuReport:
         cut = self.first_unmapped
         if cut is not None:
             s += f"; graph cut at op #{cut.index} {cut.name} ({cut.reason}): {self.on_tpu}/{n} ops on the TPU, the rest on CPU"
+        if self.expected_cpu:
+            s += f"; {', '.join(self.expected_cpu)} on the CPU as expected (in-graph NMS, like Coral's detection models)"
         if self.model_errors:
             s += "; " + "; ".join(self.model_errors)
         return s
@@ -180,6 +190,7 @@ class EdgeTpuReport:
             "ops": len(self.ops), "mappable_pct": round(self.mappable_pct, 2), "ops_on_tpu": self.on_tpu,
             "first_unmapped": None if cut is None else {"index": cut.index, "op": cut.name, "reason": cut.reason},
             "unmapped": unmapped, "model_errors": self.model_errors, "compiler": self.compiler,
+            "expected_cpu": self.expected_cpu,
         }
 
 
@@ -196,8 +207,17 @@ def check_edgetpu(path_or_bytes, runtime_version: int = 14) -> EdgeTpuReport:
     """
     g = read_graph(path_or_bytes)
     errors = []
+    nms = g.ops[-1] if g.ops and g.ops[-1].name == POSTPROCESS else None
+    nms_outputs = {t.name for t in nms.outputs} if nms else set()
+    # The float tail of a --nms model: DEQUANTIZE ops that only feed the NMS, then the NMS.
+    nms_inputs = {t.name for t in nms.inputs if t is not None} if nms else set()
+    tail = set()
+    for op in reversed(g.ops[:-1] if nms else []):
+        if op.name != "DEQUANTIZE" or not {t.name for t in op.outputs} <= nms_inputs:
+            break
+        tail.add(op.index)
     for t in g.inputs + g.outputs:
-        if t.dtype not in _Q8:
+        if t.dtype not in _Q8 and t.name not in nms_outputs:
             errors.append(f"{'input' if t in g.inputs else 'output'} {t.name} is {t.dtype}, not 8-bit")
     if any(not t.static for t in g.inputs):
         errors.append("dynamic input shape")
@@ -205,6 +225,9 @@ def check_edgetpu(path_or_bytes, runtime_version: int = 14) -> EdgeTpuReport:
         errors.append(f"{g.num_subgraphs} subgraphs (control flow is not supported)")
     verdicts = []
     for op in g.ops:
+        if op is nms or op.index in tail:
+            verdicts.append(OpVerdict(op.index, op.name, False, "float NMS tail", expected_cpu=True))
+            continue
         entry = EDGETPU_OPS.get(op.name)
         reason = ""
         if entry is None:
@@ -323,6 +346,6 @@ def export_edgetpu(ctx, target, tmp_path: str, meta) -> None:
                 + f"; then `edgetpu_compiler -s {os.path.basename(target.filename(ctx.source.stem))}`")
     meta.extra["edgetpu"] = report.to_dict()
     meta.extra["edgetpu"]["compiled"] = report.compiler is not None
-    from edgedet.runtime.metadata import embed_tflite
+    from edgedet.convert.tflite_metadata import write_tflite_metadata
 
-    embed_tflite(tmp_path, meta)
+    write_tflite_metadata(tmp_path, meta, ctx.log)

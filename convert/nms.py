@@ -15,6 +15,8 @@ which is why the default export keeps raw outputs and leaves thresholding to the
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from edgedet.runtime.outputs import NMS_OUTPUT_NAMES
@@ -88,6 +90,53 @@ def with_nms(model, input_size, anchor_config, num_classes: int, max_detections:
     return keras.Model(inp, named, name=f"{model.name}_nms")
 
 
+def pixel_range(mean, std) -> tuple[float, float]:
+    """Normalised values of pixels 0 and 255: ``(min, max)`` over the channels."""
+    m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return float(np.min((0.0 - m) / s)), float(np.max((255.0 - m) / s))
+
+
+def with_pixel_extremes(representative, input_size, mean, std):
+    """Calibration data plus one canvas holding pixel values 0 and 255 (the rest mean grey).
+
+    An int8 ``--nms`` model is what MediaPipe and the Coral examples feed raw camera bytes:
+    they skip normalisation for an integer input, so the input quantization must *be* the
+    normalisation, ``real = (q - mean) / std``. The converter takes the input range from the
+    calibration min/max; this one sample makes it exactly ``[(0 - mean)/std, (255 - mean)/std]``
+    (scale 1/std, zero point mean for uint8) and barely touches any other range.
+    """
+    h, w = int(input_size[0]), int(input_size[1])
+    canvas = np.broadcast_to(np.round(np.asarray(mean, np.float32)), (h, w, 3)).copy()
+    canvas[0, 0], canvas[0, 1] = 0.0, 255.0
+    extreme = ((canvas - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))[None].astype(np.float32)
+
+    def gen():
+        yield from (representative() if callable(representative) else representative)
+        yield extreme
+
+    return gen
+
+
+@contextlib.contextmanager
+def qat_pixel_input(model, mean, std):
+    """While converting, set a QAT model's input fake-quant range to the pixel range (see
+    :func:`with_pixel_extremes`); the trained range is restored afterwards."""
+    lo, hi = pixel_range(mean, std)
+    saved = []
+    for layer in model.layers:  # the QuantizeLayer that reads the image input
+        if type(layer).__name__ == "QuantizeLayer" and any(layer.input is t for t in model.inputs):
+            for v in layer.weights:
+                short = v.name.split("/")[-1].split(":")[0]  # "<layer name>_min", "<layer name>_max"
+                if short.endswith(("_min", "_max")):
+                    saved.append((v, v.numpy()))
+                    v.assign(np.full(v.shape, lo if short.endswith("_min") else hi, v.dtype.as_numpy_dtype))
+    try:
+        yield len(saved)
+    finally:
+        for v, value in saved:
+            v.assign(value)
+
+
 def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uint8") -> bytes:
     """Like :func:`edgedet.convert.tflite_converter.keras_to_tflite` for a :func:`with_nms` model.
 
@@ -97,15 +146,52 @@ def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uin
     import tensorflow as tf
 
     from edgedet.errors import ToolchainError
-    from edgedet.convert.tflite_converter import make_converter, rename_outputs
+    from edgedet.convert.tflite_converter import _desplat_biases, is_qat_model, make_converter, rename_outputs
 
     conv, names = make_converter(model, mode, representative, io_dtype)
     conv.allow_custom_ops = True
+    restore = []
     if mode == "int8":
         conv.inference_output_type = tf.float32
+        if is_qat_model(model):  # same splat-bias workaround as keras_to_tflite
+            restore = _desplat_biases(next(l for l in model.layers if hasattr(l, "layers")))
     try:
         raw = conv.convert()
     except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps
         first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc)[:200])
         raise ToolchainError(f"TFLite {mode} conversion with --nms failed: {first[:300]}") from exc
-    return rename_outputs(raw, names)
+    finally:
+        for var, value in restore:
+            var.assign(value)
+    out = rename_outputs(raw, names)
+    return dequantize_last(out) if mode == "int8" else out
+
+
+def dequantize_last(tflite_bytes: bytes) -> bytes:
+    """Run the DEQUANTIZE ops that feed ``TFLite_Detection_PostProcess`` right before it.
+
+    The converter places the box branch's DEQUANTIZE where that branch ends, in the middle of
+    the class head. The Edge TPU compiler maps ops in execution order up to the first one it
+    cannot map, so that DEQUANTIZE would leave the rest of the class head on the CPU. Moved
+    to the end (a valid order: only the NMS op reads them), the graph is 8-bit up to a float
+    tail of DEQUANTIZE + NMS, the layout of Coral's own detection models. Same ops, same values.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    model = fbu.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sub = model.subgraphs[0]
+    codes = [model.operatorCodes[op.opcodeIndex].customCode for op in sub.operators]
+    names = [c.decode() if c else fbu.opcode_to_name(model, op.opcodeIndex) for c, op in zip(codes, sub.operators)]
+    if "TFLite_Detection_PostProcess" not in names:
+        return tflite_bytes
+    post = sub.operators[names.index("TFLite_Detection_PostProcess")]
+    feeds = {int(t) for t in post.inputs}
+    users = {}
+    for op in sub.operators:
+        for t in op.inputs:
+            users[int(t)] = users.get(int(t), 0) + 1
+    tail = [op for op, n in zip(sub.operators, names)
+            if n == "DEQUANTIZE" and all(int(t) in feeds and users.get(int(t)) == 1 for t in op.outputs)]
+    rest = [op for op in sub.operators if op is not post and all(op is not t for t in tail)]
+    sub.operators = rest + tail + [post]
+    return bytes(fbu.convert_object_to_bytearray(model))

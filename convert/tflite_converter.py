@@ -45,8 +45,10 @@ _QAT_LAYER_CLASSES = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer"}
 
 
 def is_qat_model(model) -> bool:
-    """True if ``model`` was produced by ``tfmot.quantization.keras.quantize_apply``."""
-    return any(type(layer).__name__ in _QAT_LAYER_CLASSES for layer in model.layers)
+    """True if ``model`` was produced by ``tfmot.quantization.keras.quantize_apply``, or wraps one
+    as a layer (e.g. the ``--nms`` model around a QAT detector)."""
+    return any(type(layer).__name__ in _QAT_LAYER_CLASSES or (hasattr(layer, "layers") and is_qat_model(layer))
+               for layer in model.layers)
 
 
 def output_names(model) -> list[str]:

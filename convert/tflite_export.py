@@ -5,7 +5,7 @@ owns the converter settings); this module adds naming, calibration, ``--nms`` an
 """
 from __future__ import annotations
 
-from edgedet.runtime.metadata import ModelMeta, embed_tflite
+from edgedet.runtime.metadata import ModelMeta
 
 _METHOD = {"fp32": "none", "fp16": "fp16", "dynamic": "dynamic"}
 
@@ -44,11 +44,19 @@ def tflite_bytes(ctx, mode: str) -> tuple[bytes, dict]:
     if key in ctx.cache:  # e.g. tflite-int8 and edgetpu in one call: calibrate once
         return ctx.cache[key]
     if ctx.nms:
-        from edgedet.convert.nms import convert_with_nms, with_nms
+        import contextlib
+
+        from edgedet.convert.nms import convert_with_nms, qat_pixel_input, with_nms, with_pixel_extremes
 
         m = src.meta
         nm = with_nms(model, m.input_size, m.anchor_config, m.num_classes, **ctx.nms_options)
-        data = convert_with_nms(nm, mode, representative, ctx.io_dtype)
+        pixels = contextlib.nullcontext()
+        if representative is not None:
+            representative = with_pixel_extremes(representative, m.input_size, m.mean, m.std)
+        elif mode == "int8":
+            pixels = qat_pixel_input(model, m.mean, m.std)
+        with pixels:
+            data = convert_with_nms(nm, mode, representative, ctx.io_dtype)
     else:
         from edgedet.convert.tflite_converter import keras_to_tflite
 
@@ -59,7 +67,7 @@ def tflite_bytes(ctx, mode: str) -> tuple[bytes, dict]:
 
 
 def export_tflite(ctx, target, tmp_path: str, meta: ModelMeta, embed: bool = True) -> None:
-    """Write ``tmp_path`` for a ``tflite-*`` target (metadata appended unless ``embed=False``)."""
+    """Write ``tmp_path`` for a ``tflite-*`` target (standard metadata + edgedet JSON unless ``embed=False``)."""
     data, q = tflite_bytes(ctx, target.options["mode"])
     with open(tmp_path, "wb") as f:
         f.write(data)
@@ -75,4 +83,6 @@ def export_tflite(ctx, target, tmp_path: str, meta: ModelMeta, embed: bool = Tru
         meta.output_names = list(NMS_OUTPUT_NAMES)
         meta.extra["nms"] = dict(ctx.nms_options)
     if embed:
-        embed_tflite(tmp_path, meta)
+        from edgedet.convert.tflite_metadata import write_tflite_metadata
+
+        write_tflite_metadata(tmp_path, meta, ctx.log)

@@ -301,9 +301,15 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std) -> tuple[M
     meta = read_metadata(path)
     file_labels = None
     if kind == "litert" and meta is None:
-        file_labels = read_tflite_zip(path)[1]
+        from edgedet.runtime.tflite_standard import read_standard  # noqa: PLC0415
+
+        standard = read_standard(path)  # labels and normalisation of a standard-metadata file
+        file_labels = read_tflite_zip(path, standard.label_file if standard else None)[1]
         if file_labels is None:
             _check_truncated_zip(path)
+        float_input = not np.issubdtype(backend.inputs[0].dtype, np.integer)
+        if standard and standard.mean and mean is None and std is None and float_input:
+            mean, std = list(standard.mean), list(standard.std)
     user_labels = read_labels(labels)
     if meta is not None:
         if user_labels:

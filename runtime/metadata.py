@@ -5,9 +5,11 @@ normalisation, anchors, output layout, quantization, provenance hashes and the f
 baseline mAP travel inside the file.
 
 Where it lives:
-    * TFLite: an appended zip (``edgedet.json`` + ``labels.txt``). The TFLite loader ignores
-      trailing bytes, and this is the same container TFLite Support uses for associated
-      files, so third-party Model Maker files' ``labels.txt`` is read the same way.
+    * TFLite: the standard TFLite Model Metadata (what MediaPipe and the Task Library read;
+      written by ``edgedet convert``) with ``edgedet.json`` + ``labels.txt`` as its associated
+      files, i.e. a zip appended to the flatbuffer, read here with :mod:`zipfile`. Files with
+      standard metadata only (Model Maker) give labels and normalisation through
+      :mod:`edgedet.runtime.tflite_standard`.
     * ONNX: ``metadata_props["edgedet"]`` (JSON string).
     * OpenVINO IR: ``rt_info["edgedet"]`` (JSON string).
 
@@ -129,20 +131,38 @@ def _model_length(data: bytes) -> int:
     return len(data)
 
 
-def read_tflite_zip(path: str) -> tuple[ModelMeta | None, list[str] | None]:
-    """Read edgedet metadata and/or a TFLite-Support style ``*.txt`` label file."""
+def read_tflite_zip(path: str, label_file: str | None = None) -> tuple[ModelMeta | None, list[str] | None]:
+    """Read edgedet metadata and/or the label file from the associated-files zip that
+    TFLite Support's format appends to a model (``label_file``: its name as the standard
+    metadata gives it; else the first ``*.txt``).
+
+    Raises:
+        ModelFileError: ``edgedet.json`` is there but malformed (names the field).
+    """
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-            meta = ModelMeta.from_json(z.read(META_NAME)) if META_NAME in names else None
+            text = z.read(META_NAME) if META_NAME in names else None
+            txt = [label_file] if label_file in names else [n for n in names if n.endswith(".txt")]
             labels = None
-            txt = [n for n in names if n.endswith(".txt")]
             if txt:
                 raw = z.read(txt[0]).decode("utf-8", "replace").splitlines()
                 labels = [s.strip() for s in raw if s.strip()]
-            return meta, labels
     except (zipfile.BadZipFile, KeyError, OSError):
         return None, None
+    return (None if text is None else _parse_meta(path, text)), labels
+
+
+def _parse_meta(path: str, text: bytes) -> ModelMeta:
+    """``edgedet.json`` -> :class:`ModelMeta`; a bad field is a one-line error naming it."""
+    try:
+        return ModelMeta.from_json(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: malformed {META_NAME} ({exc})") from None
+    except KeyError as exc:
+        raise ModelFileError(f"{path}: {META_NAME} lacks the field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: malformed {META_NAME} field ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- dispatch

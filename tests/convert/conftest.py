@@ -86,6 +86,12 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qat_run(tiny_run, tmp_path_factory) -> Path:
+    """A QAT run of the tiny run (see :func:`make_qat_run`), shared by the QAT tests."""
+    return make_qat_run(tiny_run, tmp_path_factory.mktemp("qat") / "qat_run")
+
+
+@pytest.fixture(scope="session")
 def bccd_images(bccd) -> list[str]:
     """A few BCCD test-split images (real microscope pictures, 640x480)."""
     names = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()[:4]

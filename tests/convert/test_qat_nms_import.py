@@ -16,11 +16,11 @@ def _cos(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def qat_exports(tiny_run, tmp_path_factory, cv):
+def qat_exports(qat_run, tmp_path_factory):
     from edgedet.convert.api import convert
 
     root = tmp_path_factory.mktemp("qat")
-    qrun = cv.make_qat_run(tiny_run, root / "qat_run")
+    qrun = qat_run
     arts, source = convert(["tflite-int8", "onnx-int8", "openvino-int8"], weights=str(qrun), out_dir=str(root / "out"), log=lambda m: None)
     return qrun, {a.target: a.path for a in arts}, source.model()
 
@@ -119,6 +119,12 @@ def test_from_onnx_to_tflite_matches_its_source(exports, bccd_images, calib_dir,
     assert _cos(cv.run_raw(paths["tflite-int8"], x)[:5], ref[:5]) >= 0.98
     m = read_metadata(paths["tflite-int8"])
     assert m.labels == cv.LABELS and m.quantization["method"] == "ptq" and m.extra["source"]["onnx"] == str(src)
+    from edgedet.convert.tflite_metadata import mediapipe_metadata
+    from edgedet.runtime.tflite_standard import read_standard
+
+    if mediapipe_metadata() is not None:  # the standard metadata survives --from as well
+        std = read_standard(paths["tflite-int8"])
+        assert std.label_file == "labels.txt" and std.mean == (127.0,) * 3 and std.output_names[0] == "class_p3"
     assert "--models" in validate_command(arts, source)
 
 
