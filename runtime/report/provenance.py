@@ -30,6 +30,36 @@ def cpu_model() -> str | None:
     return platform.processor() or platform.machine() or None
 
 
+# CPU features that decide which XNNPACK kernels run (int8 dot-product and wider vector paths);
+# the same int8 file can round differently on CPUs that differ here.
+KERNEL_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+                   "asimd", "asimddp", "i8mm", "asimdhp", "bf16", "sve", "sve2")
+
+
+def cpu_features() -> list[str]:
+    """The :data:`KERNEL_FEATURES` the CPU reports in /proc/cpuinfo (``flags`` or ``Features``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return []
+    have: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            have.update(value.split())
+    return [f for f in KERNEL_FEATURES if f in have]
+
+
+def emulation(machine: str, features: list[str]) -> str | None:
+    """``"qemu-user"`` when an Arm Python runs on an x86 CPU (user-mode emulation), else None.
+
+    Under qemu-user, /proc/cpuinfo describes the host, so the CPU fields and every timing say
+    nothing about a real Arm board.
+    """
+    arm = machine.startswith(("aarch64", "arm"))
+    return "qemu-user" if arm and any(f.startswith(("avx", "fma")) for f in features) else None
+
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text().strip()
@@ -81,12 +111,18 @@ def throttling() -> tuple[bool | None, str | None]:
 def host_info() -> dict:
     """Host description for ``report.json``'s ``host`` section."""
     throttled, detail = throttling()
+    features = cpu_features()
+    import numpy
+
     return {
         "cpu_model": cpu_model(),
         "num_cpus": os.cpu_count(),
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
+        "cpu_features": features,
+        "emulation": emulation(platform.machine(), features),
         "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
         "throttled": throttled,
         "throttle_detail": detail,
     }
