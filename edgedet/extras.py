@@ -21,7 +21,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "tensorflow": ("tensorflow", "train"),
     "tf_keras": ("tf-keras", "train"),
     "tensorflow_model_optimization": ("tensorflow-model-optimization", "train"),
-    "cv2": ("opencv-python-headless", "train"),
+    "cv2": ("opencv-python-headless", "camera"),
     "tqdm": ("tqdm", "train"),
     "onnx": ("onnx", "convert"),
     "onnxruntime": ("onnxruntime", "convert"),
@@ -48,7 +48,7 @@ def missing_module_message(module: str, what: str | None = None) -> str:
     return f"{who} the Python module {top!r}, which is not installed: {install_hint(top)}"
 
 
-def require(*modules: str, what: str) -> None:
+def require(*modules: str, what: str, alternative: str = "") -> None:
     """Raise :class:`ToolchainError` naming the extra when any of ``modules`` cannot be imported.
 
     Checked before long work starts (``edgedet validate`` runs every model before it evaluates
@@ -60,4 +60,4 @@ def require(*modules: str, what: str) -> None:
         except (ImportError, ValueError):
             found = False
         if not found:
-            raise ToolchainError(missing_module_message(name, what))
+            raise ToolchainError(missing_module_message(name, what) + (f"; or {alternative}" if alternative else ""))

@@ -312,7 +312,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         raise ConfigError("--models: give at least one model file")
     require("pycocotools", "PIL", what="edgedet validate")
     if html:
-        require("matplotlib", what="report.html's plots (skip them with --no-html)")
+        require("matplotlib", what="report.html", alternative="pass --no-html")
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
     if baseline and not os.path.exists(baseline):
         raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
