@@ -71,11 +71,30 @@ fi
 MOUNTS=()
 cleanup() { for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount -l "${MOUNTS[i]}" 2>/dev/null || true; done; }
 trap cleanup EXIT
-# Not /sys: the host's CPU topology there crashes XNNPACK's CPU detection under qemu (SIGSEGV in
-# allocate_tensors); without it XNNPACK reads the emulated CPU's features from the auxiliary vector.
 for fs in proc dev; do
   mountpoint -q "$ROOT/$fs" || { mount --bind "/$fs" "$ROOT/$fs" && MOUNTS+=("$ROOT/$fs"); }
 done
+# XNNPACK finds its kernels through the cpuinfo library, which reads /sys/devices/system/cpu and
+# /proc/cpuinfo. The host's x86 versions crash it under qemu (SIGSEGV in allocate_tensors); with
+# neither it fails and LiteRT silently runs without XNNPACK. So the root sees an Arm view of the
+# emulated CPU: four cores with the Raspberry Pi's CPU identification and features.
+case $CPU in
+  cortex-a76) PART=0xd0b; VARIANT=0x4; REV=1; BOARD="Raspberry Pi 5 CPU"
+              FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
+  cortex-a72) PART=0xd08; VARIANT=0x0; REV=3; BOARD="Raspberry Pi 4 CPU"; FEATURES="fp asimd evtstrm crc32 cpuid" ;;
+  *) die "-c $CPU: no Arm CPU view for it (use cortex-a76 or cortex-a72)" ;;
+esac
+VIEW=$ROOT/var/tmp/edgedet-cpu-view
+rm -rf "$VIEW" && mkdir -p "$VIEW/cpu" "$ROOT/sys/devices/system/cpu"
+echo 0-3 > "$VIEW/cpu/possible"; echo 0-3 > "$VIEW/cpu/present"; echo 0-3 > "$VIEW/cpu/online"
+for i in 0 1 2 3; do
+  mkdir -p "$VIEW/cpu/cpu$i"
+  printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
+    "$i" "$FEATURES" "$VARIANT" "$PART" "$REV" >> "$VIEW/cpuinfo"
+done
+printf 'Model\t: qemu-user %s (%s) on %s\n' "$CPU" "$BOARD" "$(uname -m)" >> "$VIEW/cpuinfo"
+mount --bind "$VIEW/cpu" "$ROOT/sys/devices/system/cpu" && MOUNTS+=("$ROOT/sys/devices/system/cpu")
+mount --bind "$VIEW/cpuinfo" "$ROOT/proc/cpuinfo" && MOUNTS+=("$ROOT/proc/cpuinfo")
 
 WORK=/opt/edgedet-check
 # The venv is kept between runs (pip under qemu is slow); everything else is copied afresh.
@@ -91,7 +110,7 @@ for m in "${MODELS[@]}"; do
   sub=$(basename "$(dirname "$m")"); mkdir -p "$ROOT$WORK/models/$sub"
   cp "$m" "$ROOT$WORK/models/$sub/"; NAMES+=("$WORK/models/$sub/$(basename "$m")")
 done
-IMAGE=$(find "$ROOT$DATA_IN" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | head -1)
+IMAGE=$(find "$ROOT$WORK/data" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | head -1)
 IMAGE=${IMAGE#"$ROOT"}
 
 in_root() {

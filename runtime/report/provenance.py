@@ -84,11 +84,13 @@ def cpu_features(machine: str | None = None) -> list[str]:
 def emulation(machine: str) -> str | None:
     """``"qemu-user"`` when an Arm Python runs on an x86 CPU (user-mode emulation), else None.
 
-    Under qemu-user, /proc/cpuinfo describes the host, so the CPU model and every timing say
-    nothing about a real Arm board (the kernel features come from the emulated CPU).
+    Under qemu-user the CPU model and every timing say nothing about a real Arm board (the kernel
+    features come from the emulated CPU).
     """
     arm = machine.startswith(("aarch64", "arm"))
-    return "qemu-user" if arm and any(f.startswith(("avx", "sse")) for f in _cpuinfo_flags()) else None
+    # The host's x86 /proc/cpuinfo shows through, or an Arm view that says it is qemu's.
+    x86 = any(f.startswith(("avx", "sse")) for f in _cpuinfo_flags())
+    return "qemu-user" if arm and (x86 or "qemu" in (cpu_model() or "").lower()) else None
 
 
 def _read(path: str) -> str | None:
