@@ -132,7 +132,7 @@ def host_line(report: dict) -> str:
     detail = f" ({h['throttle_detail']})" if h.get("throttle_detail") else ""
     arch = f" ({h['machine']})" if h.get("machine") else ""
     if h.get("emulation"):
-        arch += f", **emulated by {h['emulation']}**: CPU and timings are the host's"
+        arch += f", **emulated by {h['emulation']}**: timings mean nothing"
     return (f"{h.get('cpu_model') or '?'}{arch}, {h.get('num_cpus') or '?'} CPUs, {h.get('os')}, "
             f"Python {h.get('python')}; {thr}{detail}")
 

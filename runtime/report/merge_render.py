@@ -73,7 +73,7 @@ def devices_table(merged: dict) -> tuple[list[str], list[list[str]]]:
               "Python / numpy", "edgedet", "Report"]
     rows = []
     for d in merged["devices"]:
-        arch = (d.get("machine") or "?") + (f" ({d['emulation']}: CPU and timings are the host's)"
+        arch = (d.get("machine") or "?") + (f" ({d['emulation']}: timings mean nothing)"
                                             if d.get("emulation") else "")
         rows.append([d["name"], arch, d.get("cpu_model") or "?", str(d.get("num_cpus") or "?"),
                      " ".join(d.get("cpu_features") or []) or "-", d.get("kernels") or "-", d.get("os") or "?",
