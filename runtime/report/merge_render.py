@@ -115,10 +115,10 @@ def render_merged_md(merged: dict) -> str:
     return "\n".join(lines)
 
 
-def ap_bars_svg(merged: dict, width: int = 760, height: int = 300) -> str:
+def ap_bars_svg(merged: dict, width: int = 760, height: int = 260) -> str:
     """Grouped bars: AP × 100 of each model (groups) on each device (colours), as SVG text."""
     models, devs = merged["models"], merged["devices"]
-    left, right, top, bottom = 46, 12, 28, 70
+    left, right, top, bottom = 46, 12, 28, 32
     pw, ph = width - left - right, height - top - bottom
     vals = [[_ap(r) for r in m["devices"]] for m in models]
     vmax = max([v for row in vals for v in row if v is not None] + [0.01]) * 100
