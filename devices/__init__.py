@@ -4,6 +4,7 @@
     p = load_profile("raspberry-pi-5")
     p.targets, p.backend, p.delegate, p.device, p.threads, p.input_size
     p.max_map_drop, p.latency_ms          # acceptance thresholds for `edgedet validate`
+    p.latency_source                      # where the budget comes from, or why there is none
 
 Schema (every field is checked; an error names the file and the field)::
 
@@ -17,7 +18,9 @@ Schema (every field is checked; an error names the file and the field)::
     input_size = 320                 # preferred network input (multiple of 64 for Lite models' heads)
     [thresholds]
     max_map_drop = 0.02              # absolute AP@[.5:.95] drop vs float (AP in [0, 1])
-    latency_ms = 100.0               # p50 end-to-end budget
+    latency_ms = 40.0                # p50 end-to-end budget; omit it when no figure is published
+    latency_source = "..."           # the published figure the budget comes from, or
+                                     # "unmeasured: ..." (then no latency_ms: validate checks none)
 
 Extra profiles can be added with ``EDGEDET_DEVICES=/path/to/dir`` (searched first).
 """
@@ -57,9 +60,10 @@ class DeviceProfile:
     device: str
     input_size: int
     max_map_drop: float
-    latency_ms: float
+    latency_ms: float | None
     threads: int | None = None
     path: str = ""
+    latency_source: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -89,7 +93,8 @@ class DeviceProfile:
             "name": self.name, "description": self.description, "targets": list(self.targets),
             "backend": self.backend, "delegate": self.delegate, "device": self.device, "threads": self.threads,
             "input_size": self.input_size,
-            "thresholds": {"max_map_drop": self.max_map_drop, "latency_ms": self.latency_ms},
+            "thresholds": {"max_map_drop": self.max_map_drop, "latency_ms": self.latency_ms,
+                           "latency_source": self.latency_source},
             "path": self.path,
         }
 
@@ -111,6 +116,9 @@ def _files() -> dict[str, Path]:
 def list_profiles() -> list[str]:
     """Names of all available profiles, sorted."""
     return sorted(_files())
+
+
+_THRESHOLD_FIELDS = ("max_map_drop", "latency_ms", "latency_source")
 
 
 def _need(d: dict, key: str, types, where: str, check=None, hint: str = ""):
@@ -169,12 +177,20 @@ def parse_profile(path) -> DeviceProfile:
     th = _need(d, "thresholds", dict, where)
     tw = f"{where} [thresholds]"
     for k in th:
-        if k not in ("max_map_drop", "latency_ms"):
-            raise ConfigError(f"{tw}: unknown field '{k}'{did_you_mean(k, ('max_map_drop', 'latency_ms'))}")
+        if k not in _THRESHOLD_FIELDS:
+            raise ConfigError(f"{tw}: unknown field '{k}'{did_you_mean(k, _THRESHOLD_FIELDS)}")
     drop = float(_need(th, "max_map_drop", (int, float), tw, lambda v: 0 <= v <= 1, " (absolute AP drop in 0..1)"))
-    lat = float(_need(th, "latency_ms", (int, float), tw, lambda v: v > 0, " (must be > 0)"))
+    source = th.get("latency_source", "")
+    if not isinstance(source, str):
+        raise ConfigError(f"{tw}: field 'latency_source' must be str, got {source!r}")
+    if "latency_ms" in th or not source.startswith("unmeasured"):
+        # Missing is an error unless the source says the board is unmeasured (then no budget).
+        lat = float(_need(th, "latency_ms", (int, float), tw, lambda v: v > 0, " (must be > 0)"))
+    else:
+        lat = None
     return DeviceProfile(name=name, description=desc, targets=tuple(targets), backend=backend, delegate=delegate,
-                         device=device, threads=threads, input_size=size, max_map_drop=drop, latency_ms=lat, path=where)
+                         device=device, threads=threads, input_size=size, max_map_drop=drop, latency_ms=lat, path=where,
+                         latency_source=source)
 
 
 def load_profile(name: str) -> DeviceProfile:

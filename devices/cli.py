@@ -23,10 +23,12 @@ def run(args: argparse.Namespace) -> int:
     rows = [("name", "backend", "delegate", "device", "threads", "size", "max dAP", "budget ms", "targets")]
     for p in profiles:
         rows.append((p.name, p.backend, p.delegate, p.device, str(p.threads or "-"), str(p.input_size),
-                     f"{p.max_map_drop:.3f}", f"{p.latency_ms:g}", ", ".join(p.targets)))
+                     f"{p.max_map_drop:.3f}", "unmeasured" if p.latency_ms is None else f"{p.latency_ms:g}", ", ".join(p.targets)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     if args.name:
-        print(f"\n{profiles[0].description}\n(file: {profiles[0].path}; setup notes: devices/README.md)")
+        p = profiles[0]
+        print(f"\n{p.description}\nlatency budget: {p.latency_source or 'no source given'}"
+              f"\n(file: {p.path}; setup notes: devices/README.md)")
     return 0

@@ -64,6 +64,13 @@ def _run(argv: list[str]) -> int:
     except EdgedetError as exc:
         print(f"edgedet: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] == "edgedet":
+            raise  # a packaging bug, not a missing optional dependency
+        from edgedet.extras import missing_module_message
+
+        print(f"edgedet: error: {missing_module_message(exc.name, f'edgedet {args.command}')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("edgedet: interrupted", file=sys.stderr)
         return 130

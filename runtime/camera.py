@@ -27,7 +27,7 @@ def _cv2():
     try:
         import cv2  # noqa: PLC0415
     except ImportError as exc:
-        raise ToolchainError("OpenCV is needed for video and cameras: `pip install opencv-python-headless`") from exc
+        raise ToolchainError('OpenCV is needed for video and cameras: `pip install "edgedet[camera]"`') from exc
     return cv2
 
 

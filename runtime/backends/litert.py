@@ -51,7 +51,8 @@ def _interpreter_module():
     except ImportError:
         pass
     raise ToolchainError(
-        "no TFLite interpreter found: `pip install ai-edge-litert` (or `tflite-runtime` on older Raspberry Pi OS)"
+        'no TFLite interpreter found: `pip install "edgedet[runtime]"` (brings ai-edge-litert; '
+        "`tflite-runtime` on older Raspberry Pi OS)"
     )
 
 

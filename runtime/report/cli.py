@@ -48,6 +48,21 @@ def register(sub) -> None:
     b.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     b.set_defaults(func=_bench)
 
+    r = sub.add_parser("report", help="merge validation reports from several devices into one view",
+                       description="Work with the reports edgedet validate writes.")
+    rsub = r.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    m = rsub.add_parser(
+        "merge", help="validation reports of the same files and images from several devices, side by side",
+        description="Join report.json files (for example the workstation's and the device's) into one report: "
+                    "each model's AP and ΔAP per device, latency per device, and what each device ran. Models "
+                    "are matched by file sha256; reports of different files or datasets are refused.",
+    )
+    m.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or the folders holding them")
+    m.add_argument("--out", required=True, metavar="DIR", help="folder for the merged report.md/json/html")
+    m.add_argument("--names", nargs="+", metavar="NAME", help="device names, one per report (default: the "
+                   "device profile or architecture)")
+    m.set_defaults(func=_merge)
+
 
 def _validate(args) -> int:
     from edgedet.runtime.report.md import md_table, summary_table
@@ -89,3 +104,15 @@ def _bench(args) -> int:
 
         atomic_write_text(Path(args.json), json.dumps(rows, indent=1))
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def _merge(args) -> int:
+    from edgedet.runtime.report.md import md_table
+    from edgedet.runtime.report.merge import merge_reports, write_merged
+    from edgedet.runtime.report.merge_render import accuracy_table
+
+    merged = merge_reports(args.reports, names=args.names)
+    paths = write_merged(merged, args.out)
+    print(md_table(*accuracy_table(merged)))
+    print(f"\n{len(merged['models'])} models on {len(merged['devices'])} devices -> {paths['html']}")
+    return 0

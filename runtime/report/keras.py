@@ -22,13 +22,19 @@ def run_class_names(run_dir: str) -> list[str] | None:
     return list(names) if names else None
 
 
-def run_weights_size(run_dir: str) -> int | None:
-    """Size of the weights the baseline loads (``best.weights.h5`` else ``last.weights.h5``)."""
+def run_weights_file(run_dir: str) -> str | None:
+    """The weights the baseline loads (``best.weights.h5`` else ``last.weights.h5``), or None."""
     for name in ("best.weights.h5", "last.weights.h5"):
         p = os.path.join(run_dir, name)
         if os.path.exists(p):
-            return os.path.getsize(p)
+            return p
     return None
+
+
+def run_weights_size(run_dir: str) -> int | None:
+    """Size of the weights the baseline loads."""
+    p = run_weights_file(run_dir)
+    return os.path.getsize(p) if p else None
 
 
 def load_baseline(run_dir: str):

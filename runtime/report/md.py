@@ -130,7 +130,11 @@ def host_line(report: dict) -> str:
     h = report["host"]
     thr = {True: "**throttled**", False: "not throttled", None: "throttling not reported by the OS"}[h.get("throttled")]
     detail = f" ({h['throttle_detail']})" if h.get("throttle_detail") else ""
-    return f"{h.get('cpu_model') or '?'}, {h.get('num_cpus') or '?'} CPUs, {h.get('os')}, Python {h.get('python')}; {thr}{detail}"
+    arch = f" ({h['machine']})" if h.get("machine") else ""
+    if h.get("emulation"):
+        arch += f", **emulated by {h['emulation']}**: timings mean nothing"
+    return (f"{h.get('cpu_model') or '?'}{arch}, {h.get('num_cpus') or '?'} CPUs, {h.get('os')}, "
+            f"Python {h.get('python')}; {thr}{detail}")
 
 
 def problems(report: dict) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedet.errors import ConfigError, DataError, ModelFileError
+from edgedet.extras import require
 from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
@@ -41,6 +42,49 @@ def model_format(path: str) -> str:
 
 def is_run_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "run.json"))
+
+
+def model_sha256(path: str) -> str | None:
+    """sha256 of a model: the file; an OpenVINO ``.xml`` with its ``.bin``; a folder file by file
+    (names and contents, in name order); a training run: its weights file. None if unreadable."""
+    import hashlib
+
+    from edgedet.files import sha256_file
+
+    p = str(path).rstrip("/")
+    try:
+        if is_run_dir(p):
+            from edgedet.runtime.report.keras import run_weights_file
+
+            w = run_weights_file(p)
+            return sha256_file(w) if w else None
+        if os.path.isdir(p):
+            files = sorted(os.path.relpath(os.path.join(r, f), p) for r, _, fs in os.walk(p) for f in fs)
+        elif p.endswith(".xml") and os.path.exists(p[:-4] + ".bin"):
+            p, files = os.path.dirname(p) or ".", [os.path.basename(p), os.path.basename(p[:-4] + ".bin")]
+        else:
+            return sha256_file(p)
+        h = hashlib.sha256()
+        for rel in files:
+            h.update(f"{rel}\0{sha256_file(os.path.join(p, rel))}\n".encode())
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def dataset_fingerprint(samples, class_names) -> str:
+    """sha256 of what the evaluation sees: class list, then per image its file name, size, boxes
+    (rounded to 0.01 px) and classes, in order. Paths are left out, so the same set copied to a
+    device fingerprints the same."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(list(class_names)).encode())
+    for s in samples:
+        boxes = np.round(np.asarray(s.boxes, np.float64).reshape(-1, 4), 2).tolist()
+        row = [os.path.basename(s.image_path), int(s.width), int(s.height), boxes,
+               np.asarray(s.classes).reshape(-1).astype(int).tolist()]
+        h.update(json.dumps(row).encode() + b"\n")
+    return h.hexdigest()
 
 
 def load_samples(data: str, split: str, limit: int | None = None, classes: list[str] | None = None):
@@ -157,6 +201,7 @@ def _entry(name, path, role, result, npz, samples, class_names) -> dict:
     common = {
         "target": meta.get("target") or ("keras" if fmt == "keras" else None),
         "quantization": meta.get("quantization"), "file_size_bytes": result.get("file_size_bytes"),
+        "sha256": model_sha256(path),
         "macs": meta.get("macs"),
         "provenance": result.get("provenance") or {"backend": None, "backend_version": None, "delegate": None,
                                                    "threads": None, "device": None},
@@ -265,6 +310,9 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     """
     if not models and not baseline:
         raise ConfigError("--models: give at least one model file")
+    require("pycocotools", "PIL", what="edgedet validate")
+    if html:
+        require("matplotlib", what="report.html", alternative="pass --no-html")
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
     if baseline and not os.path.exists(baseline):
         raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
@@ -314,7 +362,8 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             entry["layer_errors"] = layer_section(entry, meta, npz, base_npz, samples, kept, diag_map)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
-    dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names}
+    dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names,
+               "fingerprint": dataset_fingerprint(samples, class_names)}
     report = assemble(entries, dataset, th, command=command)
     write_report(report, out_dir, html=html)
     return report
