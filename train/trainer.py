@@ -7,9 +7,10 @@ written as ``last`` (and ``best`` when the val AP improved), and the full resuma
 saved, all atomically (see :mod:`edgedet.runs`).
 
 Several workers (``--strategy multiworker``): every worker trains on its slice of every global
-batch; the chief alone evaluates and writes the run folder, the others write TensorBoard events
-to a scratch folder removed at the end. The chief reads the resumable state and broadcasts
-it, with the epoch counters, so a worker with no copy of the run folder resumes in step.
+batch and runs the same end of epoch (evaluation, checkpoints: reading the replica-averaged BatchNorm
+statistics is a collective operation all must join), the chief into the run folder, the others into
+a scratch folder removed at the end. The chief reads the resumable state and broadcasts it, with
+the epoch counters, so a worker with no copy of the run folder resumes in step.
 """
 from __future__ import annotations
 
@@ -228,16 +229,16 @@ class Trainer(RunFiles):
         from edgedet.train.distribute import Role
 
         self.role = Role.for_strategy(self.opts.strategy, self.out)
+        self.out = self.role.out  # the run folder, or this worker's scratch folder
         try:
             return self._run()
         except EdgedetError:
             raise
         except Exception as exc:
             if self.role.num_workers > 1 and type(exc).__module__.startswith("tensorflow"):
-                first = next((line for line in str(exc).splitlines() if "unhealthy" in line or "abort" in line.lower()),
-                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                raise ClusterLost(f"worker {self.role.worker}: the cluster lost a worker ({first.strip()}); re-run the "
-                                  f"same command on every worker to continue from the chief's last checkpoint") from None
+                raise ClusterLost(f"worker {self.role.worker}: the cluster lost a worker ({_cluster_reason(exc)}); "
+                                  "re-run the same command on every worker to continue from the chief's last "
+                                  "checkpoint") from None
             raise
         finally:
             self.role.close()
@@ -246,8 +247,7 @@ class Trainer(RunFiles):
         o = self.opts
         state_arrays, state_meta = self._read_start()
         self._load_data()
-        if self.role.is_chief:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         if o.strategy == "multiworker":
             self._make_strategy()  # join the cluster before anything is built
         state_meta = self._share_start(state_meta)
@@ -266,8 +266,7 @@ class Trainer(RunFiles):
         if start_epoch >= self.epochs:
             self.log(f"{self.out}: all {self.epochs} epochs already done")
             return best
-        if self.role.is_chief:
-            self._write_run_json(start_epoch, best, "running")
+        self._write_run_json(start_epoch, best, "running")
         where = f", worker {self.role.worker} of {self.role.num_workers}" if self.role.num_workers > 1 else ""
         self.log(f"training {self.cfg.name} {self.cfg.image_size}px on {len(self.train_samples)} images "
                  f"({self.steps_per_epoch} steps/epoch x {self.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
@@ -283,25 +282,28 @@ class Trainer(RunFiles):
         while epoch < self.epochs:
             t0 = time.time()
             row = train_epoch(self, epoch, step_fn, writer, batches)
-            metrics, best = self._end_epoch(epoch, row, best, t0) if self.role.is_chief else ({}, best)
-            self._agree_epochs()
-            if self.role.is_chief:
-                last = epoch + 1 >= self.epochs
-                self._save_state(epoch + 1, best)
-                row.update({f"val_{k}": round(metrics[k], 5) for k in ("AP", "AP50", "AP75") if k in metrics})
-                self._append_csv(row, epoch)
-                self._write_run_json(epoch + 1, best, "done" if last else "running")
-                with writer.as_default(step=(epoch + 1) * self.steps_per_epoch):
-                    for key in ("AP", "AP50", "AP75"):
-                        if key in metrics:
-                            tf.summary.scalar(f"val/{key}", metrics[key])
+            metrics, best = self._end_epoch(epoch, row, best, t0)
+            last = epoch + 1 >= self.epochs
+            self._save_state(epoch + 1, best)
+            row.update({f"val_{k}": round(metrics[k], 5) for k in ("AP", "AP50", "AP75") if k in metrics})
+            self._append_csv(row, epoch)
+            self._write_run_json(epoch + 1, best, "done" if last else "running")
+            with writer.as_default(step=(epoch + 1) * self.steps_per_epoch):
+                for key in ("AP", "AP50", "AP75"):
+                    if key in metrics:
+                        tf.summary.scalar(f"val/{key}", metrics[key])
             writer.flush()
             self.log(self._epoch_message(epoch, row, metrics, best))
             epoch += 1
         return best
 
     def _end_epoch(self, epoch: int, row: dict, best: dict, t0: float):
-        """The chief's end of an epoch: evaluate, write weights, apply --time-limit. Returns ``(metrics, best)``."""
+        """Evaluate, write weights, apply --time-limit. Returns ``(metrics, best)``.
+
+        Every worker does it (the others into their scratch folders): reading the BatchNorm
+        statistics, which are averaged over the replicas, is a collective operation that every
+        worker must join. Where ``--time-limit`` is set, the chief's epoch count is the one kept.
+        """
         o = self.opts
         metrics = {}
         last = epoch + 1 == self.epochs
@@ -314,6 +316,7 @@ class Trainer(RunFiles):
         if not last:
             self._estimates.append(row["est_epoch_s"])
             self._apply_time_limit(epoch + 1, self.elapsed_s, self._estimates, self._eval_s)
+            self._agree_epochs()
             if epoch + 1 >= self.epochs and not metrics and self.val_samples:  # the limit ended the run here
                 metrics = self.evaluate_ema()
                 best = self._save_weights(metrics, best, epoch + 1, last_too=False)
@@ -348,11 +351,25 @@ class Trainer(RunFiles):
                 return make_dataset(self.train_samples, shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
                                     replica_batch=ctx.get_per_replica_batch_size(o.batch), **kw)
 
-            return iter(self.strategy.distribute_datasets_from_function(per_worker))
+            # Endless (the islice per epoch bounds it): with a finite dataset every worker's every
+            # batch would first all-reduce whether the others still have data.
+            return iter(self.strategy.distribute_datasets_from_function(lambda ctx: per_worker(ctx).repeat()))
         ds = make_dataset(self.train_samples, **kw)
         if self.replicas > 1:
             ds = self.strategy.experimental_distribute_dataset(ds)
         return iter(ds)
+
+
+def _cluster_reason(exc) -> str:
+    """One line out of TensorFlow's many-line collective error: which task stopped, or the first line."""
+    import re
+
+    text = str(exc)
+    dead = re.findall(r"^(/job:\S+)$", text, flags=re.M)
+    if "heartbeat" in text and dead:
+        return f"{', '.join(sorted(set(dead)))} stopped sending heartbeats"
+    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in text.splitlines()]
+    return next((line for line in lines if line), type(exc).__name__)[:300]
 
 
 def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_estimates: list, eval_s: float,
