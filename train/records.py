@@ -54,13 +54,18 @@ class RunFiles:
         try:
             if last_too:
                 ckpt.save_weights(self.model, self.out / ckpt.LAST)
-            improved = metrics and (not best or metrics["AP"] > best["metrics"]["AP"])
-            if improved or (last_too and not self.val_samples):
+            improved = bool(metrics) and (not best or metrics["AP"] > best["metrics"]["AP"])
+            # Every worker must make the same choice (saving reads the weights collectively).
+            if self._agree(improved or (last_too and not self.val_samples)):
                 ckpt.save_weights(self.model, self.out / ckpt.BEST)
                 best = {"epoch": epoch, "metrics": summary(metrics)}
         finally:
             self.ema.swap_out(live)
         return best
+
+    def _agree(self, value):
+        """The chief's ``value`` on every worker (see the trainer); the value itself for one process."""
+        return value
 
     def _run_extra(self) -> dict:
         """Fields a subclass adds to (or overrides in) run.json; written in the same atomic write."""

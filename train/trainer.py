@@ -201,14 +201,20 @@ class Trainer(RunFiles):
         for v, a in zip(variables, broadcast_from_chief(self.strategy, self.role, [v.numpy() for v in variables])):
             v.assign(a)
 
-    def _agree_epochs(self) -> None:
-        """The chief's epoch count (``--time-limit`` may shorten it) for every worker."""
+    def _agree(self, value):
+        """The chief's ``value`` (a number or bool) on every worker: decisions that must not diverge."""
         import numpy as np
 
         from edgedet.train.distribute import broadcast_from_chief
 
-        if self.role.num_workers > 1:
-            self.epochs = int(broadcast_from_chief(self.strategy, self.role, [np.array([self.epochs], np.int64)])[0][0])
+        if self.role is None or self.role.num_workers <= 1:
+            return value
+        got = broadcast_from_chief(self.strategy, self.role, [np.array([value], np.float64)])[0][0]
+        return type(value)(got)
+
+    def _agree_epochs(self) -> None:
+        """The chief's epoch count (``--time-limit`` may shorten it) for every worker."""
+        self.epochs = self._agree(int(self.epochs))
 
     # ---------------------------------------------------------------- eval
     def evaluate_ema(self) -> dict:
