@@ -88,7 +88,8 @@ def _train(args) -> int:
             batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_backbone=args.freeze_backbone,
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
             strategy=args.strategy, mixed_precision=args.mixed_precision,
-            connect_timeout=args.connect_timeout or CONNECT_TIMEOUT_S, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),
+            connect_timeout=args.connect_timeout or CONNECT_TIMEOUT_S, seed=args.seed, ema_decay=args.ema_decay,
+            jitter=_parse_jitter(args.jitter),
             flip=not args.no_flip, label_smoothing=args.label_smoothing, eval_every=args.eval_every,
             time_limit=args.time_limit,
             check_policy=args.check, classes=args.classes, progress=not args.no_progress)

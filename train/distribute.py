@@ -183,6 +183,18 @@ def _join_cluster(cluster: Cluster, connect_timeout: float):
     return strategy
 
 
+def cluster_error_reason(exc) -> str:
+    """One line out of TensorFlow's many-line collective error: which task stopped, or the first line."""
+    import re
+
+    text = str(exc)
+    dead = re.findall(r"^(/job:\S+)$", text, flags=re.M)
+    if "heartbeat" in text and dead:
+        return f"{', '.join(sorted(set(dead)))} stopped sending heartbeats"
+    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in text.splitlines()]
+    return next((line for line in lines if line), type(exc).__name__)[:300]
+
+
 @dataclass
 class Role:
     """What this process writes: the chief writes the run folder, every other worker a scratch folder.

@@ -23,7 +23,7 @@ from edgedet import runs as ckpt
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.train.loop import TrainingDiverged, make_step, train_epoch  # noqa: F401 (re-exported)
 from edgedet.train.options import TrainOptions, freeze_layers  # noqa: F401 (re-exported)
-from edgedet.train.records import CSV_FIELDS, RunFiles, summary  # noqa: F401 (re-exported)
+from edgedet.train.records import RunFiles
 
 _RERUN_IGNORES = ("progress", "out", "connect_timeout")  # options a re-run of a multi-worker command may change
 
@@ -232,7 +232,7 @@ class Trainer(RunFiles):
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
-        from edgedet.train.distribute import Role
+        from edgedet.train.distribute import Role, cluster_error_reason
 
         self.role = Role.for_strategy(self.opts.strategy, self.out)
         self.out = self.role.out  # the run folder, or this worker's scratch folder
@@ -242,7 +242,7 @@ class Trainer(RunFiles):
             raise
         except Exception as exc:
             if self.role.num_workers > 1 and type(exc).__module__.startswith("tensorflow"):
-                raise ClusterLost(f"worker {self.role.worker}: the cluster lost a worker ({_cluster_reason(exc)}); "
+                raise ClusterLost(f"worker {self.role.worker}: the cluster lost a worker ({cluster_error_reason(exc)}); "
                                   "re-run the same command on every worker to continue from the chief's last "
                                   "checkpoint") from None
             raise
@@ -364,18 +364,6 @@ class Trainer(RunFiles):
         if self.replicas > 1:
             ds = self.strategy.experimental_distribute_dataset(ds)
         return iter(ds)
-
-
-def _cluster_reason(exc) -> str:
-    """One line out of TensorFlow's many-line collective error: which task stopped, or the first line."""
-    import re
-
-    text = str(exc)
-    dead = re.findall(r"^(/job:\S+)$", text, flags=re.M)
-    if "heartbeat" in text and dead:
-        return f"{', '.join(sorted(set(dead)))} stopped sending heartbeats"
-    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in text.splitlines()]
-    return next((line for line in lines if line), type(exc).__name__)[:300]
 
 
 def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_estimates: list, eval_s: float,
