@@ -93,7 +93,7 @@ def test_two_workers_train_like_one_process(data, tmp_path):
                               env=_env(tmp_path / "tmp2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+        assert p.returncode == 0, "\n-----\n".join(e[-2500:] for _, e in outs)
     assert "worker 0 of 2" in outs[0][1] and "worker 1 of 2" in outs[1][1] and "2 replica(s)" in outs[2][1]
     # Only the chief writes the run folder; the worker's scratch folder is gone.
     for name in ("run.json", "state.npz", "best.weights.h5", "last.weights.h5", "log.csv"):
@@ -156,9 +156,10 @@ def test_killed_worker_then_rerun_continues_from_the_chiefs_checkpoint(data, tmp
     procs = [_worker(data, out, workers, 0, tmp_path / "tmp0", "--no-progress"),
              _worker(data, tmp_path / "w", workers, 1, tmp_path / "tmp1", "--no-progress")]
     outs = [p.communicate(timeout=900) for p in procs]
+    both = "\n-----\n".join(e[-2500:] for _, e in outs)
     for p, (_, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-        assert f"after epoch 1/{EPOCHS}" in e
+        assert p.returncode == 0, both
+        assert f"after epoch 1/{EPOCHS}" in e, both
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == epoch1  # epoch 1 is not repeated
     assert [r["step"] for r in rows] == ["8", "16"]
