@@ -46,7 +46,9 @@ class RunFiles:
                 raise ConfigError(f"{self.out / ckpt.STATE}: {what} has {len(values)} tensors, model expects "
                                   f"{len(variables)} (was the run started with other options?)")
             for v, a in zip(variables, values):
-                v.assign(a)
+                # No read-back: reading a replica-averaged (BatchNorm) variable is a collective
+                # operation, and only the chief restores.
+                v.assign(a, read_value=False)
 
     def _save_weights(self, metrics: dict, best: dict, epoch: int, last_too: bool = True) -> dict:
         """Write the EMA weights as ``last`` (and ``best`` when ``metrics`` improved); returns ``best``."""
