@@ -117,7 +117,7 @@ def train_epoch(tr, epoch: int, step_fn, writer, batches) -> dict:
     if bar:
         bar.close()
     avg = {k: (v / max(n, 1)) for k, v in sums.items()}
-    steady = float(np.mean(step_times[1:] or step_times))  # the first step of a session includes tracing
+    steady = float(np.mean(step_times[1:] or step_times))  # the first step of a process includes tracing
     return {"epoch": epoch + 1, "step": int(opt.iterations.numpy()), **{k: round(v, 6) for k, v in avg.items()},
             "lr": float(np.float32(lr)), "epoch_s": round(time.time() - t0, 1),
             "est_epoch_s": steady * tr.steps_per_epoch, "step_s": steady,

@@ -374,12 +374,12 @@ def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_esti
         limit_min: the wall-clock budget of the whole run, minutes.
         epochs_done: epochs finished so far.
         elapsed_s: seconds spent on them (training, evaluation, checkpoints).
-        epoch_estimates: steady-state seconds per epoch of each epoch of this session.
+        epoch_estimates: steady-state seconds per epoch of each epoch run by this process.
         eval_s: seconds of the last validation (kept free for the final one).
         eval_every: validation every N epochs.
 
     Returns:
-        ``(epochs that fit, seconds per epoch used)``. The estimate is the MEAN over the session's
+        ``(epochs that fit, seconds per epoch used)``. The estimate is the MEAN over this process's
         epochs, not the last one: a single slow epoch (a stall of the input pipeline or of the
         host) would otherwise cut the cosine schedule for good, since the limit only ever
         shortens a run (measured on the 5-minute synthetic benchmark: one 14 s epoch among 8 s
