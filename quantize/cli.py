@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", metavar="RUN_QAT", help="continue an interrupted QAT run")
+    from edgedet.train.distribute import add_arguments
+
+    add_arguments(p)  # QAT keeps float32 under --mixed-precision (with a note)
     p.set_defaults(func=_qat)
 
     t = qs.add_parser("ptq", formatter_class=_RAW, help="post-training quantization to int8 (calibrated), fp16 and dynamic-range TFLite",
@@ -80,15 +83,18 @@ def _qat(args) -> int:
 
     _setup_env()
     from edgedet.quantize.qat import qat, resume_qat
+    from edgedet.train.distribute import apply_arguments
 
+    apply_arguments(args)
     if args.resume:
-        best = resume_qat(args.resume, progress=not args.no_progress)
+        best = resume_qat(args.resume, progress=not args.no_progress, connect_timeout=args.connect_timeout)
     else:
         if not args.weights or not args.out:
             raise ConfigError("edgedet quantize qat needs --weights RUN and --out RUN_QAT (or --resume RUN_QAT)")
         best = qat(args.weights, args.out, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
                    train_bn=args.train_bn, freeze_backbone=args.freeze_backbone, time_limit=args.time_limit,
-                   seed=args.seed, progress=not args.no_progress)
+                   seed=args.seed, progress=not args.no_progress, strategy=args.strategy,
+                   connect_timeout=args.connect_timeout, mixed_precision=args.mixed_precision)
     m = (best or {}).get("metrics") or {}
     if m:
         print(f"best epoch {best.get('epoch')}: val AP {m.get('AP', float('nan')):.4f} (QAT Keras model)")

@@ -25,6 +25,7 @@ import types
 from pathlib import Path
 
 from edgedet.errors import ConfigError, DataError, ModelFileError
+from edgedet.train.trainer import TrainOptions, Trainer, freeze_layers, resume_options
 
 DEFAULT_EPOCHS = 5
 LR_FACTOR = 0.1
@@ -44,15 +45,14 @@ def _require_float(run_dir) -> dict:
 
 def qat_options(weights: str, out: str, data: str | None = None, epochs: int | None = None, batch: int | None = None,
                 lr: float | None = None, freeze_backbone: str | None = None, time_limit: float | None = None,
-                seed: int | None = None, progress: bool = True):
+                seed: int | None = None, progress: bool = True, strategy: str | None = None,
+                connect_timeout: float | None = None, mixed_precision: bool = False):
     """TrainOptions for fine-tuning the float run ``weights`` into ``out``.
 
     Starts from the float run's own training options (augmentation, batch, seed, classes) and
     applies the QAT schedule. ``data`` defaults to the run's dataset; ``freeze_backbone`` to the
-    float run's (``"0"`` unfreezes).
+    float run's (``"0"`` unfreezes); ``strategy`` to one device, whatever the float run used.
     """
-    from edgedet.train.trainer import TrainOptions
-
     src = _require_float(weights)
     base = TrainOptions.from_dict({**(src.get("train") or {}), "data": "", "out": ""})
     data = data or src.get("dataset")
@@ -79,6 +79,10 @@ def qat_options(weights: str, out: str, data: str | None = None, epochs: int | N
     if seed is not None:
         opts.seed = int(seed)
     opts.progress = progress
+    opts.strategy = strategy or "default"
+    opts.mixed_precision = bool(mixed_precision)
+    if connect_timeout:
+        opts.connect_timeout = float(connect_timeout)
     if opts.epochs < 1 or opts.batch < 1:
         raise ConfigError("--epochs and --batch must be >= 1")
     return opts
@@ -100,95 +104,80 @@ def calibration_batches(samples, cfg, count: int | None = None, batch: int = 8, 
                         for j in idx[i:i + batch]]).astype(np.float32)
 
 
-def _trainer_class():
-    from edgedet.train.trainer import Trainer
+class QATTrainer(Trainer):
+    """The trainer with the model swapped for the QAT version of a float run (always float32)."""
 
-    class QATTrainer(Trainer):
-        """The trainer with the model swapped for the QAT version of a float run."""
+    def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None):
+        super().__init__(opts, resume=resume, log=log)
+        self.source_run = str(source_run)
+        self.train_bn = bool(train_bn)
 
-        def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None):
-            super().__init__(opts, resume=resume, log=log)
-            self.source_run = str(source_run)
-            self.train_bn = bool(train_bn)
+    def _load_data(self):
+        super()._load_data()
+        want = list(self.opts.classes or [])
+        if want and list(self.dataset.class_names) != want:
+            raise DataError(f"--data {self.opts.data}: classes {list(self.dataset.class_names)} differ from the "
+                            f"float run's {want}")
 
-        def _load_data(self):
-            super()._load_data()
-            want = list(self.opts.classes or [])
-            if want and list(self.dataset.class_names) != want:
-                raise DataError(f"--data {self.opts.data}: classes {list(self.dataset.class_names)} differ from the "
-                                f"float run's {want}")
+    def _build(self, state_meta):
+        import tensorflow as tf
+        import tf_keras as keras
 
-        def _build(self, state_meta):
-            import tensorflow as tf
-            import tf_keras as keras
+        from edgedet.quantize.qat_graph import calibrate_ranges, quantize_model
+        from edgedet.runs import load_run
+        from edgedet.train.schedule import WeightEMA
 
-            from edgedet.quantize.qat_graph import calibrate_ranges, quantize_model
-            from edgedet.runs import load_run
-            from edgedet.train.input import steps_per_epoch
-            from edgedet.train.schedule import WeightEMA
-            from edgedet.train.trainer import freeze_layers, make_strategy
+        o = self.opts
+        _require_float(self.source_run)
+        if o.mixed_precision:
+            # Fake-quant ranges and the int8 grid they model need float32 arithmetic.
+            self.log("--mixed-precision: QAT trains in float32 (fake-quant ranges need float32)")
+        self.mixed = False
+        strategy = self._make_strategy()
+        self._schedule(state_meta)
+        keras.utils.set_random_seed(o.seed)
+        with strategy.scope():
+            float_model, info = load_run(self.source_run)
+            self.cfg = info.config
+            self.source_info = info
+            self.model = quantize_model(float_model)
+            del float_model
+            if not state_meta:  # a fresh run: start from calibrated (PTQ-like) ranges, not [-6, 6]
+                n = calibrate_ranges(self.model, calibration_batches(self.train_samples, self.cfg, seed=o.seed))
+                self.log(f"QAT: {n} quantizer ranges calibrated on {min(CALIB_IMAGES, len(self.train_samples))} "
+                         f"train images")
+            inner = [getattr(layer, "layer", layer) for layer in self.model.layers]
+            self.frozen = freeze_layers(types.SimpleNamespace(layers=inner), o.freeze_backbone)
+            # tfmot's wrapper keeps listing a frozen layer's weights as trainable: drop them here.
+            frozen = {id(v) for layer in inner if not layer.trainable for v in layer.weights}
+            if not self.train_bn:
+                for layer in inner:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        # Inference-mode BN: the moving statistics the converter folds stay fixed
+                        # (gamma/beta still learn).
+                        layer.trainable = False
+            self.tvars = [v for v in self.model.trainable_variables if id(v) not in frozen]
+            self.optimizer = self._optimizer(keras)
+            # tfmot's integer step counters cannot be averaged; EMA the float variables only.
+            self.ema = WeightEMA([w for w in self.model.weights if w.dtype.is_floating], o.ema_decay)
+        self._tf = tf
 
-            o = self.opts
-            _require_float(self.source_run)
-            self.strategy = make_strategy(o.strategy)
-            self.replicas = self.strategy.num_replicas_in_sync
-            if o.batch % self.replicas:
-                raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
-            self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
-            self.epochs = int((state_meta or {}).get("epochs", o.epochs))
-            self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
-            keras.utils.set_random_seed(o.seed)
-            with self.strategy.scope():
-                float_model, info = load_run(self.source_run)
-                self.cfg = info.config
-                self.source_info = info
-                self.model = quantize_model(float_model)
-                del float_model
-                if not state_meta:  # a fresh run: start from calibrated (PTQ-like) ranges, not [-6, 6]
-                    n = calibrate_ranges(self.model, calibration_batches(self.train_samples, self.cfg, seed=o.seed))
-                    self.log(f"QAT: {n} quantizer ranges calibrated on {min(CALIB_IMAGES, len(self.train_samples))} "
-                             f"train images")
-                inner = [getattr(layer, "layer", layer) for layer in self.model.layers]
-                self.frozen = freeze_layers(types.SimpleNamespace(layers=inner), o.freeze_backbone)
-                # tfmot's wrapper keeps listing a frozen layer's weights as trainable: drop them here.
-                frozen = {id(v) for layer in inner if not layer.trainable for v in layer.weights}
-                if not self.train_bn:
-                    for layer in inner:
-                        if isinstance(layer, keras.layers.BatchNormalization):
-                            # Inference-mode BN: the moving statistics the converter folds stay fixed
-                            # (gamma/beta still learn).
-                            layer.trainable = False
-                self.tvars = [v for v in self.model.trainable_variables if id(v) not in frozen]
-                self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
-                self.optimizer.build(self.tvars)
-                # tfmot's integer step counters cannot be averaged; EMA the float variables only.
-                self.ema = WeightEMA([w for w in self.model.weights if w.dtype.is_floating], o.ema_decay)
-            self._tf = tf
-
-        def _write_run_json(self, epochs_done, best, status):
-            import json
-
-            from edgedet import runs as ckpt
-
-            super()._write_run_json(epochs_done, best, status)
-            path = self.out / ckpt.RUN_JSON
-            data = json.loads(path.read_text())
-            info = self.source_info
-            data.update({
-                "kind": "qat",
-                "source_run": os.path.abspath(self.source_run),
-                "source_weights_sha256": info.weights_sha256,
-                "source_metrics": dict(info.metrics or {}),
-                "qat": {"train_bn": self.train_bn, "lr_factor": LR_FACTOR, "scheme": "tfmot default 8-bit"},
-            })
-            ckpt.atomic_write_json(path, data)
-
-    return QATTrainer
+    def _run_extra(self) -> dict:
+        """run.json says "qat" from its first write on: a kill at any point leaves a QAT run."""
+        info = self.source_info
+        return {
+            "kind": "qat",
+            "source_run": os.path.abspath(self.source_run),
+            "source_weights_sha256": info.weights_sha256,
+            "source_metrics": dict(info.metrics or {}),
+            "qat": {"train_bn": self.train_bn, "lr_factor": LR_FACTOR, "scheme": "tfmot default 8-bit"},
+        }
 
 
 def qat(weights: str, out: str, data: str | None = None, epochs: int | None = None, batch: int | None = None,
         lr: float | None = None, train_bn: bool = False, freeze_backbone: str | None = None,
-        time_limit: float | None = None, seed: int | None = None, progress: bool = True, log=None) -> dict:
+        time_limit: float | None = None, seed: int | None = None, progress: bool = True, log=None,
+        strategy: str | None = None, connect_timeout: float | None = None, mixed_precision: bool = False) -> dict:
     """Fine-tune float run ``weights`` with QAT into the new run folder ``out``.
 
     Returns:
@@ -197,22 +186,24 @@ def qat(weights: str, out: str, data: str | None = None, epochs: int | None = No
     Raises:
         ConfigError: ``weights`` is already a QAT run, ``out`` already holds a run, bad options.
     """
-    opts = qat_options(weights, out, data, epochs, batch, lr, freeze_backbone, time_limit, seed, progress)
-    return _trainer_class()(opts, weights, train_bn=train_bn, log=log).run()
+    opts = qat_options(weights, out, data, epochs, batch, lr, freeze_backbone, time_limit, seed, progress,
+                       strategy, connect_timeout, mixed_precision)
+    return QATTrainer(opts, weights, train_bn=train_bn, log=log).run()
 
 
-def resume_qat(run_dir: str, progress: bool = True, log=None) -> dict:
+def resume_qat(run_dir: str, progress: bool = True, log=None, connect_timeout: float | None = None) -> dict:
     """Continue an interrupted ``qat`` run (everything from its run.json)."""
     from edgedet.runs import read_run_json
-    from edgedet.train.trainer import resume_options
 
     data = read_run_json(run_dir)
     if data.get("kind") != "qat":
         raise ConfigError(f"--resume {run_dir}: not a QAT run (use `edgedet train --resume` for float runs)")
     opts = resume_options(run_dir)
     opts.progress = progress
+    if connect_timeout:
+        opts.connect_timeout = float(connect_timeout)
     train_bn = bool((data.get("qat") or {}).get("train_bn", False))
-    return _trainer_class()(opts, data["source_run"], train_bn=train_bn, resume=True, log=log).run()
+    return QATTrainer(opts, data["source_run"], train_bn=train_bn, resume=True, log=log).run()
 
 
 def load_qat_model(run_dir, which: str = "best"):

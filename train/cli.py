@@ -23,7 +23,9 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="automl:PATH",
                    help="start from an official google/automl COCO checkpoint (folder, .tgz, or a name such as "
                    "efficientdet-lite0 to download); the variant comes from the checkpoint")
-    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"])
+    from edgedet.train.distribute import add_arguments
+
+    add_arguments(p)
     p.add_argument("--ema-decay", type=float, default=0.9998)
     p.add_argument("--jitter", default="0.1,2.0", help="scale-jitter range MIN,MAX [0.1,2.0]")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flip augmentation")
@@ -67,24 +69,31 @@ def _parse_jitter(text: str) -> tuple[float, float]:
 
 def _train(args) -> int:
     from edgedet.errors import ConfigError
+    from edgedet.train.distribute import apply_arguments
 
+    apply_arguments(args)
     if args.resume:
         from edgedet.train.trainer import resume_options, train
 
         opts = resume_options(args.resume)
         if args.no_progress:
             opts.progress = False
+        if args.connect_timeout:
+            opts.connect_timeout = args.connect_timeout
         best = train(opts, resume=True, epochs=args.epochs)
     else:
         if not args.data or not args.out:
             raise ConfigError("edgedet train needs --data PATH and --out RUN (or --resume RUN)")
+        from edgedet.train.distribute import CONNECT_TIMEOUT_S
         from edgedet.train.trainer import TrainOptions, train
 
         opts = TrainOptions(
             data=args.data, out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs or 50,
             batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_backbone=args.freeze_backbone,
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
-            init=args.init, strategy=args.strategy, seed=args.seed, ema_decay=args.ema_decay, jitter=_parse_jitter(args.jitter),
+            init=args.init, strategy=args.strategy, mixed_precision=args.mixed_precision,
+            connect_timeout=args.connect_timeout or CONNECT_TIMEOUT_S, seed=args.seed, ema_decay=args.ema_decay,
+            jitter=_parse_jitter(args.jitter),
             flip=not args.no_flip, label_smoothing=args.label_smoothing, eval_every=args.eval_every,
             time_limit=args.time_limit,
             check_policy=args.check, classes=args.classes, progress=not args.no_progress)

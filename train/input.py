@@ -103,7 +103,8 @@ def preprocess(image, boxes, classes, *, size: int, mean, std, training: bool, s
 def make_dataset(samples, *, image_size: int, num_classes: int, mean, std, anchor_config, batch_size: int,
                  training: bool, epoch: int = 0, seed: int = 0, jitter=(0.1, 2.0), flip: bool = True,
                  drop_remainder: bool | None = None, encoder: TargetEncoder | None = None,
-                 epochs: range | None = None) -> tf.data.Dataset:
+                 epochs: range | None = None, shard: tuple[int, int] | None = None,
+                 replica_batch: int | None = None) -> tf.data.Dataset:
     """Batched dataset of ``(images (B,S,S,3), {"cls": (B,N) int32, "box": (B,N,4) float32})``.
 
     Args:
@@ -116,6 +117,10 @@ def make_dataset(samples, *, image_size: int, num_classes: int, mean, std, ancho
             every ``e``. One iterator for the whole run keeps the prefetch buffer full across
             epoch boundaries; a new iterator per epoch stalled each epoch's start (pipeline
             instantiation and refill: ~10 s per epoch on 2 cores with a tiny model).
+        shard: training only: ``(num_shards, index)``: this pipeline's contiguous
+            ``batch_size / num_shards`` slice of every global batch (one worker's input).
+        replica_batch: with ``shard``: the size of the batches yielded (the per-replica batch;
+            a worker with several replicas hands them consecutive batches) [the slice].
     """
     del num_classes  # targets are class ids; kept in the signature for callers' clarity
     packed = _pack(samples)
@@ -138,6 +143,8 @@ def make_dataset(samples, *, image_size: int, num_classes: int, mean, std, ancho
         epoch_of = np.repeat(np.asarray(eps, np.int64), keep)
         if not drop_remainder:
             batch_size = min(batch_size, n)  # one (partial) batch per epoch, never straddling two
+        if shard:
+            order, epoch_of, batch_size = _shard(order, epoch_of, batch_size, shard, replica_batch)
     ds = tf.data.Dataset.from_tensor_slices((order.astype(np.int64), epoch_of.astype(np.int64)))
 
     def load(i, ep):
@@ -159,6 +166,18 @@ def make_dataset(samples, *, image_size: int, num_classes: int, mean, std, ancho
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _shard(order, epoch_of, batch_size: int, shard: tuple[int, int], replica_batch: int | None):
+    """Keep slice ``index`` of ``num_shards`` of every global batch of ``order`` (and ``epoch_of``)."""
+    num, index = shard
+    if batch_size % num or len(order) % batch_size:
+        raise DataError(f"batch {batch_size} does not split into {num} equal worker slices of whole batches")
+    width = batch_size // num
+    cols = slice(index * width, (index + 1) * width)
+    order = order.reshape(-1, batch_size)[:, cols].reshape(-1)
+    epoch_of = epoch_of.reshape(-1, batch_size)[:, cols].reshape(-1)
+    return order, epoch_of, int(replica_batch or width)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

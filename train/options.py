@@ -1,4 +1,4 @@
-"""Training options, distribution strategy and backbone freezing (TensorFlow loads lazily)."""
+"""Training options and backbone freezing (TensorFlow loads lazily; strategies: :mod:`edgedet.train.distribute`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +23,9 @@ class TrainOptions:
     freeze_backbone: str | None = None  # None, "all", or "N": stem + blocks 1..N
     backbone_weights: str | None = "auto"  # imagenet where available offline, else random init
     init: str | None = None  # "automl:PATH" or "automl:efficientdet-NAME": start from a COCO checkpoint
-    strategy: str = "default"
+    strategy: str = "default"  # default | mirrored | multiworker (see edgedet.train.distribute)
+    mixed_precision: bool = False  # mixed_float16 where a GPU is visible
+    connect_timeout: float = 30.0  # multiworker: seconds the cluster gets to form
     seed: int = 0
     ema_decay: float = 0.9998
     jitter: tuple = (0.1, 2.0)
@@ -53,21 +55,6 @@ class TrainOptions:
         d = {k: v for k, v in d.items() if k in known}
         d["jitter"] = tuple(d.get("jitter", (0.1, 2.0)))
         return cls(**d)
-
-
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    if name in (None, "", "default", "none"):
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    from edgedet.errors import did_you_mean
-
-    raise ConfigError(f"--strategy {name!r}: unknown{did_you_mean(name, ['mirrored', 'multiworker'])} "
-                      "(choose default, mirrored or multiworker)")
 
 
 def freeze_layers(model, spec: str | None) -> int:

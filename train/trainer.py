@@ -1,44 +1,50 @@
 """Custom training loop: SGD + momentum, warm-up/cosine LR, EMA, clipping, tf.distribute, resume.
 
-One ``tf.function`` step per batch: forward, focal + Huber loss normalised by the GLOBAL
-number of positives, L2 on kernels, gradients all-reduced across replicas, clipped by
-global norm, applied, then the EMA shadow is updated (in cross-replica context). After
-each epoch the EMA weights are evaluated on the val split (COCO AP through the runtime's
-pre/post-processing), written as ``last`` (and ``best`` when the val AP improved), and the
-full resumable state is saved — all atomically (see :mod:`edgedet.runs`).
+The step and the epoch are in :mod:`edgedet.train.loop`, the run folder's files in
+:mod:`edgedet.train.records`, the strategies in :mod:`edgedet.train.distribute`. After each epoch
+the EMA weights are evaluated on the val split (COCO AP through the runtime's pre/post-processing),
+written as ``last`` (and ``best`` when the val AP improved), and the full resumable state is
+saved, all atomically (see :mod:`edgedet.runs`).
+
+Several workers (``--strategy multiworker``): every worker trains on its slice of every global
+batch and runs the same end of epoch (evaluation, checkpoints: reading the replica-averaged BatchNorm
+statistics is a collective operation all must join), the chief into the run folder, the others into
+a scratch folder removed at the end. The chief reads the resumable state and broadcasts it, with
+the epoch counters, so a worker with no copy of the run folder resumes in step.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
+import json
 import sys
 import time
 from pathlib import Path
 
-from edgedet.errors import ConfigError, EdgedetError
 from edgedet import runs as ckpt
-from edgedet.train.options import TrainOptions, freeze_layers, make_strategy  # noqa: F401 (re-exported)
+from edgedet.errors import ConfigError, EdgedetError
+from edgedet.train.loop import TrainingDiverged, make_step, train_epoch  # noqa: F401 (re-exported)
+from edgedet.train.options import TrainOptions, freeze_layers  # noqa: F401 (re-exported)
+from edgedet.train.records import RunFiles
 
-CSV_FIELDS = ("epoch", "step", "loss", "cls_loss", "box_loss", "lr", "epoch_s", "val_AP", "val_AP50", "val_AP75")
-
-
-class TrainingDiverged(EdgedetError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
-
-    exit_code = 3
+_RERUN_IGNORES = ("progress", "out", "connect_timeout")  # options a re-run of a multi-worker command may change
 
 
-class Trainer:
+class ClusterLost(EdgedetError):
+    """A worker of a multi-worker run stopped; the chief's last checkpoint is kept."""
+
+
+class Trainer(RunFiles):
     """Builds everything for one run and trains it. See :func:`train`."""
 
     def __init__(self, opts: TrainOptions, resume: bool = False, log=None, epochs: int | None = None):
         self.opts, self.resume, self.epochs_override = opts, resume, epochs
         self.out = Path(opts.out)
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.strategy = None
+        self.role = None
 
     # ---------------------------------------------------------------- setup
     def _load_data(self):
+        from edgedet.errors import DataError
         from edgedet.train.check import load_checked
 
         o = self.opts
@@ -49,19 +55,48 @@ class Trainer:
             self.log(f"warning: {line}")
         train = ds.splits.get("train") or []
         if not train:
-            from edgedet.errors import DataError
-
             raise DataError(f"{o.data}: the train split is empty (no images to train on)")
         self.dataset = ds
         self.train_samples = train
-        self.val_samples = [s for s in (ds.splits.get("val") or [])]
+        self.val_samples = list(ds.splits.get("val") or [])
+
+    def _make_strategy(self):
+        """Create the strategy once (joining the cluster for multiworker); check the batch splits evenly."""
+        if self.strategy is None:
+            from edgedet.train.distribute import make_strategy
+
+            o = self.opts
+            self.strategy = make_strategy(o.strategy, o.connect_timeout)
+            self.replicas = self.strategy.num_replicas_in_sync
+            if o.batch % self.replicas:
+                raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
+            if self.replicas > 1 and len(self.train_samples) < o.batch:
+                raise ConfigError(f"--batch {o.batch}: more than the {len(self.train_samples)} train images "
+                                  f"({self.replicas} replicas need whole global batches)")
+        return self.strategy
+
+    def _schedule(self, state_meta: dict | None):
+        from edgedet.train.input import steps_per_epoch
+
+        o = self.opts
+        self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
+        # --time-limit may have shortened the run; `--resume RUN --epochs N` sets a new length
+        self.epochs = int(self.epochs_override or (state_meta or {}).get("epochs", o.epochs))
+        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+
+    def _optimizer(self, keras):
+        opt = keras.optimizers.SGD(self.opts.base_lr, momentum=self.opts.momentum)
+        if self.mixed:
+            opt = keras.mixed_precision.LossScaleOptimizer(opt)
+        opt.build(self.tvars)
+        return opt
 
     def _build(self, state_meta: dict | None):
         import tensorflow as tf
         import tf_keras as keras
 
         from edgedet.model import build_model, get_config
-        from edgedet.train.input import steps_per_epoch
+        from edgedet.train.distribute import set_mixed_precision
         from edgedet.train.schedule import WeightEMA
 
         o = self.opts
@@ -74,26 +109,23 @@ class Trainer:
                 self.log(f"--init: the checkpoint is efficientdet-{source.variant}; training that (not {o.model})")
             o.model = source.variant  # recorded in run.json, so --resume rebuilds the same variant
         self.cfg = get_config(o.model, num_classes=len(self.dataset.class_names), image_size=o.image_size)
-        self.strategy = make_strategy(o.strategy)
-        self.replicas = self.strategy.num_replicas_in_sync
-        if o.batch % self.replicas:
-            raise ConfigError(f"--batch {o.batch} is not divisible by the {self.replicas} replicas")
-        self.steps_per_epoch = steps_per_epoch(len(self.train_samples), o.batch)
-        # --time-limit may have shortened the run; `--resume RUN --epochs N` sets a new length
-        self.epochs = int(self.epochs_override or (state_meta or {}).get("epochs", o.epochs))
-        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+        strategy = self._make_strategy()
+        self._schedule(state_meta)
         bw = o.backbone_weights if o.backbone_weights not in (None, "", "none") else None
+        self.mixed = set_mixed_precision(o.mixed_precision, self.log)
         keras.utils.set_random_seed(o.seed)  # same initial head weights for the same --seed
-        with self.strategy.scope():
-            self.model = build_model(self.cfg, backbone_weights=None if state_meta or source else bw)
-            if source:
-                source.load_into(self.model, self.cfg, log=self.log)
-            self.frozen = freeze_layers(self.model, o.freeze_backbone)
-            self.tvars = list(self.model.trainable_variables)
-            self.optimizer = keras.optimizers.SGD(o.base_lr, momentum=o.momentum)
-            self.optimizer.build(self.tvars)
-            self.ema = WeightEMA(self.model.weights, o.ema_decay)
-            self._warm_start_batchnorm(tf, keras)
+        try:
+            with strategy.scope():
+                self.model = build_model(self.cfg, backbone_weights=None if state_meta or source else bw)
+                if source:
+                    source.load_into(self.model, self.cfg, log=self.log)
+                self.frozen = freeze_layers(self.model, o.freeze_backbone)
+                self.tvars = list(self.model.trainable_variables)
+                self.optimizer = self._optimizer(keras)
+                self.ema = WeightEMA(self.model.weights, o.ema_decay)
+                self._warm_start_batchnorm(tf, keras)
+        finally:
+            set_mixed_precision(False)  # the policy is global: later models (evaluation, export) are float32
         self._tf = tf
 
     def _warm_start_batchnorm(self, tf, keras):
@@ -136,105 +168,68 @@ class Trainer:
                      f"shortening the run (and its cosine schedule) to {fit} epochs")
             self.epochs = max(fit, epochs_done)
 
-    # ---------------------------------------------------------------- state
-    def _save_state(self, epoch: int, best: dict):
-        arrays = {
-            "model": [v.numpy() for v in self.model.weights],
-            "optimizer": [v.numpy() for v in self.optimizer.variables],
-            "ema": [v.numpy() for v in self.ema.shadow],
-        }
-        meta = {"epochs_done": epoch, "epochs": self.epochs, "ema_updates": int(self.ema.num_updates.numpy()),
-                "best": best, "num_weights": len(self.model.weights), "elapsed_s": round(self.elapsed_s, 1)}
-        ckpt.save_state(self.out / ckpt.STATE, arrays, meta)
+    # ---------------------------------------------------------------- start / resume
+    def _read_start(self):
+        """``(state arrays, state meta)`` to resume from, or ``(None, None)``; the chief alone reads them."""
+        if not self.role.is_chief:
+            return None, None
+        existing = self.out / ckpt.RUN_JSON
+        if not self.resume and existing.exists():
+            if self.opts.strategy != "multiworker":
+                raise ConfigError(f"--out {self.out}: already holds a run (use --resume {self.out} or another --out)")
+            # A multi-worker command is re-run as it was after a worker stopped: continue the run.
+            was = {k: v for k, v in (ckpt.read_run_json(self.out).get("train") or {}).items() if k not in _RERUN_IGNORES}
+            now = {k: v for k, v in json.loads(json.dumps(self.opts.to_dict())).items() if k not in _RERUN_IGNORES}
+            if was != now:
+                diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+                raise ConfigError(f"--out {self.out}: holds a run started with other options ({', '.join(diff)}); "
+                                  "re-run the same command to continue it, or use another --out")
+            self.resume = True
+        if self.resume and (self.out / ckpt.STATE).exists():
+            return ckpt.load_state(self.out / ckpt.STATE)
+        return None, None
 
-    def _restore_state(self, arrays: dict):
-        def assign(variables, values, what):
-            if len(variables) != len(values):
-                raise ConfigError(f"{self.out / ckpt.STATE}: {what} has {len(values)} tensors, model expects "
-                                  f"{len(variables)} (was the run started with other options?)")
-            for v, a in zip(variables, values):
-                v.assign(a)
+    def _share_start(self, state_meta: dict | None) -> dict | None:
+        """Every worker learns from the chief whether and where the run resumes (a no-op for one worker)."""
+        import numpy as np
 
-        assign(self.model.weights, arrays["model"], "model")
-        assign(self.optimizer.variables, arrays["optimizer"], "optimizer")
-        assign(self.ema.shadow, arrays["ema"], "EMA")
+        from edgedet.train.distribute import broadcast_from_chief
 
-    def _write_run_json(self, epochs_done: int, best: dict, status: str):
-        o = self.opts
-        weights = {}
-        if (self.out / ckpt.BEST).exists():
-            weights["best"] = ckpt.BEST
-        if (self.out / ckpt.LAST).exists():
-            weights["last"] = ckpt.LAST
-        data = {
-            "kind": "float",
-            "variant": self.cfg.name,
-            "image_size": self.cfg.image_size,
-            "num_classes": self.cfg.num_classes,
-            "class_names": list(self.dataset.class_names),
-            "mean": list(self.cfg.mean),
-            "std": list(self.cfg.std),
-            "model_config": self.cfg.to_dict(),
-            "dataset": str(Path(o.data).resolve()),
-            "epochs": self.epochs,
-            "epochs_done": epochs_done,
-            "status": status,
-            "best": best,
-            "weights": weights,
-            "train": o.to_dict(),
-        }
-        if weights.get("best"):
-            data["weights_sha256"] = ckpt.sha256_file(self.out / ckpt.BEST)
-        ckpt.atomic_write_json(self.out / ckpt.RUN_JSON, data)
+        if self.role.num_workers <= 1:
+            return state_meta
+        m = state_meta or {}
+        vec = np.array([1.0 if state_meta else 0.0, m.get("epochs_done", 0), m.get("epochs", 0),
+                        m.get("ema_updates", 0), m.get("elapsed_s", 0.0)], np.float64)
+        has, done, epochs, updates, elapsed = broadcast_from_chief(self._make_strategy(), self.role, [vec])[0]
+        if self.role.is_chief or not has:
+            return state_meta
+        return {"epochs_done": int(done), "epochs": int(epochs), "ema_updates": int(updates), "elapsed_s": elapsed,
+                "best": {}}
 
-    def _append_csv(self, row: dict, epochs_done: int):
-        path = self.out / "log.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
-        rows.append({k: row.get(k, "") for k in CSV_FIELDS})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-        ckpt.atomic_write_bytes(path, buf.getvalue().encode())
+    def _sync_from_chief(self) -> None:
+        """Every worker starts from the chief's variables (fresh or restored)."""
+        from edgedet.train.distribute import broadcast_from_chief
 
-    # ---------------------------------------------------------------- step
-    def _make_step(self):
-        tf = self._tf
-        from edgedet.train.losses import detection_loss, l2_regularisation
+        if self.role.num_workers <= 1:
+            return
+        variables = [v for vs in self._state_arrays().values() for v in vs] + [self.ema.num_updates]
+        for v, a in zip(variables, broadcast_from_chief(self.strategy, self.role, [v.numpy() for v in variables])):
+            v.assign(a)
 
-        o, model, opt, tvars = self.opts, self.model, self.optimizer, self.tvars
-        k, replicas = self.cfg.num_classes, float(self.replicas)
+    def _agree(self, value):
+        """The chief's ``value`` (a number or bool) on every worker: decisions that must not diverge."""
+        import numpy as np
 
-        def replica_fn(images, targets):
-            ctx = tf.distribute.get_replica_context()
-            cls_t, box_t = targets["cls"], targets["box"]
-            local_pos = tf.reduce_sum(tf.cast(cls_t >= 0, tf.float32))
-            global_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_pos)
-            with tf.GradientTape() as tape:
-                outputs = model(images, training=True)
-                losses = detection_loss(outputs, cls_t, box_t, k, label_smoothing=o.label_smoothing,
-                                        num_positives=global_pos)
-                reg = l2_regularisation(tvars, o.weight_decay) / replicas
-                total = losses["loss"] + reg
-            grads = tape.gradient(total, tvars)
-            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, tvars)]
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, gnorm = tf.clip_by_global_norm(grads, o.clip_norm)
-            opt.apply_gradients(zip(grads, tvars), skip_gradients_aggregation=True)
-            return {"loss": total, "cls_loss": losses["cls_loss"], "box_loss": losses["box_loss"]}
+        from edgedet.train.distribute import broadcast_from_chief
 
-        strategy, ema = self.strategy, self.ema
+        if self.role is None or self.role.num_workers <= 1:
+            return value
+        got = broadcast_from_chief(self.strategy, self.role, [np.array([value], np.float64)])[0][0]
+        return type(value)(got)
 
-        @tf.function
-        def step(images, targets):
-            per_replica = strategy.run(replica_fn, args=(images, targets))
-            ema.update()
-            return {key: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for key, v in per_replica.items()}
-
-        return step
+    def _agree_epochs(self) -> None:
+        """The chief's epoch count (``--time-limit`` may shorten it) for every worker."""
+        self.epochs = self._agree(int(self.epochs))
 
     # ---------------------------------------------------------------- eval
     def evaluate_ema(self) -> dict:
@@ -252,70 +247,64 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
+        from edgedet.train.distribute import Role, cluster_error_reason
+
+        self.role = Role.for_strategy(self.opts.strategy, self.out)
+        self.out = self.role.out  # the run folder, or this worker's scratch folder
+        try:
+            return self._run()
+        except EdgedetError:
+            raise
+        except Exception as exc:
+            if self.role.num_workers > 1 and type(exc).__module__.startswith("tensorflow"):
+                raise ClusterLost(f"worker {self.role.worker}: the cluster lost a worker ({cluster_error_reason(exc)}); "
+                                  "re-run the same command on every worker to continue from the chief's last "
+                                  "checkpoint") from None
+            raise
+        finally:
+            self.role.close()
+
+    def _run(self) -> dict:
         o = self.opts
-        state_arrays, state_meta = None, None
-        if self.resume:
-            if (self.out / ckpt.STATE).exists():
-                state_arrays, state_meta = ckpt.load_state(self.out / ckpt.STATE)
-        elif (self.out / ckpt.RUN_JSON).exists():
-            raise ConfigError(f"--out {self.out}: already holds a run (use --resume {self.out} or another --out)")
+        state_arrays, state_meta = self._read_start()
         self._load_data()
         self.out.mkdir(parents=True, exist_ok=True)
+        if o.strategy == "multiworker":
+            self._make_strategy()  # join the cluster before anything is built
+        state_meta = self._share_start(state_meta)
         self._build(state_meta)
         start_epoch, best = 0, {}
         if state_meta:
-            self._restore_state(state_arrays)
+            if state_arrays is not None:
+                self._restore_state(state_arrays)
             self.ema.num_updates.assign(state_meta["ema_updates"])
             start_epoch, best = int(state_meta["epochs_done"]), dict(state_meta.get("best") or {})
             self.log(f"resuming {self.out} after epoch {start_epoch}/{self.epochs}")
         else:
             self.ema.reset()
+        self._sync_from_chief()
         self.elapsed_s = float((state_meta or {}).get("elapsed_s", 0.0))
         if start_epoch >= self.epochs:
             self.log(f"{self.out}: all {self.epochs} epochs already done")
             return best
         self._write_run_json(start_epoch, best, "running")
+        where = f", worker {self.role.worker} of {self.role.num_workers}" if self.role.num_workers > 1 else ""
         self.log(f"training {self.cfg.name} {self.cfg.image_size}px on {len(self.train_samples)} images "
                  f"({self.steps_per_epoch} steps/epoch x {self.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
-                 f"{self.replicas} replica(s), {self.frozen} frozen layers, val {len(self.val_samples)} images)")
-        step_fn = self._make_step()
+                 f"{self.replicas} replica(s){where}, {self.frozen} frozen layers, val {len(self.val_samples)} images)")
+        return self._epochs(start_epoch, best)
+
+    def _epochs(self, epoch: int, best: dict) -> dict:
         tf = self._tf
-        writer = tf.summary.create_file_writer(str(self.out / "tb"))
-        eval_s, est_history = 0.0, []
-        epoch = start_epoch
-        batches = self._batch_stream(start_epoch)
+        step_fn = make_step(self)
+        writer = tf.summary.create_file_writer(str(self.role.out / "tb"))
+        self._eval_s, self._estimates = 0.0, []
+        batches = self._batch_stream(epoch)
         while epoch < self.epochs:
             t0 = time.time()
-            row = self._train_epoch(epoch, step_fn, writer, batches)
-            metrics = {}
-            last = epoch + 1 == self.epochs
-            if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or last):
-                t1 = time.time()
-                metrics = self.evaluate_ema()
-                eval_s = time.time() - t1
-            live = self.ema.swap_in()  # saved weights are the EMA weights (what was evaluated)
-            try:
-                ckpt.save_weights(self.model, self.out / ckpt.LAST)
-                improved = metrics and (not best or metrics["AP"] > best["metrics"]["AP"])
-                if improved or not self.val_samples:
-                    ckpt.save_weights(self.model, self.out / ckpt.BEST)
-                    best = {"epoch": epoch + 1, "metrics": _summary(metrics)}
-            finally:
-                self.ema.swap_out(live)
-            self.elapsed_s += time.time() - t0
-            if not last:
-                est_history.append(row["est_epoch_s"])
-                self._apply_time_limit(epoch + 1, self.elapsed_s, est_history, eval_s)
-                last = epoch + 1 >= self.epochs
-                if last and not metrics and self.val_samples:  # the limit ended the run here: evaluate now
-                    metrics = self.evaluate_ema()
-                    live = self.ema.swap_in()
-                    try:
-                        if not best or metrics["AP"] > best["metrics"]["AP"]:
-                            ckpt.save_weights(self.model, self.out / ckpt.BEST)
-                            best = {"epoch": epoch + 1, "metrics": _summary(metrics)}
-                    finally:
-                        self.ema.swap_out(live)
+            row = train_epoch(self, epoch, step_fn, writer, batches)
+            metrics, best = self._end_epoch(epoch, row, best, t0)
+            last = epoch + 1 >= self.epochs
             self._save_state(epoch + 1, best)
             row.update({f"val_{k}": round(metrics[k], 5) for k in ("AP", "AP50", "AP75") if k in metrics})
             self._append_csv(row, epoch)
@@ -325,85 +314,71 @@ class Trainer:
                     if key in metrics:
                         tf.summary.scalar(f"val/{key}", metrics[key])
             writer.flush()
-            from edgedet.train.evaluate_keras import format_metrics
-
-            msg = f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} ({row['epoch_s']:.0f}s)"
-            if metrics:
-                msg += f"  val {format_metrics(metrics)}" + ("  *best*" if best.get("epoch") == epoch + 1 else "")
-            self.log(msg)
+            self.log(self._epoch_message(epoch, row, metrics, best))
             epoch += 1
         return best
+
+    def _end_epoch(self, epoch: int, row: dict, best: dict, t0: float):
+        """Evaluate, write weights, apply --time-limit. Returns ``(metrics, best)``.
+
+        Every worker does it (the others into their scratch folders): reading the BatchNorm
+        statistics, which are averaged over the replicas, is a collective operation that every
+        worker must join. Where ``--time-limit`` is set, the chief's epoch count is the one kept.
+        """
+        o = self.opts
+        metrics = {}
+        last = epoch + 1 == self.epochs
+        if self.val_samples and ((epoch + 1) % max(o.eval_every, 1) == 0 or last):
+            t1 = time.time()
+            metrics = self.evaluate_ema()
+            self._eval_s = time.time() - t1
+        best = self._save_weights(metrics, best, epoch + 1)
+        self.elapsed_s += time.time() - t0
+        if not last:
+            self._estimates.append(row["est_epoch_s"])
+            self._apply_time_limit(epoch + 1, self.elapsed_s, self._estimates, self._eval_s)
+            self._agree_epochs()
+            if epoch + 1 >= self.epochs and not metrics and self.val_samples:  # the limit ended the run here
+                metrics = self.evaluate_ema()
+                best = self._save_weights(metrics, best, epoch + 1, last_too=False)
+        return metrics, best
+
+    def _epoch_message(self, epoch: int, row: dict, metrics: dict, best: dict) -> str:
+        from edgedet.train.evaluate_keras import format_metrics
+
+        per_device = row["images_per_s"] / max(self.replicas, 1)
+        msg = (f"epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f} ({row['epoch_s']:.0f}s, "
+               f"{row['images_per_s']:.1f} img/s, {per_device:.1f} per device, {row['step_s']:.3f} s/step)")
+        if metrics:
+            msg += f"  val {format_metrics(metrics)}" + ("  *best*" if best.get("epoch") == epoch + 1 else "")
+        return msg
 
     def _batch_stream(self, start_epoch: int):
         """One iterator over the batches of epochs ``start_epoch .. self.epochs - 1``.
 
         Built once per run (see ``make_dataset(epochs=...)``): a fresh pipeline per epoch
-        stalled every epoch's first step while it was instantiated and refilled.
+        stalled every epoch's first step while it was instantiated and refilled. With several
+        workers, each builds its own slice of every global batch (``shard``): the union over the
+        workers of step ``k`` is the single-process batch ``k``.
         """
         from edgedet.train.input import make_dataset
 
         o = self.opts
-        ds = make_dataset(self.train_samples, image_size=self.cfg.image_size, num_classes=self.cfg.num_classes,
-                          mean=self.cfg.mean, std=self.cfg.std, anchor_config=self.cfg.anchor_config,
-                          batch_size=o.batch, training=True, seed=o.seed, jitter=o.jitter, flip=o.flip,
-                          epochs=range(start_epoch, self.epochs))
+        kw = dict(image_size=self.cfg.image_size, num_classes=self.cfg.num_classes, mean=self.cfg.mean,
+                  std=self.cfg.std, anchor_config=self.cfg.anchor_config, batch_size=o.batch, training=True,
+                  seed=o.seed, jitter=o.jitter, flip=o.flip, epochs=range(start_epoch, self.epochs))
+        if self.role.num_workers > 1:
+            def per_worker(ctx):
+                return make_dataset(self.train_samples, shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
+                                    replica_batch=ctx.get_per_replica_batch_size(o.batch), **kw)
+
+            # Endless (the islice per epoch bounds it): with a finite dataset every worker's every
+            # batch would first all-reduce whether the others still have data.
+            return iter(self.strategy.distribute_datasets_from_function(lambda ctx: per_worker(ctx).repeat()))
+        ds = make_dataset(self.train_samples, **kw)
         if self.replicas > 1:
             ds = self.strategy.experimental_distribute_dataset(ds)
         return iter(ds)
-
-    def _train_epoch(self, epoch: int, step_fn, writer, batches) -> dict:
-        import itertools
-
-        import numpy as np
-
-        o, tf = self.opts, self._tf
-        ds = itertools.islice(batches, self.steps_per_epoch)
-        bar = None
-        if o.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                       dynamic_ncols=True, file=sys.stderr)
-        t0 = time.time()
-        sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
-        n = 0
-        lr = self.lr_at(int(self.optimizer.iterations.numpy()))
-        step_times, t_step = [], time.time()
-        for images, targets in ds:
-            lr = self.lr_at(int(self.optimizer.iterations.numpy()))
-            self.optimizer.learning_rate.assign(lr)
-            self._set_bn_momentum(int(self.optimizer.iterations.numpy()))
-            out = step_fn(images, targets)
-            vals = {k: float(v.numpy()) for k, v in out.items()}
-            gstep = int(self.optimizer.iterations.numpy())
-            if not all(math.isfinite(v) for v in vals.values()):
-                if bar:
-                    bar.close()
-                raise TrainingDiverged(
-                    f"training diverged: loss is {vals['loss']} at epoch {epoch + 1} step {n + 1} "
-                    f"(cls_loss {vals['cls_loss']}, box_loss {vals['box_loss']}, lr {lr:g}); "
-                    f"try a lower --lr; last good checkpoint kept in {self.out}")
-            n += 1
-            step_times.append(time.time() - t_step)
-            t_step = time.time()
-            for k in sums:
-                sums[k] += vals[k]
-            if gstep % 10 == 0:
-                with writer.as_default(step=gstep):
-                    for k, v in vals.items():
-                        tf.summary.scalar(f"train/{k}", v)
-                    tf.summary.scalar("train/lr", lr)
-            if bar:
-                bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
-        if bar:
-            bar.close()
-        avg = {k: (v / max(n, 1)) for k, v in sums.items()}
-        return {"epoch": epoch + 1, "step": int(self.optimizer.iterations.numpy()), **{k: round(v, 6) for k, v in avg.items()},
-                "lr": float(np.float32(lr)),
-                "epoch_s": round(time.time() - t0, 1),
-                # steady-state epoch time (the first step of a session includes tf.function tracing)
-                "est_epoch_s": float(np.mean(step_times[1:] or step_times)) * self.steps_per_epoch}
 
 
 def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_estimates: list, eval_s: float,
@@ -414,12 +389,12 @@ def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_esti
         limit_min: the wall-clock budget of the whole run, minutes.
         epochs_done: epochs finished so far.
         elapsed_s: seconds spent on them (training, evaluation, checkpoints).
-        epoch_estimates: steady-state seconds per epoch of each epoch of this session.
+        epoch_estimates: steady-state seconds per epoch of each epoch run by this process.
         eval_s: seconds of the last validation (kept free for the final one).
         eval_every: validation every N epochs.
 
     Returns:
-        ``(epochs that fit, seconds per epoch used)``. The estimate is the MEAN over the session's
+        ``(epochs that fit, seconds per epoch used)``. The estimate is the MEAN over this process's
         epochs, not the last one: a single slow epoch (a stall of the input pipeline or of the
         host) would otherwise cut the cosine schedule for good, since the limit only ever
         shortens a run (measured on the 5-minute synthetic benchmark: one 14 s epoch among 8 s
@@ -429,14 +404,6 @@ def plan_epochs(limit_min: float, epochs_done: int, elapsed_s: float, epoch_esti
     per_epoch = sum(epoch_estimates) / max(len(epoch_estimates), 1) + eval_s / max(eval_every, 1)
     budget = limit_min * 60.0 - elapsed_s - eval_s  # keep time for the final evaluation
     return epochs_done + max(int(budget // max(per_epoch, 1e-6)), 0), per_epoch
-
-
-def _summary(m: dict) -> dict:
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    out = {k: float(m[k]) for k in keys if k in m}
-    if "per_class" in m:
-        out["per_class"] = {k: float(v) for k, v in m["per_class"].items()}
-    return out
 
 
 def train(opts: TrainOptions, resume: bool = False, log=None, epochs: int | None = None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,8 +51,9 @@ def float_run_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys):
+def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys, monkeypatch):
     """Float run -> `quantize qat` (1 epoch) -> resume -> load_run -> full-integer TFLite."""
+    from edgedet import files
     from edgedet.convert.tflite_converter import float_ops, is_qat_model, keras_to_tflite
     from edgedet.runs import load_run
     from edgedet.train.synth import CLASSES
@@ -59,9 +61,20 @@ def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys):
     model, cfg = qhelpers.build_realistic("test-lite", synth)
     run = qhelpers.make_run(tmp_path / "run", model, cfg, CLASSES, synth)
     out = tmp_path / "run_qat"
+    # Every run.json the QAT run ever puts in place says "qat": a kill between two writes cannot
+    # leave a QAT run that `resume` refuses and `load_run` builds as float.
+    kinds, install = [], files.install
+
+    def spy(tmp, final):
+        if Path(final).name == "run.json":
+            kinds.append(json.loads(Path(tmp).read_text())["kind"])
+        install(tmp, final)
+
+    monkeypatch.setattr(files, "install", spy)
     rc = _main(["quantize", "qat", "--weights", str(run), "--out", str(out), "--epochs", "1", "--batch", "4",
                 "--no-progress"])
     assert rc == 0, capsys.readouterr().err
+    assert kinds and set(kinds) == {"qat"}, kinds
     data = json.loads((out / "run.json").read_text())
     assert data["kind"] == "qat" and data["source_run"] == str(run.resolve()) and data["status"] == "done"
     assert data["train"]["lr"] == pytest.approx(0.08 * 4 / 64 / 10) and data["class_names"] == list(CLASSES)

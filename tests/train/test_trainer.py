@@ -14,6 +14,7 @@ pytest.importorskip("tensorflow")
 
 from edgedet.cli import main  # noqa: E402
 from edgedet import runs as ckpt  # noqa: E402
+from edgedet.train.loop import make_step  # noqa: E402
 from edgedet.train.trainer import TrainingDiverged, TrainOptions, Trainer, train  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def test_a_few_steps_reduce_the_loss(synth, tmp_path):
     tr = Trainer(_opts(synth, tmp_path / "r", lr=0.05), log=lambda m: None)
     tr._load_data()
     tr._build(None)
-    step = tr._make_step()
+    step = make_step(tr)
     cfg = tr.cfg
     images, targets = next(iter(make_dataset(tr.train_samples[:4], image_size=64, num_classes=cfg.num_classes,
                                              mean=cfg.mean, std=cfg.std, anchor_config=cfg.anchor_config,
@@ -144,6 +145,7 @@ def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from edgedet.train.input import make_dataset
+        from edgedet.train.loop import make_step
         from edgedet.train.trainer import TrainOptions, Trainer, train
         from edgedet import runs as ckpt
 
@@ -154,7 +156,7 @@ def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
         # 1) the distributed step on one fixed global batch (2 images per replica) learns
         tr = Trainer(opts({str(tmp_path / 'steps')!r}, 50), log=print)
         tr._load_data(); tr._build(None)
-        step = tr._make_step()
+        step = make_step(tr)
         cfg = tr.cfg
         ds = make_dataset(tr.train_samples[:4], image_size=64, num_classes=cfg.num_classes, mean=cfg.mean, std=cfg.std,
                           anchor_config=cfg.anchor_config, batch_size=4, training=False)
