@@ -105,12 +105,12 @@ def test_detect_batch_and_paths(rt_models, rt_image, tmp_path):
 
 
 def test_model_without_metadata_needs_flags(rt_models, rt_image, tmp_path):
-    from edgedet.runtime.metadata import _model_length, read_metadata
+    from edgedet.convert.tflite_converter import keras_to_tflite
+    from edgedet.runtime.metadata import read_metadata
 
     src = rt_models.tflite("fp32")
-    data = open(src, "rb").read()
-    bare = tmp_path / "bare.tflite"
-    bare.write_bytes(data[: _model_length(data)])
+    bare = tmp_path / "bare.tflite"  # the converter's bytes: neither standard nor edgedet metadata
+    bare.write_bytes(keras_to_tflite(rt_models.keras, "fp32"))
     assert read_metadata(str(bare)) is None
     with pytest.raises(ModelFileError, match=r"no edgedet metadata.*--labels, --image-size, --mean, --std"):
         Detector.from_file(bare)
