@@ -125,3 +125,28 @@ def test_max_drop_option_errors(tmp_path):
         check_budget(ts, str(tmp_path), -1, "x", False)
     with pytest.raises(ConfigError, match="applies to --target tflite-int8"):
         check_budget(resolve_targets(["onnx-int8"]), str(tmp_path), 0.5, "x", False)
+
+
+@pytest.mark.slow
+def test_validate_reports_the_float_twin_of_a_qat_file(float_run, synth, qhelpers, tmp_path):
+    import json
+
+    from edgedet.convert.api import convert
+    from edgedet.quantize.configs import quantize_model
+    from edgedet.runtime.report.validate import validate
+    from edgedet.train.synth import CLASSES
+
+    model, cfg = qhelpers.build_realistic("test", synth)
+    qat_run = qhelpers.make_run(tmp_path / "qat", quantize_model(model), cfg, CLASSES, synth, kind="qat")
+    data = json.loads((qat_run / "run.json").read_text())
+    (qat_run / "run.json").write_text(json.dumps(dict(data, source_run=str(float_run))))
+    arts, _ = convert(["tflite-int8"], weights=str(qat_run), out_dir=str(tmp_path / "export"), log=lambda m: None)
+    report = validate([arts[0].path], str(synth), str(tmp_path / "report"), baseline=str(float_run), limit=1,
+                      html=False, progress=False, log=lambda m: None)
+    roles = [m["role"] for m in report["models"]]
+    assert roles == ["baseline", "twin", "candidate"], roles
+    twin, qat = report["models"][1], report["models"][2]
+    assert twin["name"] == "float twin (qat)" and twin["status"] == "pass" and twin["quantization"]["method"] == "none"
+    assert qat["vs_twin"]["twin"] == twin["name"]
+    assert qat["vs_twin"]["delta"]["AP"] == pytest.approx(qat["metrics"]["AP"] - twin["metrics"]["AP"])
+    assert "vs its float twin" in (tmp_path / "report" / "report.md").read_text()
