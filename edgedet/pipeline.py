@@ -197,14 +197,22 @@ def plan(args) -> list[Stage]:
     from_qat = [t for t in targets if get_target(t).quantized_int8]
     from_float = [t for t in targets if not get_target(t).quantized_int8]
     conv_cmds, artifacts = [], []
-    # Separate folders: both runs name their files <variant>_<target>.
-    for src, ts, sub in ((d_train, from_float, "float"), (d_qat, from_qat, "qat")):
+    # Separate folders: both runs name their files <variant>_<target>. The float run also makes
+    # post-training int8 of the integer targets: a short QAT can end below PTQ, so `quantize
+    # choose` ships, per target, whichever has the higher AP on the validation split.
+    for src, ts, sub in ((d_train, from_float + from_qat, "float"), (d_qat, from_qat, "qat")):
         if not ts:
             continue
         calib = ["--calib-data", data, "--calib-count", preset["calib"]] if sub == "float" else []
         conv_cmds.append(_edgedet("convert", "--weights", src, *sum((["--target", t] for t in ts), []), *calib,
                                   "--out", d_conv / sub))
-        artifacts += [str(d_conv / sub / target_filename(t, args.model)) for t in ts]
+    artifacts += [str(d_conv / "float" / target_filename(t, args.model)) for t in from_float]
+    if from_qat:
+        names = [target_filename(t, args.model) for t in from_qat]
+        conv_cmds.append(_edgedet("quantize", "choose", "--qat", d_conv / "qat", "--ptq", d_conv / "float",
+                                  "--names", ",".join(names), "--data", data, "--split", "val",
+                                  "--out", d_conv / "int8"))
+        artifacts += [str(d_conv / "int8" / n) for n in names]
     s_conv = Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds, artifacts)
 
     d_val = out / "5_validate"

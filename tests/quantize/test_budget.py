@@ -150,3 +150,34 @@ def test_validate_reports_the_float_twin_of_a_qat_file(float_run, synth, qhelper
     assert qat["vs_twin"]["twin"] == twin["name"]
     assert qat["vs_twin"]["delta"]["AP"] == pytest.approx(qat["metrics"]["AP"] - twin["metrics"]["AP"])
     assert "vs its float twin" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_guard_decides_by_validation_ap():
+    from edgedet.quantize.guard import decide
+
+    assert decide(34.12, 43.48) == ("ptq", "QAT AP 34.12 < PTQ 43.48 on the validation split (QAT lost 9.36 points)")
+    assert decide(43.5, 43.5)[0] == "qat" and decide(44.0, 43.5)[0] == "qat"
+    assert decide(None, 40.0)[0] == "ptq" and decide(40.0, None)[0] == "qat"
+    with pytest.raises(ConfigError):
+        decide(None, None)
+
+
+@pytest.mark.slow
+def test_guard_ships_a_file_and_says_why(float_run, synth, tmp_path):
+    import json
+    import shutil
+
+    from edgedet.convert.api import convert
+    from edgedet.quantize.guard import choose
+
+    arts, _ = convert(["tflite-fp32"], weights=str(float_run), out_dir=str(tmp_path / "ptq"), log=lambda m: None)
+    name = arts[0].path.rsplit("/", 1)[-1]
+    (tmp_path / "qat").mkdir()
+    shutil.copyfile(arts[0].path, tmp_path / "qat" / name)
+    got = choose(str(tmp_path / "qat"), str(tmp_path / "ptq"), [name], str(synth), str(tmp_path / "int8"),
+                 log=lambda m: None)
+    saved = json.loads((tmp_path / "int8" / "choice.json").read_text())
+    row = saved["targets"][name]
+    assert saved == got and row["shipped"] == "qat" and row["AP"]["qat"] == row["AP"]["ptq"]  # same file: tie -> QAT
+    assert "validation split" in row["why"] and saved["split"] == "val" and saved["images"] == 2
+    assert (tmp_path / "int8" / name).read_bytes() == (tmp_path / "qat" / name).read_bytes()
