@@ -88,8 +88,8 @@ def check_budget(targets: list[Target], weights: str | None, max_drop: float, va
     refuse_integer_only([t.name for t in targets])
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be >= 0 AP points, got {max_drop}")
-    if "tflite-int8" not in [t.name for t in targets]:
-        raise ConfigError("--max-drop applies to --target tflite-int8")
+    if not {"tflite-int8", "openvino-int8"} & {t.name for t in targets}:
+        raise ConfigError("--max-drop applies to --target tflite-int8 and openvino-int8")
     if not val_data:
         raise ConfigError("--max-drop needs --val-data DATASET (its validation split measures the AP drop)")
     if nms:

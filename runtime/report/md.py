@@ -28,9 +28,12 @@ def _num(v, digits: int = 3) -> str:
 
 
 def _vs_twin(m: dict) -> str:
-    """`` (quantization −0.12 vs its float twin)`` for a QAT model whose twin ran."""
+    """`` (quantization −0.12 vs its float twin)`` for a QAT model whose twin ran; `` (3 layers float)``
+    for a mixed int8 model from ``convert --max-drop`` (its latency columns show what they cost)."""
     d = ((m.get("vs_twin") or {}).get("delta") or {}).get("AP")
-    return "" if d is None else f" (quantization {fmt_pct(d, 2, signed=True)} vs its float twin)"
+    note = "" if d is None else f" (quantization {fmt_pct(d, 2, signed=True)} vs its float twin)"
+    floats = ((m.get("quantization") or {}).get("budget") or {}).get("float_layers")
+    return note + (f" ({len(floats)} layers float)" if floats else "")
 
 
 def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:

@@ -123,7 +123,7 @@ def test_max_drop_option_errors(tmp_path):
         check_budget(ts, str(tmp_path), 0.5, None, False)
     with pytest.raises(ConfigError, match=">= 0"):
         check_budget(ts, str(tmp_path), -1, "x", False)
-    with pytest.raises(ConfigError, match="applies to --target tflite-int8"):
+    with pytest.raises(ConfigError, match="applies to --target tflite-int8 and openvino-int8"):
         check_budget(resolve_targets(["onnx-int8"]), str(tmp_path), 0.5, "x", False)
 
 
