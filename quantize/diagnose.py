@@ -11,8 +11,10 @@ Then:
 * the ten worst tensors;
 * mAP (the test split, the evaluator ``edgedet eval``/``validate`` use) of the float Keras model,
   the deployable full-integer model, and a *selective* model with the ten worst tensors
-  denylisted (kept float: the debugger re-quantizes the calibrated model without them) —
-  offered only for targets that can run float ops (not the Edge TPU, which runs integers only);
+  denylisted (kept float: the calibrated model re-quantized without them, uint8 I/O like the
+  deployable file, :mod:`edgedet.quantize.budget`), written to ``OUT/selective_int8.tflite`` with
+  its float layers in the metadata — offered only for targets that can run float ops (not the
+  Edge TPU, which runs integers only);
 * the float ops left in the full-integer model (none expected).
 
 For a QAT run, per-tensor errors need a float model with the same weights, which a QAT run does
@@ -24,7 +26,7 @@ Outputs: ``OUT/diagnosis.md`` and ``OUT/diagnosis.json``. JSON schema (version 1
     {"kind": "edgedet-quant-diagnosis", "version": 1, "run", "run_kind": "float"|"qat", "model",
      "target", "healthy_rmse_over_scale": 0.289,
      "float_AP", "int8_AP", "selective_AP" (null if not offered/evaluated), "ap_drop", "recovered_AP",
-     "selective": {"offered": bool, "reason", "denylist": [tensor names]},
+     "selective": {"offered": bool, "reason", "denylist": [tensor names], "path" (when written)},
      "float_ops": [{"index", "op", "outputs"}], "calibration": {...}, "ap_split", "ap_images",
      "layers": [10 worst rows], "all_layers": [every row, worst first],
      "outputs": {"class_p3": cosine, ...}}
