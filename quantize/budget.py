@@ -231,5 +231,6 @@ def budget_tflite(ctx, representative) -> tuple[bytes, dict]:
         from edgedet.errors import ThresholdMissed
 
         raise ThresholdMissed(f"--max-drop {ctx.max_drop}: the best mixed model still drops {budget['drop']:.3f} AP "
-                              f"({len(budget['float_layers'])} layers in float); raise the budget or use QAT")
+                              f"({len(budget['float_layers'])} of {budget['candidates']} tensors in float; the "
+                              f"{ctx.io_dtype} input and outputs stay quantized); raise the budget or use QAT")
     return data, budget
