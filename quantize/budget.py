@@ -210,11 +210,11 @@ def budget_tflite(ctx, representative) -> tuple[bytes, dict]:
     """``convert --max-drop``: the mixed int8 TFLite of the context's float source and its budget block."""
     from edgedet.convert.tflite_converter import keras_to_tflite
     from edgedet.errors import DataError
-    from edgedet.quantize.diagnose import _eval_samples
+    from edgedet.quantize.diagnose import eval_samples
 
     src = ctx.source
     model, labels = src.model(), list(src.meta.labels)
-    samples = _eval_samples(ctx.val_data, ctx.val_split, None, labels)
+    samples = eval_samples(ctx.val_data, ctx.val_split, None, labels)
     if not samples:
         raise DataError(f"{ctx.val_data}: no '{ctx.val_split}' images to measure the AP drop on (--val-data)")
     t = time.perf_counter()

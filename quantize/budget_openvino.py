@@ -46,12 +46,12 @@ def nncf_accuracy_control(ctx, ov_model, meta) -> tuple[object, dict]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from edgedet.quantize.diagnose import _eval_samples
+    from edgedet.quantize.diagnose import eval_samples
     from edgedet.runtime.detector import Detector
     from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
 
     labels = list(meta.labels)
-    samples = _eval_samples(ctx.val_data, ctx.val_split, None, labels)
+    samples = eval_samples(ctx.val_data, ctx.val_split, None, labels)
     if not samples:
         raise DataError(f"{ctx.val_data}: no '{ctx.val_split}' images to measure the AP drop on (--val-data)")
     cal = ctx.calibration("NCHW" if meta.layout == "NCHW" else "NHWC")

@@ -126,7 +126,8 @@ def tflite_ap(tflite_bytes: bytes, meta, samples, class_names) -> dict:
     return coco_evaluate(samples, dets, class_names)
 
 
-def _eval_samples(data: str, split: str, limit: int | None, class_names):
+def eval_samples(data: str, split: str, limit: int | None, class_names):
+    """The ``split`` samples of dataset ``data`` (at most ``limit``), classes in ``class_names``' order."""
     from edgedet.train.check import load_checked
 
     ds = load_checked(data, "skip", classes=list(class_names) or None)
@@ -252,7 +253,7 @@ def _write_selective(path: str, data: bytes, source, selective: dict, rows: list
 def _evaluate(result, source, run_dir, data, split, eval_limit, class_names, int8, sel_bytes, meta, log):
     from edgedet.train.evaluate_keras import evaluate as keras_evaluate
 
-    samples = _eval_samples(data, split, eval_limit, class_names)
+    samples = eval_samples(data, split, eval_limit, class_names)
     if not samples:
         log(f"no {split} images in {data}: mAP not evaluated")
         return

@@ -69,7 +69,7 @@ def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, sp
     """
     from edgedet.errors import EdgedetError
     from edgedet.files import atomic_write_json
-    from edgedet.quantize.diagnose import _eval_samples
+    from edgedet.quantize.diagnose import eval_samples
 
     from edgedet.runtime.metadata import read_metadata
 
@@ -78,7 +78,7 @@ def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, sp
     if meta is None:
         raise ConfigError(f"{qat_dir}, {ptq_dir}: none of {', '.join(names)} carries edgedet metadata")
     class_names = list(meta.labels)  # the models' class order fixes the evaluation's
-    samples = _eval_samples(data, split, None, class_names)
+    samples = eval_samples(data, split, None, class_names)
     if not samples:
         raise ConfigError(f"{data}: no '{split}' images to choose between QAT and PTQ on")
     os.makedirs(out, exist_ok=True)
