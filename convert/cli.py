@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--nms", action="store_true", help="TFLite: embed TFLite_Detection_PostProcess (4 standard outputs) instead of raw outputs")
     p.add_argument("--nms-score", type=float, metavar="P", help="--nms: score threshold baked into the model (default 0.05, low enough for mAP; every anchor above it enters the op's NMS, so a deployment threshold such as 0.3 runs faster: Lite0@320 int8 24 ms vs 38 ms)")
     p.add_argument("--max-drop", type=float, metavar="P",
-                   help="tflite-int8: keep the fewest layers in float that hold the AP drop on --val-data within P points")
+                   help="tflite-int8 / openvino-int8: keep the fewest layers in float that hold the AP drop on --val-data within P points")
     p.add_argument("--val-data", metavar="DATA", help="--max-drop: dataset whose --val-split measures the AP drop")
     p.add_argument("--val-split", default="val", help="--max-drop: split to measure on (default val)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN/export, or the ONNX file's folder)")
