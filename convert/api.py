@@ -40,6 +40,9 @@ class Context:
     nms_options: dict = field(default_factory=lambda: {"max_detections": 100, "score_threshold": 0.05, "iou_threshold": 0.5})
     log: Callable[[str], None] = print
     work_dir: str = ""
+    max_drop: float | None = None  # int8 AP budget in points (edgedet.quantize.budget)
+    val_data: str | None = None
+    val_split: str = "val"
     cache: dict = field(default_factory=dict)
 
     def calibration(self, layout: str = "NHWC"):
@@ -76,6 +79,28 @@ def check_needs(targets: list[Target], source_kind: str | None, calib_data: str 
                 f"--target {t.name} needs a QAT run (--weights RUN_QAT from `edgedet quantize qat`) "
                 f"or --calib-data PATH (dataset or image folder) for post-training quantization"
             )
+
+
+def check_budget(targets: list[Target], weights: str | None, max_drop: float, val_data: str | None, nms: bool) -> None:
+    """One-line errors for ``--max-drop`` options that cannot work (before any conversion starts)."""
+    from edgedet.quantize.budget import refuse_integer_only
+
+    refuse_integer_only([t.name for t in targets])
+    if max_drop < 0:
+        raise ConfigError(f"--max-drop must be >= 0 AP points, got {max_drop}")
+    if not {"tflite-int8", "openvino-int8"} & {t.name for t in targets}:
+        raise ConfigError("--max-drop applies to --target tflite-int8 and openvino-int8")
+    if not val_data:
+        raise ConfigError("--max-drop needs --val-data DATASET (its validation split measures the AP drop)")
+    if nms:
+        raise ConfigError("--max-drop measures the raw-output model; export --nms separately")
+    if not weights:
+        raise ConfigError("--max-drop needs a float run (--weights RUN) to keep layers in float")
+    from edgedet.runs import read_run_json
+
+    if read_run_json(weights).get("kind", "float") == "qat":
+        raise ConfigError("--max-drop applies to post-training int8 of a float run; a QAT run has no float layers "
+                          "to fall back to (give its float run, run.json source_run)")
 
 
 def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) -> list[Artifact]:
@@ -122,10 +147,13 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
 
 def convert(targets: list[str], weights: str | None = None, from_onnx: str | None = None, calib_data: str | None = None,
             calib_count: int = 300, nms: bool = False, out_dir: str | None = None, io_dtype: str = "uint8",
-            log: Callable[[str], None] = print, nms_score: float | None = None) -> tuple[list[Artifact], object]:
+            log: Callable[[str], None] = print, nms_score: float | None = None, max_drop: float | None = None,
+            val_data: str | None = None, val_split: str = "val") -> tuple[list[Artifact], object]:
     """Convert a run (``weights``) or an ONNX file (``from_onnx``) to every target.
 
     ``nms_score``: the score threshold baked into a ``--nms`` model (default 0.05).
+    ``max_drop``: tflite-int8 keeps the fewest layers in float that hold the AP drop on ``val_data``'s
+    ``val_split`` within this many points (:mod:`edgedet.quantize.budget`).
 
     Returns:
         ``(artifacts, source)``.
@@ -143,6 +171,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
     ts = resolve_targets(targets)
     for t in ts:
         t.check_toolchain()
+    if max_drop is not None:
+        check_budget(ts, weights, max_drop, val_data, nms)
     if from_onnx:
         check_needs(ts, "onnx", calib_data)
     elif weights:
@@ -165,6 +195,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         out_dir = os.path.join(weights, "export") if weights else os.path.dirname(os.path.abspath(from_onnx))
     with tempfile.TemporaryDirectory(prefix="edgedet-convert-") as work:
         ctx = Context(source=source, calib_data=calib_data, calib_count=calib_count, io_dtype=io_dtype, nms=nms, log=log, work_dir=work)
+        ctx.max_drop, ctx.val_data, ctx.val_split = max_drop, val_data, val_split
         if nms_score is not None:
             ctx.nms_options["score_threshold"] = float(nms_score)
         arts = run_targets(ctx, ts, out_dir, source.stem)

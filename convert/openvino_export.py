@@ -53,7 +53,11 @@ def export_openvino(ctx, target, tmp_dir: str, meta: ModelMeta) -> None:
     else:
         model = ov.convert_model(onnx_file(ctx, "fp32"))
         q = {"method": "fp16" if mode == "fp16" else "none"}
-        if mode == "int8":
+        if mode == "int8" and getattr(ctx, "max_drop", None) is not None:
+            from edgedet.quantize.budget_openvino import nncf_accuracy_control
+
+            model, q = nncf_accuracy_control(ctx, model, meta)
+        elif mode == "int8":
             model, q = _nncf_quantize(ctx, model)
     if q.get("calibration"):
         meta.calib_sha256 = q["calibration"]["sha256"]

@@ -43,7 +43,11 @@ def tflite_bytes(ctx, mode: str) -> tuple[bytes, dict]:
     key = ("tflite", mode, ctx.io_dtype, ctx.nms)
     if key in ctx.cache:  # e.g. tflite-int8 and edgetpu in one call: calibrate once
         return ctx.cache[key]
-    if ctx.nms:
+    if mode == "int8" and getattr(ctx, "max_drop", None) is not None:  # accuracy-aware: some layers float
+        from edgedet.quantize.budget import budget_tflite
+
+        data, q["budget"] = budget_tflite(ctx, representative)
+    elif ctx.nms:
         import contextlib
 
         from edgedet.convert.nms import convert_with_nms, qat_pixel_input, with_nms, with_pixel_extremes

@@ -10,7 +10,7 @@ _RAW = argparse.RawDescriptionHelpFormatter
 def register(sub) -> None:
     q = sub.add_parser("quantize", help="int8 quantization: QAT fine-tuning, post-training int8/fp16/dynamic, diagnosis",
                        description="Quantization-aware training, post-training quantization and a per-layer diagnosis.")
-    qs = q.add_subparsers(dest="quantize_command", metavar="{qat,ptq,diagnose}")
+    qs = q.add_subparsers(dest="quantize_command", metavar="{qat,ptq,diagnose,choose}")
     q.set_defaults(func=lambda args: (q.print_help(), 2)[1])
 
     p = qs.add_parser("qat", formatter_class=_RAW, help="fine-tune a float run with quantization-aware training",
@@ -69,6 +69,17 @@ def register(sub) -> None:
     d.add_argument("--no-eval", action="store_true", help="skip the mAP evaluation (per-tensor table only)")
     d.add_argument("--json", action="store_true", help="print the diagnosis JSON")
     d.set_defaults(func=_diagnose)
+
+    c = qs.add_parser("choose", help="ship the better int8 export: QAT or PTQ, by AP on the validation split",
+                      description="Evaluate QAT_DIR/NAME and PTQ_DIR/NAME on --split of --data and copy the one with "
+                                  "the higher AP to OUT/NAME (ties: QAT); writes OUT/choice.json saying which and why.")
+    c.add_argument("--qat", required=True, metavar="QAT_DIR", help="folder of the QAT run's int8 exports")
+    c.add_argument("--ptq", required=True, metavar="PTQ_DIR", help="folder of the float run's PTQ int8 exports")
+    c.add_argument("--names", required=True, help="comma-separated file (or OpenVINO folder) names to compare")
+    c.add_argument("--data", required=True, help="dataset")
+    c.add_argument("--split", default="val", help="split to compare on [val]")
+    c.add_argument("--out", required=True, help="folder for the shipped models and choice.json")
+    c.set_defaults(func=_choose)
 
 
 def _setup_env() -> None:
@@ -130,4 +141,13 @@ def _diagnose(args) -> int:
         from edgedet.quantize.diagnose import to_markdown
 
         sys.stdout.write(to_markdown(d))
+    return 0
+
+
+def _choose(args) -> int:
+    _setup_env()
+    from edgedet.quantize.guard import choose
+
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    choose(args.qat, args.ptq, names, args.data, args.out, split=args.split)
     return 0

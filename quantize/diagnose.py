@@ -11,8 +11,10 @@ Then:
 * the ten worst tensors;
 * mAP (the test split, the evaluator ``edgedet eval``/``validate`` use) of the float Keras model,
   the deployable full-integer model, and a *selective* model with the ten worst tensors
-  denylisted (kept float: the debugger re-quantizes the calibrated model without them) —
-  offered only for targets that can run float ops (not the Edge TPU, which runs integers only);
+  denylisted (kept float: the calibrated model re-quantized without them, uint8 I/O like the
+  deployable file, :mod:`edgedet.quantize.budget`), written to ``OUT/selective_int8.tflite`` with
+  its float layers in the metadata — offered only for targets that can run float ops (not the
+  Edge TPU, which runs integers only);
 * the float ops left in the full-integer model (none expected).
 
 For a QAT run, per-tensor errors need a float model with the same weights, which a QAT run does
@@ -24,7 +26,7 @@ Outputs: ``OUT/diagnosis.md`` and ``OUT/diagnosis.json``. JSON schema (version 1
     {"kind": "edgedet-quant-diagnosis", "version": 1, "run", "run_kind": "float"|"qat", "model",
      "target", "healthy_rmse_over_scale": 0.289,
      "float_AP", "int8_AP", "selective_AP" (null if not offered/evaluated), "ap_drop", "recovered_AP",
-     "selective": {"offered": bool, "reason", "denylist": [tensor names]},
+     "selective": {"offered": bool, "reason", "denylist": [tensor names], "path" (when written)},
      "float_ops": [{"index", "op", "outputs"}], "calibration": {...}, "ap_split", "ap_images",
      "layers": [10 worst rows], "all_layers": [every row, worst first],
      "outputs": {"class_p3": cosine, ...}}
@@ -46,6 +48,7 @@ from edgedet.errors import ConfigError
 HEALTHY = 1.0 / math.sqrt(12.0)  # uniform rounding noise, in units of the scale
 WORST = 10
 INTEGER_ONLY_TARGETS = ("edgetpu",)
+SELECTIVE_FILE = "selective_int8.tflite"
 TARGETS = ("tflite", "xnnpack", "gpu", "nnapi", "openvino", "onnx", "edgetpu")
 
 
@@ -123,7 +126,8 @@ def tflite_ap(tflite_bytes: bytes, meta, samples, class_names) -> dict:
     return coco_evaluate(samples, dets, class_names)
 
 
-def _eval_samples(data: str, split: str, limit: int | None, class_names):
+def eval_samples(data: str, split: str, limit: int | None, class_names):
+    """The ``split`` samples of dataset ``data`` (at most ``limit``), classes in ``class_names``' order."""
     from edgedet.train.check import load_checked
 
     ds = load_checked(data, "skip", classes=list(class_names) or None)
@@ -162,7 +166,7 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
                                batch=batch, log=log)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.convert.source import load_run_source
-    from edgedet.convert.tflite_converter import float_ops, keras_to_tflite, make_converter
+    from edgedet.convert.tflite_converter import float_ops, keras_to_tflite
     from edgedet.runs import atomic_write_bytes, atomic_write_json
 
     out_dir = out_dir or os.path.join(run_dir, "diagnosis")
@@ -179,8 +183,7 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     else:
         result["calibration"] = cal.describe()
         log(f"calibrating on {len(cal)} images, per-tensor statistics on {min(debug_images, len(cal))}")
-        int8 = keras_to_tflite(model, "int8", cal.arrays)
-        rows, sel_bytes, selective = _debug(model, cal, debug_images, worst, selective)
+        rows, sel_bytes, selective, int8 = _debug(model, cal, debug_images, worst, selective)
     result["float_ops"] = float_ops(int8)
     held = heldout_arrays(data, meta.input_size, meta.mean, meta.std)
     result["outputs"] = {k: round(v, 5) for k, v in output_cosines(model, int8, held, batch=batch).items()}
@@ -191,6 +194,9 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     result["layers"] = rows[:worst]
     result["all_layers"] = rows
     os.makedirs(out_dir, exist_ok=True)
+    if sel_bytes is not None:  # the mixed model the selective AP was measured on, metadata included
+        _write_selective(os.path.join(out_dir, SELECTIVE_FILE), sel_bytes, source, selective, rows, result)
+        selective["path"] = os.path.join(out_dir, SELECTIVE_FILE)
     atomic_write_json(os.path.join(out_dir, "diagnosis.json"), result)
     atomic_write_bytes(os.path.join(out_dir, "diagnosis.md"), to_markdown(result).encode())
     log(f"wrote {os.path.join(out_dir, 'diagnosis.md')} and diagnosis.json")
@@ -198,40 +204,56 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
 
 
 def _debug(model, cal, debug_images: int, worst: int, selective: dict):
-    """Run the QuantizationDebugger; returns (rows, selective model bytes or None, selective)."""
-    import itertools
+    """Calibrate once, rank the tensors; returns (rows, selective bytes or None, selective, int8 bytes).
 
-    import tensorflow as tf
+    The selective model is the deployable one: uint8 input/output like the plain int8 export, the
+    denylisted tensors' ops in float (:func:`edgedet.quantize.budget.quantize`), not the debugger's
+    float-I/O model.
+    """
+    from edgedet.quantize.budget import calibrate, quantize, rank_layers
 
-    from edgedet.convert.tflite_converter import make_converter
-
-    conv, _ = make_converter(model, "int8", cal.arrays, io_dtype="float32")
-
-    def debug_data():
-        for x in itertools.islice(cal.arrays(), debug_images):
-            yield [x]
-
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data)
-    dbg.run()
-    from edgedet.convert.tflite_converter import signature_output_names
-
-    rows = layer_rows(dbg, signature_output_names(dbg.calibrated_model))
+    calibrated, names = calibrate(model, cal.arrays)
+    rows = rank_layers(calibrated, cal.arrays, debug_images)
+    int8 = quantize(calibrated, names, (), "uint8")  # the bytes keras_to_tflite(model, "int8") gives
     sel_bytes = None
     if selective["offered"]:
         deny = [r["tensor"] for r in rows[:worst] if r["rmse_over_scale"] is not None and r["rmse_over_scale"] > HEALTHY]
         selective = dict(selective, denylist=deny)
         if deny:
-            dbg.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=deny)
-            sel_bytes = dbg.get_nondebug_quantized_model()
+            sel_bytes = quantize(calibrated, names, deny, "uint8")
         else:
             selective["reason"] = "no tensor above the healthy 0.29"
-    return rows, sel_bytes, selective
+    return rows, sel_bytes, selective, int8
+
+
+def _write_selective(path: str, data: bytes, source, selective: dict, rows: list[dict], result: dict) -> None:
+    """Write the selective int8 model atomically with its metadata (float layers, measured AP)."""
+    from edgedet.convert.tflite_export import io_quantization
+    from edgedet.files import atomic_path
+    from edgedet.runtime.metadata import embed_tflite
+
+    meta = source.meta_for("tflite-int8")
+    layer = {r["tensor"]: r["layer"] for r in rows}
+
+    def points(key):  # the budget block is in AP points, the diagnosis in fractions
+        return None if result.get(key) is None else round(100.0 * result[key], 3)
+
+    meta.quantization = {"method": "ptq", "io_dtype": "uint8", **io_quantization(data),
+                         "calibration": result.get("calibration"),
+                         "budget": {"float_layers": [layer.get(t, t) for t in selective["denylist"]],
+                                    "float_tensors": list(selective["denylist"]), "float_AP": points("float_AP"),
+                                    "int8_AP": points("int8_AP"), "AP": points("selective_AP"),
+                                    "ranking": "QuantizationDebugger RMSE/scale, worst first"}}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        embed_tflite(tmp, meta)
 
 
 def _evaluate(result, source, run_dir, data, split, eval_limit, class_names, int8, sel_bytes, meta, log):
     from edgedet.train.evaluate_keras import evaluate as keras_evaluate
 
-    samples = _eval_samples(data, split, eval_limit, class_names)
+    samples = eval_samples(data, split, eval_limit, class_names)
     if not samples:
         log(f"no {split} images in {data}: mAP not evaluated")
         return

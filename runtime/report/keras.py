@@ -37,13 +37,21 @@ def run_weights_size(run_dir: str) -> int | None:
     return os.path.getsize(p) if p else None
 
 
-def load_baseline(run_dir: str):
-    """``(model, info, meta)`` for a training run; ``meta`` describes it like an exported file's metadata."""
+def load_baseline(run_dir: str, twin: bool = False):
+    """``(model, info, meta)`` for a training run; ``meta`` describes it like an exported file's metadata.
+
+    ``twin``: a QAT run's float twin (its weights without fake quantization, :mod:`edgedet.quantize.twin`).
+    """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.runtime.metadata import ModelMeta
     from edgedet.runs import load_run
 
-    model, info = load_run(run_dir)
+    if twin:
+        from edgedet.quantize.twin import load_twin
+
+        model, info = load_twin(run_dir)
+    else:
+        model, info = load_run(run_dir)
     cfg = info.config
     macs = None
     try:
@@ -56,7 +64,7 @@ def load_baseline(run_dir: str):
         labels=list(info.class_names), input_size=(int(cfg.image_size), int(cfg.image_size)),
         mean=tuple(cfg.mean), std=tuple(cfg.std), anchors=cfg.anchor_config.to_dict(), outputs="raw",
         model=cfg.name, target="keras", source_sha256=getattr(info, "weights_sha256", "") or "", macs=macs,
-        quantization={"method": "qat" if getattr(info, "kind", "float") == "qat" else "none"},
+        quantization={"method": "qat" if getattr(info, "kind", "float") == "qat" and not twin else "none"},
     )
     return model, info, meta
 

@@ -27,6 +27,15 @@ def _num(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _vs_twin(m: dict) -> str:
+    """`` (quantization −0.12 vs its float twin)`` for a QAT model whose twin ran; `` (3 layers float)``
+    for a mixed int8 model from ``convert --max-drop`` (its latency columns show what they cost)."""
+    d = ((m.get("vs_twin") or {}).get("delta") or {}).get("AP")
+    note = "" if d is None else f" (quantization {fmt_pct(d, 2, signed=True)} vs its float twin)"
+    floats = ((m.get("quantization") or {}).get("budget") or {}).get("float_layers")
+    return note + (f" ({len(floats)} layers float)" if floats else "")
+
+
 def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:
     header = ["", "Model", "Target", "AP", "ΔAP", "AP50", "ΔAP50", "AP75", "APs", "APm", "APl",
               "invoke p50 ms", "e2e p50 ms", "e2e p99 ms", "Size", "GMAC/s", "Backend"]
@@ -35,7 +44,7 @@ def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:
         met, d = m.get("metrics") or {}, m.get("delta") or {}
         base = m["role"] == "baseline"
         rows.append([
-            m["status_icon"], m["name"] + (" — baseline" if base else ""), m.get("target") or "-",
+            m["status_icon"], m["name"] + (" — baseline" if base else "") + _vs_twin(m), m.get("target") or "-",
             fmt_pct(met.get("AP"), 2), "" if base else fmt_pct(d.get("AP"), 2, signed=True),
             fmt_pct(met.get("AP50"), 2), "" if base else fmt_pct(d.get("AP50"), 2, signed=True),
             fmt_pct(met.get("AP75"), 2), fmt_pct(met.get("APs"), 2), fmt_pct(met.get("APm"), 2),

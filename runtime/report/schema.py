@@ -63,7 +63,8 @@ _MODEL = {
     "properties": {
         "name": {"type": "string"},
         "path": {"type": "string"},
-        "role": {"type": "string", "enum": ["baseline", "candidate"]},
+        "role": {"type": "string", "enum": ["baseline", "twin", "candidate"]},
+        "vs_twin": {"type": "object", "properties": {"twin": {"type": "string"}, "delta": _METRICS}},
         "status": {"type": "string", "enum": list(STATUS_ICONS)},
         "status_icon": {"type": "string", "enum": list(STATUS_ICONS.values())},
         "reasons": {"type": "array", "items": {"type": "string"}},

@@ -284,6 +284,47 @@ def _names(paths: list[str]) -> list[str]:
     return names
 
 
+def qat_twins(models: list[str]) -> list[str]:
+    """The QAT run folders the models were exported from (metadata ``extra.source``), each once."""
+    from edgedet.runtime.metadata import read_metadata
+
+    runs = []
+    for m in models:
+        try:
+            meta = read_metadata(m)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by its own worker
+            meta = None
+        src = (meta.extra.get("source") or {}) if meta is not None else {}
+        run = src.get("run")
+        if src.get("kind") == "qat" and run and is_run_dir(run) and run not in runs:
+            runs.append(run)
+    return runs
+
+
+def add_twin_deltas(entries: list[dict], twins: list[str]) -> None:
+    """Give each QAT model's entry ``vs_twin``: its AP minus its float twin's (the quantization loss)."""
+    by_run = {e["path"]: e for e in entries if e["role"] == "twin"}
+    for e in entries:
+        src = ((e.get("quantization") or {}).get("method") == "qat" and e["role"] == "candidate"
+               and by_run.get(_source_run(e)))
+        if src and src.get("metrics") and e.get("metrics"):
+            from edgedet.runtime.report.evaluate import SUMMARY_KEYS
+            from edgedet.runtime.report.stats import delta
+
+            e["vs_twin"] = {"twin": src["name"],
+                            "delta": {k: delta(e["metrics"][k], src["metrics"][k]) for k in SUMMARY_KEYS}}
+
+
+def _source_run(entry: dict) -> str | None:
+    from edgedet.runtime.metadata import read_metadata
+
+    try:
+        meta = read_metadata(entry["path"])
+    except Exception:  # noqa: BLE001
+        return None
+    return (meta.extra.get("source") or {}).get("run") if meta is not None else None
+
+
 def validate(models: list[str], data: str, out: str, baseline: str | None = None, split: str = "test",
              device: str | None = None, threads: int | None = None, runs: int = 0,
              diagnosis: list[str] | None = None, max_ap_drop: float | None = None,
@@ -330,10 +371,15 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             raise ConfigError(f"--diagnosis {p}: no such file")
     samples, class_names = load_samples(data, split, limit, classes=run_classes)
     jobs = [("baseline", baseline)] if baseline else []
+    twins = qat_twins(models)  # each QAT run's float twin: extra training vs quantization loss
+    jobs += [("twin", run) for run in twins]
     jobs += [("candidate", m) for m in models]
     names = _names([p for _, p in jobs])
     if baseline and is_run_dir(baseline):
         names[0] = f"float ({os.path.basename(baseline.rstrip('/'))})"
+    for k, (role, path) in enumerate(jobs):
+        if role == "twin":
+            names[k] = f"float twin ({os.path.basename(path.rstrip('/'))})"
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))
@@ -344,7 +390,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         for k, ((role, path), name) in enumerate(zip(jobs, names)):
             log(f"[{k + 1}/{len(jobs)}] {name}")
             dev, thr = _device_for(path, prof, threads)
-            kind = "run" if is_run_dir(path) else "file"
+            kind = "twin" if role == "twin" else "run" if is_run_dir(path) else "file"
             job = dict(base_job, model=str(path), kind=kind, device=dev, threads=thr)
             if kind == "run":
                 from edgedet.runtime.report.keras import run_weights_size
@@ -362,6 +408,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             entry["layer_errors"] = layer_section(entry, meta, npz, base_npz, samples, kept, diag_map)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
+    add_twin_deltas(entries, twins)
     dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names,
                "fingerprint": dataset_fingerprint(samples, class_names)}
     report = assemble(entries, dataset, th, command=command)

@@ -46,10 +46,10 @@ def _load_detector(job: dict):
     """``(detector, eval_fn or None)``; for a training run, eval_fn gives ``edgedet eval``'s detections."""
     from edgedet.runtime.detector import Detector
 
-    if job["kind"] == "run":
+    if job["kind"] in ("run", "twin"):
         from edgedet.runtime.report.keras import eval_detections, keras_detector, load_baseline
 
-        model, info, meta = load_baseline(job["model"])
+        model, info, meta = load_baseline(job["model"], twin=job["kind"] == "twin")
         return keras_detector(model, meta), lambda: eval_detections(model, info, job["images"], job["eval_post"])
     return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads")), None
 

@@ -58,8 +58,15 @@ def test_diagnose_float_run(float_run, synth, tmp_path):
     assert saved["float_AP"] is not None and saved["int8_AP"] is not None and saved["ap_images"] == 2
     sel = saved["selective"]
     assert sel["offered"]
-    if sel["denylist"]:  # the worst tensors in float: a model with float ops, evaluated too
+    if sel["denylist"]:  # the worst tensors in float: a model with float ops, evaluated and written
         assert saved["selective_AP"] is not None and set(sel["denylist"]) <= {r["tensor"] for r in rows[:10]}
+        from edgedet.runtime.metadata import read_metadata
+
+        meta = read_metadata(sel["path"])
+        budget = meta.quantization["budget"]
+        assert budget["float_tensors"] == sel["denylist"] and len(budget["float_layers"]) == len(sel["denylist"])
+        assert budget["AP"] == pytest.approx(100 * saved["selective_AP"], abs=1e-3)
+        assert meta.quantization["input"]["dtype"] == "uint8" and meta.quantization["float_ops"]
     section = load_diagnosis(str(out / "diagnosis.json"))  # what the report stage embeds
     if isinstance(section, tuple):  # (section, why not)
         section = section[0]

@@ -1,0 +1,183 @@
+"""Accuracy-aware int8: the denylist requantizer, the minimal-set search, and the --max-drop refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedet.errors import ConfigError
+
+
+def _fragile_model():
+    """A 16 px conv net whose middle conv ``fragile`` int8 destroys and float keeps intact.
+
+    ``a``'s channel 0 is dead (zero kernel and bias, ReLU: exactly 0), and ``fragile`` reads it
+    with weight 1000: float ignores it (1000 * 0), but each output channel's per-channel int8
+    weight scale becomes 1000/127, so every real weight (|w| < 1) rounds to zero.
+    """
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((16, 16, 3), batch_size=1)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="fragile")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c")(x)
+    out = keras.layers.Conv2D(4, 1, name="out")(x)
+    model = keras.Model(inp, [out])
+    k, b = model.get_layer("a").get_weights()
+    k[..., 0], b[0] = 0.0, 0.0
+    model.get_layer("a").set_weights([k, b])
+    k, b = model.get_layer("fragile").get_weights()
+    k[:, :, 0, :] = 1000.0
+    model.get_layer("fragile").set_weights([k, b])
+    return model
+
+
+def _arrays(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 1, (1, 16, 16, 3)).astype(np.float32) for _ in range(n)]
+
+
+def test_search_finds_the_one_fragile_layer():
+    from edgedet.convert.tflite_converter import float_ops, interpreter, keras_to_tflite
+    from edgedet.quantize.budget import calibrate, mixed_int8, quantize
+    from edgedet.quantize.diagnose import short_name
+
+    model = _fragile_model()
+    cal, held = _arrays(16, 0), _arrays(4, 1)
+    want = np.concatenate([model(x).numpy().ravel() for x in held])
+
+    def fidelity(data: bytes) -> float:  # the "AP" of this test: 100 x cosine to the float outputs
+        it = interpreter(data)
+        got = []
+        for x in held:
+            it.set_tensor(it.get_input_details()[0]["index"], x)
+            it.invoke()
+            got.append(it.get_tensor(it.get_output_details()[0]["index"]).ravel())
+        got = np.concatenate(got)
+        return 100.0 * float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12))
+
+    calibrated, names = calibrate(model, cal)
+    plain = quantize(calibrated, names, (), "uint8")
+    assert _same_graph(plain, keras_to_tflite(model, "int8", cal))  # the denylist route ships the same int8 file
+    assert fidelity(quantize(calibrated, names, (), "float32")) < 90  # int8 destroys it
+    data, budget = mixed_int8(model, cal, fidelity, 100.0, 1.0, io_dtype="float32", debug_images=8, log=lambda m: None)
+    assert budget["met"] and budget["float_layers"] == ["fragile"], budget
+    assert [short_name(t) for t in budget["float_tensors"]] == ["fragile"]
+    assert budget["int8_AP"] < 90 and budget["drop"] <= 1.0 and budget["log"][0]["step"] == "int8"
+    assert {f["op"] for f in float_ops(data)} >= {"CONV_2D"}  # the fragile conv runs in float
+    assert fidelity(data) == pytest.approx(budget["AP"])
+
+
+def _same_graph(a: bytes, b: bytes) -> bool:
+    """Same ops, tensors and weights (the converter's metadata buffers hold a per-call hash)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    ma, mb = (fbu.convert_bytearray_to_object(bytearray(x)) for x in (a, b))
+    meta_a, meta_b = {m.buffer for m in ma.metadata or []}, {m.buffer for m in mb.metadata or []}
+    bufs_a = [bytes(x.data) if x.data is not None else b"" for i, x in enumerate(ma.buffers) if i not in meta_a]
+    bufs_b = [bytes(x.data) if x.data is not None else b"" for i, x in enumerate(mb.buffers) if i not in meta_b]
+    ops = [[(o.opcodeIndex, list(o.inputs), list(o.outputs)) for o in m.subgraphs[0].operators] for m in (ma, mb)]
+    return bufs_a == bufs_b and ops[0] == ops[1]
+
+
+def test_search_bisects_then_prunes():
+    from edgedet.quantize.budget import search
+
+    harm = {"a": 3.0, "b": 0.05, "c": 2.0, "d": 0.0, "e": 0.0}  # drop each one's int8 costs
+    seen = []
+
+    def score(deny):
+        seen.append(sorted(deny))
+        return 50.0 - sum(v for k, v in harm.items() if k not in deny)
+
+    found = search(score, ["a", "b", "c", "d", "e"], 50.0, 0.1, log=lambda m: None)
+    assert found["met"] and sorted(found["float_layers"]) == ["a", "c"] and found["drop"] == pytest.approx(0.05)
+    assert found["evaluations"] == len({tuple(s) for s in seen}) and found["log"][0]["step"] == "int8"
+    none = search(score, ["a", "b"], 50.0, 10.0, log=lambda m: None)
+    assert none["float_layers"] == [] and none["evaluations"] == 1
+    miss = search(score, ["a"], 50.0, 0.1, log=lambda m: None)
+    assert not miss["met"] and miss["float_layers"] == ["a"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--target", "edgetpu", "--target", "tflite-int8"], "--target edgetpu cannot run"),
+    (["--device", "coral-usb"], "--device coral-usb cannot run"),
+    (["--device", "android-nnapi"], "--device android-nnapi cannot run"),
+])
+def test_integer_only_targets_refuse_max_drop(tmp_path, capsys, argv, match):
+    from edgedet.cli import main
+
+    rc = main(["convert", "--weights", str(tmp_path), *argv, "--max-drop", "0.5", "--val-data", str(tmp_path),
+               "--calib-data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc != 0 and match in err and "quantize qat" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+def test_max_drop_option_errors(tmp_path):
+    from edgedet.convert.api import check_budget
+    from edgedet.convert.registry import resolve_targets
+
+    ts = resolve_targets(["tflite-int8"])
+    with pytest.raises(ConfigError, match="needs --val-data"):
+        check_budget(ts, str(tmp_path), 0.5, None, False)
+    with pytest.raises(ConfigError, match=">= 0"):
+        check_budget(ts, str(tmp_path), -1, "x", False)
+    with pytest.raises(ConfigError, match="applies to --target tflite-int8 and openvino-int8"):
+        check_budget(resolve_targets(["onnx-int8"]), str(tmp_path), 0.5, "x", False)
+
+
+@pytest.mark.slow
+def test_validate_reports_the_float_twin_of_a_qat_file(float_run, synth, qhelpers, tmp_path):
+    import json
+
+    from edgedet.convert.api import convert
+    from edgedet.quantize.configs import quantize_model
+    from edgedet.runtime.report.validate import validate
+    from edgedet.train.synth import CLASSES
+
+    model, cfg = qhelpers.build_realistic("test", synth)
+    qat_run = qhelpers.make_run(tmp_path / "qat", quantize_model(model), cfg, CLASSES, synth, kind="qat")
+    data = json.loads((qat_run / "run.json").read_text())
+    (qat_run / "run.json").write_text(json.dumps(dict(data, source_run=str(float_run))))
+    arts, _ = convert(["tflite-int8"], weights=str(qat_run), out_dir=str(tmp_path / "export"), log=lambda m: None)
+    report = validate([arts[0].path], str(synth), str(tmp_path / "report"), limit=1, html=False, progress=False,
+                      log=lambda m: None)  # no float baseline: one worker less; the twin needs none
+    roles = [m["role"] for m in report["models"]]
+    assert roles == ["twin", "candidate"], roles
+    twin, qat = report["models"]
+    assert twin["name"] == "float twin (qat)" and twin["status"] == "pass" and twin["quantization"]["method"] == "none"
+    assert qat["vs_twin"]["twin"] == twin["name"]
+    assert qat["vs_twin"]["delta"]["AP"] == pytest.approx(qat["metrics"]["AP"] - twin["metrics"]["AP"])
+    assert "vs its float twin" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_guard_decides_by_validation_ap():
+    from edgedet.quantize.guard import decide
+
+    assert decide(34.12, 43.48) == ("ptq", "QAT AP 34.12 < PTQ 43.48 on the validation split (QAT lost 9.36 points)")
+    assert decide(43.5, 43.5)[0] == "qat" and decide(44.0, 43.5)[0] == "qat"
+    assert decide(None, 40.0)[0] == "ptq" and decide(40.0, None)[0] == "qat"
+    with pytest.raises(ConfigError):
+        decide(None, None)
+
+
+@pytest.mark.slow
+def test_guard_ships_a_file_and_says_why(float_run, synth, tmp_path):
+    import json
+    import shutil
+
+    from edgedet.convert.api import convert
+    from edgedet.quantize.guard import choose
+
+    arts, _ = convert(["tflite-fp32"], weights=str(float_run), out_dir=str(tmp_path / "ptq"), log=lambda m: None)
+    name = arts[0].path.rsplit("/", 1)[-1]
+    (tmp_path / "qat").mkdir()
+    shutil.copyfile(arts[0].path, tmp_path / "qat" / name)
+    got = choose(str(tmp_path / "qat"), str(tmp_path / "ptq"), [name], str(synth), str(tmp_path / "int8"),
+                 log=lambda m: None)
+    saved = json.loads((tmp_path / "int8" / "choice.json").read_text())
+    row = saved["targets"][name]
+    assert saved == got and row["shipped"] == "qat" and row["AP"]["qat"] == row["AP"]["ptq"]  # same file: tie -> QAT
+    assert "validation split" in row["why"] and saved["split"] == "val" and saved["images"] == 2
+    assert (tmp_path / "int8" / name).read_bytes() == (tmp_path / "qat" / name).read_bytes()
