@@ -396,7 +396,7 @@ def _print_summary(report_dir: Path) -> int:
     ship = report.get("recommendation")
     if ship:
         print(f"{ship['name']}: {ship['reason']}")
-    print(f"file to ship: {ship['path']}" if ship else "file to ship: none (no candidate ran)")
+    print(f"file to ship: {ship['path']}" if ship else "file to ship: none (no candidate within the accuracy budget with a measured latency)")
     return 1 if bad else 0
 
 

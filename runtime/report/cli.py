@@ -85,7 +85,7 @@ def _validate(args) -> int:
     s = report["summary"]
     print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.html")
     ship = report.get("recommendation")
-    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else "file to ship: none (no candidate ran)")
+    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else "file to ship: none (no candidate within the accuracy budget with a measured latency)")
     return s["exit_code"]
 
 

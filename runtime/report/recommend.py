@@ -53,7 +53,7 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
 
     Returns:
         ``{"name", "path", "metric", "latency_ms", "file_size_bytes", "reason", "others": [{"name",
-        "path", "lost", "detail"}]}``, or None when no candidate ran.
+        "path", "lost", "detail"}]}``, or None when no candidate is within the budget with a measured latency.
     """
     from edgedet.runtime.report.build import latency_value  # noqa: PLC0415  (build imports this module)
 

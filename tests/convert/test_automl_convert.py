@@ -1,4 +1,4 @@
-"""An imported automl checkpoint is an ordinary run: its TFLite and ONNX files match its Keras model."""
+"""An imported automl checkpoint is an ordinary run: its TFLite, ONNX and OpenVINO files match its Keras model."""
 from __future__ import annotations
 
 import os
@@ -24,9 +24,7 @@ def test_imported_lite0_converts_to_matching_files(tmp_path, cv):
 
     run = tmp_path / "run"
     import_run(str(LITE0), run, image_size=SIZE)
-    # OpenVINO converts from the same ONNX file (and matched it to 2.7e-6 relative in f32 execution);
-    # left out here to keep CI short.
-    targets = ["tflite-fp32", "onnx"]
+    targets = ["tflite-fp32", "onnx", "openvino-fp32"]
     arts, _ = convert(targets, weights=str(run), out_dir=str(tmp_path / "out"), log=lambda m: None)
     paths = {a.target: a.path for a in arts}
     rng = np.random.default_rng(0)
