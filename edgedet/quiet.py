@@ -54,11 +54,25 @@ def toolchain_output(verbose: bool):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Python-side "WARNING:tensorflow:..."
     filt = _StderrFilter.install()
+    _ACTIVE[:] = [filt] if filt is not None else []
     try:
         yield
     finally:
+        _ACTIVE.clear()
         if filt is not None:
             filt.close()
+
+
+_ACTIVE: list = []  # the installed filter, so a hard exit can drain it first
+
+
+def hard_exit(code: int) -> None:
+    """``os._exit(code)`` after forwarding what the stderr filter still holds (a last error line)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+        for filt in list(_ACTIVE):
+            filt.close()
+    os._exit(code)
 
 
 class _StderrFilter:

@@ -30,7 +30,7 @@ def float_twin(qat_model, cfg):
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.model import build_model
-    from edgedet.quantize.configs import prepare_for_qat
+    from edgedet.quantize.qat_graph import prepare_for_qat
 
     model = prepare_for_qat(build_model(cfg))
     # A wrapper owns its layer's quantizable variables (``stem_conv/kernel``) next to its own

@@ -145,8 +145,9 @@ def _watchdog(cluster: Cluster, timeout: float, formed: threading.Event) -> None
             f"reached {', '.join(cluster.peers)} but the cluster did not form (do all workers have the same cluster?)")
     sys.stderr.write(f"edgedet: error: --strategy multiworker: {cluster.name} {what} within {timeout:g} s "
                      "(check the addresses and ports, and start every worker; --connect-timeout sets the wait)\n")
-    sys.stderr.flush()
-    os._exit(2)
+    from edgedet.quiet import hard_exit
+
+    hard_exit(2)  # drains the stderr filter first, so the line above reaches the terminal
 
 
 def _join_cluster(cluster: Cluster, connect_timeout: float):

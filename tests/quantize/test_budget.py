@@ -132,7 +132,7 @@ def test_validate_reports_the_float_twin_of_a_qat_file(float_run, synth, qhelper
     import json
 
     from edgedet.convert.api import convert
-    from edgedet.quantize.configs import quantize_model
+    from edgedet.quantize.qat_graph import quantize_model
     from edgedet.runtime.report.validate import validate
     from edgedet.train.synth import CLASSES
 
