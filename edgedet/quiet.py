@@ -66,12 +66,18 @@ def toolchain_output(verbose: bool):
 _ACTIVE: list = []  # the installed filter, so a hard exit can drain it first
 
 
-def hard_exit(code: int) -> None:
-    """``os._exit(code)`` after forwarding what the stderr filter still holds (a last error line)."""
+def hard_exit(code: int, line: str = "") -> None:
+    """Write ``line`` straight to the terminal's stderr and end the process now (``os._exit``).
+
+    For a watchdog thread while the main thread is stuck in C++: the line goes past the stderr
+    filter (whose pump may be behind) to the real file descriptor, and nothing else gets to run.
+    """
+    data = line.encode("utf-8", "replace")
+    fd = _ACTIVE[0].saved if _ACTIVE else 2
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-        for filt in list(_ACTIVE):
-            filt.close()
+        while data:
+            data = data[os.write(fd, data):]
     os._exit(code)
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -136,18 +135,22 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _formation_error(cluster: Cluster, timeout: float) -> str:
+    """The one line for a cluster that did not form: which addresses do not answer."""
+    silent = [a for a in cluster.peers if not _reachable(a)]
+    what = (f"cannot reach {', '.join(silent)}" if silent else
+            f"reached {', '.join(cluster.peers)} but the cluster did not form (do all workers have the same cluster?)")
+    return (f"--strategy multiworker: {cluster.name} {what} within {timeout:g} s "
+            "(check the addresses and ports, and start every worker; --connect-timeout sets the wait)")
+
+
 def _watchdog(cluster: Cluster, timeout: float, formed: threading.Event) -> None:
     """End the process with a one-line error if the cluster has not formed after ``timeout`` s."""
     if formed.wait(timeout):
         return
-    silent = [a for a in cluster.peers if not _reachable(a)]
-    what = (f"cannot reach {', '.join(silent)}" if silent else
-            f"reached {', '.join(cluster.peers)} but the cluster did not form (do all workers have the same cluster?)")
-    sys.stderr.write(f"edgedet: error: --strategy multiworker: {cluster.name} {what} within {timeout:g} s "
-                     "(check the addresses and ports, and start every worker; --connect-timeout sets the wait)\n")
     from edgedet.quiet import hard_exit
 
-    hard_exit(2)  # drains the stderr filter first, so the line above reaches the terminal
+    hard_exit(2, f"edgedet: error: {_formation_error(cluster, timeout)}\n")
 
 
 def _join_cluster(cluster: Cluster, connect_timeout: float):
@@ -179,6 +182,9 @@ def _join_cluster(cluster: Cluster, connect_timeout: float):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # The first collective proves every worker is there (registration alone may not).
         strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None)
+    except tf.errors.OpError:
+        # TensorFlow's own registration deadline can fire first: the same one line as the watchdog's.
+        raise ConfigError(_formation_error(cluster, connect_timeout)) from None
     finally:
         formed.set()
     return strategy
