@@ -232,7 +232,7 @@ def plan(args) -> list[Stage]:
 
     d_val = out / "5_validate"
     val_cmd = _edgedet("validate", "--baseline", d_train, "--models", *artifacts, "--data", data,
-                       "--split", "test", "--device", args.device, "--out", d_val)
+                       "--split", "test", "--device", args.device, "--data-plot", d_data / "stats.png", "--out", d_val)
     s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
     return [s_data, s_train, s_qat, s_conv, s_val]
 

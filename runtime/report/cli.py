@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--latency-metric", choices=LATENCY_METRICS, help="what the budget applies to (end_to_end.p50)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds per model before it is stopped (❌)")
+    p.add_argument("--data-plot", metavar="PNG", help="the dataset's `edgedet data stats --plot` picture, linked "
+                   "from the report")
     p.add_argument("--no-html", action="store_true", help="skip report.html (no matplotlib needed)")
     p.set_defaults(func=_validate)
 
@@ -74,7 +76,7 @@ def _validate(args) -> int:
         latency_budget_ms=args.latency_budget, latency_metric=args.latency_metric, limit=args.limit,
         timeout=args.timeout, html=not args.no_html, progress=sys.stderr.isatty(),
         command="edgedet " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
-        log=lambda m: print(m, file=sys.stderr),
+        data_plot=args.data_plot, log=lambda m: print(m, file=sys.stderr),
     )
     print(md_table(*summary_table(report)))
     for m in report["models"]:

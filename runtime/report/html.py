@@ -109,6 +109,8 @@ def render_html(report: dict) -> str:
         "<h1>edgedet validation report</h1><div class='meta'>",
         f"Data: <code>{_e(ds['path'])}</code>, split <code>{_e(ds['split'])}</code>, {ds['num_images']} images, "
         f"classes: {_e(', '.join(ds['class_names']))}<br>",
+        (f"Dataset picture (counts, box sizes, samples): <a id='data-plot' href='{_e(ds['plot'])}'>{_e(ds['plot'])}</a><br>"
+         if ds.get("plot") else ""),
         f"Thresholds: {_e(md.thresholds_line(report).replace('`', ''))}<br>",
         f"Host: {_e(md.host_line(report).replace('**', ''))}<br>",
         f"Created {_e(report['created'])} by edgedet {_e(report['tool']['version'])}"

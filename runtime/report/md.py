@@ -163,6 +163,7 @@ def render_markdown(report: dict) -> str:
         "# edgedet validation report", "",
         f"- Data: `{ds['path']}`, split `{ds['split']}`, {ds['num_images']} images, "
         f"classes: {', '.join(ds['class_names'])}",
+        *([f"- Dataset picture (counts, box sizes, samples): [{ds['plot']}]({ds['plot']})"] if ds.get("plot") else []),
         f"- Thresholds: {thresholds_line(report)}",
         f"- Host: {host_line(report)}",
         f"- Created {report['created']} by edgedet {report['tool']['version']}"

@@ -105,7 +105,7 @@ REPORT_SCHEMA: dict = {
             "properties": {"path": {"type": "string"}, "split": {"type": "string"},
                            "num_images": {"type": "integer", "minimum": 0},
                            "class_names": {"type": "array", "items": {"type": "string"}},
-                           "fingerprint": _STR},
+                           "fingerprint": _STR, "plot": _STR},
         },
         "thresholds": {
             "type": "object",

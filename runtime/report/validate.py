@@ -330,7 +330,8 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
              diagnosis: list[str] | None = None, max_ap_drop: float | None = None,
              latency_budget_ms: float | None = None, latency_metric: str | None = None,
              limit: int | None = None, timeout: float | None = None, html: bool = True,
-             progress: bool = True, command: str | None = None, log=print) -> dict:
+             progress: bool = True, command: str | None = None, data_plot: str | None = None,
+             log=print) -> dict:
     """Run the comparison and write report.json / report.md / report.html into ``out``.
 
     Args:
@@ -345,12 +346,16 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         max_ap_drop, latency_budget_ms, latency_metric: override the profile's thresholds.
         limit: use only the first N images of the split.
         timeout: seconds per model before it is stopped and marked ❌.
+        data_plot: the dataset's ``data stats --plot`` picture, linked from the report (its path
+            is stored relative to ``out`` so the report folder can move with its run folder).
 
     Returns:
         The report dict (``report["summary"]["exit_code"]`` is the CLI's exit code).
     """
     if not models and not baseline:
         raise ConfigError("--models: give at least one model file")
+    if data_plot and not Path(data_plot).is_file():
+        raise ConfigError(f"{data_plot}: --data-plot file does not exist")
     require("pycocotools", "PIL", what="edgedet validate")
     if html:
         require("matplotlib", what="report.html", alternative="pass --no-html")
@@ -411,6 +416,8 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     add_twin_deltas(entries, twins)
     dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names,
                "fingerprint": dataset_fingerprint(samples, class_names)}
+    if data_plot:
+        dataset["plot"] = os.path.relpath(Path(data_plot).resolve(), out_dir.resolve())
     report = assemble(entries, dataset, th, command=command)
     write_report(report, out_dir, html=html)
     return report
