@@ -3,10 +3,10 @@
 A 640x480 MP4 clip is made from BCCD photos (each shown for a few frames, panned by a few
 pixels per frame so consecutive frames differ), then the camera loop runs over it in both modes,
 interleaved (sequential, pipelined, sequential, ... ``--rounds`` times each), with the same
-Detector. Reported: median FPS (frames / wall second over the whole clip) per mode, their
+model, each mode with its own interpreter threads (by default what `edgedet camera` uses in that mode). Reported: median FPS (frames / wall second over the whole clip) per mode, their
 ratio, the load average, and whether every frame's detections were identical in both modes.
 
-    python benchmarks/bench_camera.py --model runs/bccd/5_convert/lite0_tflite-int8.tflite [--threads 2] [--rounds 5] [--save]
+    python benchmarks/bench_camera.py --model runs/bccd/5_convert/lite0_tflite-int8.tflite [--threads N | --seq-threads N] [--rounds 5] [--save]
 """
 from __future__ import annotations
 
@@ -62,20 +62,26 @@ def same(a: list, b: list) -> bool:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="interpreter threads for both modes (default: each mode's "
+                    "`edgedet camera` default: the library's for --sequential, every core but one pipelined)")
+    ap.add_argument("--seq-threads", type=int, help="interpreter threads for --sequential only (overrides --threads)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--clip", default="/tmp/edgedet-bench-camera/bccd_640x480.mp4")
     ap.add_argument("--save", action="store_true", help="also write the annotated video (as `--save out.mp4`)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    from edgedet.runtime.camera import pipeline_threads
     from edgedet.runtime.detector import Detector
 
     clip = Path(args.clip)
     clip.parent.mkdir(parents=True, exist_ok=True)
     make_clip(clip, args.frames)
-    det = Detector.from_file(args.model, threads=args.threads)
-    det.warmup(3)
+    threads = {"sequential": args.seq_threads or args.threads, "pipelined": args.threads or pipeline_threads()}
+    dets = {m: Detector.from_file(args.model, threads=t) for m, t in threads.items()}
+    for d in dets.values():
+        d.warmup(3)
+    det = dets["sequential"]
     fps = {"sequential": [], "pipelined": []}
     identical = True
     reference = None
@@ -83,7 +89,7 @@ def main(argv=None) -> dict:
     for _ in range(args.rounds):
         for mode in ("sequential", "pipelined"):
             out = str(clip.parent / f"annotated_{mode}.mp4") if args.save else None
-            stats, found = run_once(det, clip, mode == "sequential", out)
+            stats, found = run_once(dets[mode], clip, mode == "sequential", out)
             fps[mode].append(stats["fps"])
             reference = found if reference is None else reference
             identical &= same(reference, found)
@@ -91,7 +97,7 @@ def main(argv=None) -> dict:
     ratio = med["pipelined"] / med["sequential"]
     # each round runs both modes back to back: the per-round ratio cancels slow drifts in load
     paired = statistics.median(p / q for p, q in zip(fps["pipelined"], fps["sequential"]) if q)
-    print(f"{Path(args.model).name}, {det.input.size[0]} px, {args.threads} threads, {len(reference)} frames 640x480{' saved' if args.save else ''}, "
+    print(f"{Path(args.model).name}, {det.input.size[0]} px, threads {threads}, {len(reference)} frames 640x480{' saved' if args.save else ''}, "
           f"{args.rounds} interleaved rounds ({time.perf_counter() - t0:.0f} s); load avg before {load0:.2f}, "
           f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     for k, v in fps.items():
@@ -99,7 +105,7 @@ def main(argv=None) -> dict:
     print(f"  pipelined / sequential = {ratio:.2f}x (median of per-round ratios {paired:.2f}x); "
           f"detections identical in every frame of every run: {identical}")
     res = {"fps": fps, "median_fps": med, "ratio": ratio, "paired_ratio": paired, "identical": identical, "frames": len(reference),
-           "threads": args.threads, "load_before": load0, "load_after": os.getloadavg()[0]}
+           "threads": threads, "load_before": load0, "load_after": os.getloadavg()[0]}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return res

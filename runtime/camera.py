@@ -300,6 +300,21 @@ class _Behind:
         self._thread.join()
 
 
+def pipeline_threads() -> int:
+    """Interpreter threads for the pipelined loop when the user gives none: every core but one.
+
+    Capture, pre-processing and decoding run on their own threads during invoke; an interpreter
+    that also wants every core makes them wait for each other. On the 2-core x86 VM, Lite0@256
+    int8 ran the pipelined loop at 318 FPS with one interpreter thread, 253 with two; the
+    sequential loop is quickest with two (230 FPS). See docs/performance.md.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def run_camera(detector, source, headless: bool = False, save: str | None = None, max_frames: int | None = None,
                window: str = "edgedet", sequential: bool = False, on_detections=None) -> dict:
     """Run the demo loop.

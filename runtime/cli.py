@@ -7,10 +7,10 @@ import os
 import sys
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, threads: str = "the profile's, else the library's") -> None:
     p.add_argument("--model", required=True, help=".tflite, .onnx, OpenVINO .xml or folder")
     p.add_argument("--device", help="device profile (see `edgedet devices`) or backend device: cpu, usb:0, pci:0, nnapi, GPU, NPU, AUTO")
-    p.add_argument("--threads", type=int, help="CPU threads (default: the profile's, else the library's)")
+    p.add_argument("--threads", type=int, help=f"CPU threads (default: {threads})")
     p.add_argument("--fallback", choices=["cpu"], help="run on CPU when the delegate/device is missing (never silent otherwise)")
     p.add_argument("--score", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
@@ -34,7 +34,8 @@ def register(sub) -> None:
 
     c = sub.add_parser("camera", help="live demo: camera, video file or image folder with boxes and FPS",
                        description="Live detection demo. Press q (or Ctrl-C) to stop.")
-    _model_args(c)
+    _model_args(c, threads="the profile's, else every core but one unless --sequential: capture, "
+                "pre- and post-processing run on their own threads during invoke")
     c.add_argument("--source", default="0", help="camera index, video file or image folder (default 0)")
     c.add_argument("--headless", action="store_true", help="no window (use with --save)")
     c.add_argument("--save", metavar="OUT.mp4", help="write the annotated video")
@@ -148,6 +149,10 @@ def run_camera_cmd(args: argparse.Namespace) -> int:
 
     if args.headless and not args.save:
         print("edgedet: note: --headless without --save shows and saves nothing; printing stats only", file=sys.stderr)
+    if not args.sequential and args.threads is None and args.device is None:
+        from edgedet.runtime.camera import pipeline_threads  # noqa: PLC0415
+
+        args.threads = pipeline_threads()
     det = _detector(args)
     source = FrameSource(args.source)
     stats = run_camera(det, source, headless=args.headless, save=args.save, max_frames=args.max_frames,
