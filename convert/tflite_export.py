@@ -50,16 +50,17 @@ def tflite_bytes(ctx, mode: str) -> tuple[bytes, dict]:
     elif ctx.nms:
         import contextlib
 
-        from edgedet.convert.nms import convert_with_nms, qat_pixel_input, with_nms, with_pixel_extremes
+        from edgedet.convert.nms import (convert_with_nms, qat_pixel_input, qat_shared_head_ranges, with_nms,
+                                         with_pixel_extremes)
 
         m = src.meta
         nm = with_nms(model, m.input_size, m.anchor_config, m.num_classes, **ctx.nms_options)
-        pixels = contextlib.nullcontext()
+        pixels, head = contextlib.nullcontext(), contextlib.nullcontext()
         if representative is not None:
             representative = with_pixel_extremes(representative, m.input_size, m.mean, m.std)
         elif mode == "int8":
-            pixels = qat_pixel_input(model, m.mean, m.std)
-        with pixels:
+            pixels, head = qat_pixel_input(model, m.mean, m.std), qat_shared_head_ranges(model)
+        with pixels, head:
             data = convert_with_nms(nm, mode, representative, ctx.io_dtype)
     else:
         from edgedet.convert.tflite_converter import keras_to_tflite

@@ -188,6 +188,10 @@ class _Registry(d8_registry.Default8BitQuantizeRegistry):
     def __init__(self):
         super().__init__()
         self._layer_quantize_map[keras.layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
+        # Nearest upsampling copies values: its output range is its input's. A fake-quant of its
+        # own gives it a slightly different scale, and the converter then requantizes int8 ->
+        # int8 after every upsample (a QUANTIZE op whose rounding differs between kernel sets).
+        self._layer_quantize_map[keras.layers.UpSampling2D] = d8_registry.Default8BitQuantizeConfig([], [], False)
 
 
 class EdgedetQuantizeScheme(tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
