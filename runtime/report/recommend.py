@@ -87,8 +87,13 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
                                         f"{fmt_size(m.get('file_size_bytes'))} vs {fmt_size(best.get('file_size_bytes'))}"))
         else:
             others.append((m, "slower", f"{metric} {lat_m:.2f} ms vs {lat:.2f} ms ({(lat_m / lat - 1) * 100:+.0f} %)"))
-    accuracy = ("AP not checked against a float baseline" if max_drop is None or (best.get("delta") or {}).get("AP") is None
-                else f"ΔAP {best['delta']['AP'] * 100:+.2f} points within the {max_drop * 100:.2f}-point budget")
+    delta = (best.get("delta") or {}).get("AP")
+    if delta is None:
+        accuracy = "AP not checked against a float baseline"
+    elif max_drop is None:  # a baseline but no budget (no --device, no --max-ap-drop)
+        accuracy = f"ΔAP {delta * 100:+.2f} points, no AP budget set (--device or --max-ap-drop)"
+    else:
+        accuracy = f"ΔAP {delta * 100:+.2f} points within the {max_drop * 100:.2f}-point budget"
     reason = f"fastest within the accuracy budget: {metric} {lat:.2f} ms, {fmt_size(best.get('file_size_bytes'))}, {accuracy}"
     if len(tied) > 1:
         reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"

@@ -27,6 +27,15 @@ def test_fastest_within_budget_wins_and_the_others_say_why():
     assert "AP dropped 1.00 points (allowed 0.30)" in next(o["detail"] for o in rec["others"] if o["name"] == "b.tflite")
 
 
+def test_the_reason_says_whether_ap_was_checked():
+    models = [_m("float", 80.0, 13_000_000, role="baseline"), _m("int8.tflite", 10.0, 4_000_000, d_ap=-0.004)]
+    assert recommend(models, TH) is None  # over the 0.30-point budget, and the baseline is no candidate
+    no_budget = recommend(models, {"max_ap_drop": None, "latency_metric": "end_to_end.p50"})
+    assert no_budget["name"] == "int8.tflite" and "ΔAP -0.40 points, no AP budget set" in no_budget["reason"]
+    no_baseline = [dict(_m("int8.tflite", 10.0, 4_000_000), delta=None)]
+    assert "AP not checked against a float baseline" in recommend(no_baseline, TH)["reason"]
+
+
 def test_ties_go_to_the_smaller_file():
     # within 5 % of the fastest counts as equally fast: the smaller file wins
     models = [_m("fp32.tflite", 10.0, 12_000_000), _m("int8.tflite", 10.3, 4_000_000), _m("ov-int8", 10.4, 4_700_000)]
