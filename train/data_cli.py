@@ -53,6 +53,8 @@ def register(sub) -> None:
                    help="total images, split 75/12.5/12.5 into train/val/test (default 800)")
     y.add_argument("--image-size", type=int, default=256, metavar="S", help="square image side in px (default 256)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    y.add_argument("--classes", default=None, metavar="A,B",
+                   help="draw only these shapes (e.g. circle for a one-class set; default: all six)")
     y.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     y.add_argument("--workers", type=int, default=None, metavar="N",
                    help="generator processes (default: up to 4 CPUs); the output does not depend on it")
@@ -141,7 +143,8 @@ def _synth(args) -> int:
     t = time.time()
     info = write_synth(args.out, num_images=args.num_images or DEFAULT_NUM_IMAGES, image_size=args.image_size,
                        seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty(),
-                       workers=args.workers or min(4, os.cpu_count() or 1))
+                       workers=args.workers or min(4, os.cpu_count() or 1),
+                       classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None)
     counts = ", ".join(f"{k} {v['images']} images/{v['boxes']} boxes" for k, v in info["splits"].items())
     print(f"wrote {args.out}: {counts}; {len(info['classes'])} classes in {time.time() - t:.1f} s")
     return 0

@@ -60,12 +60,13 @@ MAX_OVERLAP = 0.30  # intersection / smaller box area between any two objects
 
 
 # ----------------------------------------------------------------------------- one image
-def render_image(rng, s: int):
+def render_image(rng, s: int, shapes: tuple[str, ...] = CLASSES):
     """Render one image.
 
     Args:
         rng: a ``numpy.random.Generator`` (the image's own stream).
         s: image side in pixels.
+        shapes: the classes to draw from (names in :data:`CLASSES`); returned class ids index it.
 
     Returns:
         ``(image uint8 (s, s, 3), boxes float32 (N, 4) xyxy px, classes int32 (N,))``.
@@ -76,9 +77,9 @@ def render_image(rng, s: int):
     # Several placement attempts per image: more boxes per step is more signal per unit of
     # training compute; crowded images simply place fewer of the large ones.
     for _ in range(int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))):
-        c = int(rng.integers(len(CLASSES)))
+        c = int(rng.integers(len(shapes)))
         size = s * np.exp(rng.uniform(np.log(MIN_SIZE), np.log(MAX_SIZE)))
-        polys, wh = transform(shape_polys(CLASSES[c], rng), rng, size)
+        polys, wh = transform(shape_polys(shapes[c], rng), rng, size)
         if wh.max() >= s - 2:
             continue
         placed = None
@@ -142,18 +143,19 @@ def split_counts(num_images: int) -> dict[str, int]:
 
 
 def _render_job(job) -> tuple[bytes, list, list]:
-    """``(seed, split_idx, i, size, quality)`` -> (JPEG bytes, boxes, classes); top-level so it pickles."""
+    """``(seed, split_idx, i, size, quality, names)`` -> (JPEG bytes, boxes, classes); top-level so it pickles."""
     from PIL import Image
 
-    seed, split_idx, i, size, quality = job
-    img, boxes, classes = render_image(np.random.default_rng([seed, split_idx, i]), size)
+    seed, split_idx, i, size, quality, names = job
+    img, boxes, classes = render_image(np.random.default_rng([seed, split_idx, i]), size, names)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=quality)
     return buf.getvalue(), boxes.tolist(), classes.tolist()
 
 
 def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256, seed: int = 0,
-                overwrite: bool = False, progress: bool = False, quality: int = 90, workers: int = 1) -> dict:
+                overwrite: bool = False, progress: bool = False, quality: int = 90, workers: int = 1,
+                classes: tuple[str, ...] | None = None) -> dict:
     """Write the synthetic dataset to ``out`` atomically (built next to it, then renamed).
 
     Args:
@@ -166,6 +168,8 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         quality: JPEG quality.
         workers: processes ("spawn", safe inside a TensorFlow process); the output does not
             depend on it.
+        classes: a subset of :data:`CLASSES` (e.g. one class); None: all six. The same
+            seed with all six gives the same bytes as without the option.
 
     Returns:
         The ``synth.json`` content (parameters, classes, per-split image and box counts).
@@ -175,18 +179,24 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         raise DataError(f"--image-size {image_size}: must be at least 64")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: already exists and is not empty (use --overwrite)")
+    names = tuple(classes) if classes else CLASSES
+    unknown = [n for n in names if n not in CLASSES]
+    if unknown or len(set(names)) != len(names):
+        raise DataError(f"--classes {','.join(names)}: choose distinct names from {', '.join(CLASSES)}")
     counts = split_counts(num_images)
     params = {"version": VERSION, "num_images": num_images, "image_size": image_size, "seed": seed, "quality": quality}
+    if names != CLASSES:
+        params["classes"] = list(names)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
+    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)]
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=num_images, desc="synth", unit="img", leave=False)
-    info = {**params, "classes": list(CLASSES), "splits": {}}
+    info = {**params, "classes": list(names), "splits": {}}
     image_id = ann_id = 0
     pool = None
     if workers > 1:
@@ -199,7 +209,7 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         for split_idx, (split, n) in enumerate(counts.items()):
             (tmp / split).mkdir()
             images, anns = [], []
-            jobs = [(seed, split_idx, i, image_size, quality) for i in range(n)]
+            jobs = [(seed, split_idx, i, image_size, quality, names) for i in range(n)]
             results = pool.map(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
             for i, (jpg, boxes, classes) in enumerate(results):
                 image_id += 1

@@ -98,3 +98,19 @@ def test_cli(tmp_path, capsys):
         assert im.size == (96, 96) and im.format == "JPEG"
     assert main(["data", "stats", str(tmp_path / "s")]) == 0
     assert "6 classes" in capsys.readouterr().out
+
+
+def test_one_class_set(tmp_path, capsys):
+    """`--classes circle`: every box is a circle, the dataset has that one class, and all six
+    classes (the default) still give the bytes of a run without the option."""
+    assert main(["data", "synth", str(tmp_path / "one"), "--num-images", "8", "--image-size", "96", "--classes", "circle"]) == 0
+    assert "1 classes" in capsys.readouterr().out
+    ds = load_dataset(str(tmp_path / "one"))
+    assert ds.class_names == ["circle"]
+    assert sum(len(s.boxes) for s in ds.samples()) > 0 and all((np.asarray(s.classes) == 0).all() for s in ds.samples())
+    write_synth(tmp_path / "all", num_images=4, image_size=96, classes=CLASSES)
+    write_synth(tmp_path / "default", num_images=4, image_size=96)
+    for f in ("train/000000.jpg", "annotations/instances_train.json"):
+        assert (tmp_path / "all" / f).read_bytes() == (tmp_path / "default" / f).read_bytes()
+    with pytest.raises(DataError, match="--classes blob: choose distinct names from circle"):
+        write_synth(tmp_path / "bad", num_images=4, image_size=96, classes=("blob",))
