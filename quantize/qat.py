@@ -112,6 +112,22 @@ class QATTrainer(Trainer):
         self.source_run = str(source_run)
         self.train_bn = bool(train_bn)
 
+    def _starting_point(self, best: dict) -> dict:
+        """Evaluate the calibrated QAT model before any step, as "epoch 0".
+
+        It is the float weights with post-training ranges (what PTQ ships, in simulation). A later
+        epoch replaces it as ``best`` only when its val AP is higher, so fine-tuning that hurts
+        (a few noisy steps on a small dataset) leaves the untrained starting point as the result.
+        """
+        if not self.val_samples:
+            return best
+        from edgedet.train.evaluate_keras import format_metrics
+
+        metrics = self.evaluate_ema()
+        best = self._save_weights(metrics, best, 0, last_too=False)
+        self.log(f"before QAT training (calibrated ranges): val {format_metrics(metrics)}")
+        return best
+
     def _load_data(self):
         super()._load_data()
         want = list(self.opts.classes or [])

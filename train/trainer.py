@@ -292,7 +292,13 @@ class Trainer(RunFiles):
         self.log(f"training {self.cfg.name} {self.cfg.image_size}px on {len(self.train_samples)} images "
                  f"({self.steps_per_epoch} steps/epoch x {self.epochs} epochs, batch {o.batch}, lr {o.base_lr:g}, "
                  f"{self.replicas} replica(s){where}, {self.frozen} frozen layers, val {len(self.val_samples)} images)")
+        if start_epoch == 0:
+            best = self._starting_point(best)
         return self._epochs(start_epoch, best)
+
+    def _starting_point(self, best: dict) -> dict:
+        """Before the first epoch of a fresh run: the ``best`` record to start from (none here)."""
+        return best
 
     def _epochs(self, epoch: int, best: dict) -> dict:
         tf = self._tf

@@ -1,7 +1,9 @@
 """``edgedet quantize`` from the command line: bad input (fast) and a QAT run end to end (slow)."""
 from __future__ import annotations
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +78,17 @@ def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys, monkeypatch):
     assert rc == 0, capsys.readouterr().err
     assert kinds and set(kinds) == {"qat"}, kinds
     data = json.loads((out / "run.json").read_text())
+    # The calibrated model is evaluated before the first step, as epoch 0; an epoch replaces it
+    # as best only with a higher val AP (a short fine-tune that hurts leaves the starting point).
+    start = re.search(r"before QAT training \(calibrated ranges\): val AP ([0-9.]+)", capsys.readouterr().err)
+    assert start, "no epoch-0 evaluation logged"
+    ap1 = float(next(csv.DictReader(open(out / "log.csv")))["val_AP"])
+    ap0, best = float(start.group(1)), data["best"]  # ap0 is logged to 3 decimals
+    assert best["epoch"] in (0, 1) and best["metrics"]["AP"] == pytest.approx(max(ap0, ap1), abs=6e-4)
+    if best["epoch"] == 0:
+        assert ap1 <= best["metrics"]["AP"] + 1e-5
+    else:
+        assert best["metrics"]["AP"] == pytest.approx(ap1, abs=1e-5) and ap1 > ap0 - 6e-4
     assert data["kind"] == "qat" and data["source_run"] == str(run.resolve()) and data["status"] == "done"
     assert data["train"]["lr"] == pytest.approx(0.08 * 4 / 64 / 10) and data["class_names"] == list(CLASSES)
     assert (out / "best.weights.h5").is_file() and (out / "state.npz").is_file()
