@@ -42,7 +42,8 @@ def _images(folder_of):
         yield name, split, size, boxes
 
 
-def _xml(path: Path, name: str, size, boxes) -> None:
+def write_voc_xml(path: Path, name: str, size, boxes) -> None:
+    """A Pascal VOC annotation for image ``name`` of ``size`` (w, h) with ``[(class, (x1, y1, x2, y2))]``."""
     ann = ET.Element("annotation")
     ET.SubElement(ann, "filename").text = name
     sz = ET.SubElement(ann, "size")
@@ -74,7 +75,7 @@ def _stem(name: str) -> str:
 # ----------------------------------------------------------------------------- VOC
 def voc_standard(root: Path) -> None:
     for name, split, size, boxes in _images(lambda s: root / "JPEGImages"):
-        _xml(root / "Annotations" / f"{_stem(name)}.xml", name, size, boxes)
+        write_voc_xml(root / "Annotations" / f"{_stem(name)}.xml", name, size, boxes)
     main = root / "ImageSets" / "Main"
     main.mkdir(parents=True)
     for split in ("train", "val", "test"):
@@ -84,18 +85,18 @@ def voc_standard(root: Path) -> None:
 def voc_folders(img: str, ann: str):
     def write(root: Path) -> None:
         for name, _, size, boxes in _images(lambda s: root / img):
-            _xml(root / ann / f"{_stem(name)}.xml", name, size, boxes)
+            write_voc_xml(root / ann / f"{_stem(name)}.xml", name, size, boxes)
     return write
 
 
 def voc_beside(root: Path) -> None:
     for name, _, size, boxes in _images(lambda s: root):
-        _xml(root / f"{_stem(name)}.xml", name, size, boxes)
+        write_voc_xml(root / f"{_stem(name)}.xml", name, size, boxes)
 
 
 def voc_roboflow(root: Path) -> None:
     for name, split, size, boxes in _images(lambda s: root / SPLIT_DIRS[s]):
-        _xml(root / SPLIT_DIRS[split] / f"{_stem(name)}.xml", name, size, boxes)
+        write_voc_xml(root / SPLIT_DIRS[split] / f"{_stem(name)}.xml", name, size, boxes)
     (root / "README.roboflow.txt").write_text("exported from roboflow\n")
 
 

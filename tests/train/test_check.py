@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folder itself
+from layout_files import write_voc_xml  # noqa: E402
 
 from edgedet.cli import main
 from edgedet.errors import DataError
@@ -81,19 +84,7 @@ def _write(root: Path, stem: str, objs, size=(64, 48), ann_size=None, image=True
         (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
         arr = np.random.default_rng(len(stem)).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / "JPEGImages" / f"{stem}.jpg", "JPEG", quality=90)
-    ann = ET.Element("annotation")
-    ET.SubElement(ann, "filename").text = f"{stem}.jpg"
-    sz = ET.SubElement(ann, "size")
-    w, h = ann_size or size
-    ET.SubElement(sz, "width").text, ET.SubElement(sz, "height").text = str(w), str(h)
-    for name, box in objs:
-        o = ET.SubElement(ann, "object")
-        ET.SubElement(o, "name").text = name
-        bb = ET.SubElement(o, "bndbox")
-        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, k).text = str(v)
-    (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(ann).write(root / "Annotations" / f"{stem}.xml")
+    write_voc_xml(root / "Annotations" / f"{stem}.xml", f"{stem}.jpg", ann_size or size, objs)
 
 
 @pytest.fixture()

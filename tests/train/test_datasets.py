@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folder itself
+from layout_files import write_voc_xml  # noqa: E402
 
 from edgedet.errors import DataError
 from edgedet.train.check import DataCheckError, check_dataset
@@ -46,18 +49,7 @@ def test_voc_bccd(bccd):
 def _voc(root: Path, objects: dict[str, list[tuple[str, tuple]]], size=(64, 48)) -> Path:
     for i, (stem, objs) in enumerate(objects.items()):
         jpeg(root / "JPEGImages" / f"{stem}.jpg", *size, seed=i)
-        ann = ET.Element("annotation")
-        ET.SubElement(ann, "filename").text = f"{stem}.jpg"
-        sz = ET.SubElement(ann, "size")
-        ET.SubElement(sz, "width").text, ET.SubElement(sz, "height").text = str(size[0]), str(size[1])
-        for name, box in objs:
-            o = ET.SubElement(ann, "object")
-            ET.SubElement(o, "name").text = name
-            bb = ET.SubElement(o, "bndbox")
-            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
-                ET.SubElement(bb, k).text = str(v)
-        (root / "Annotations").mkdir(parents=True, exist_ok=True)
-        ET.ElementTree(ann).write(root / "Annotations" / f"{stem}.xml")
+        write_voc_xml(root / "Annotations" / f"{stem}.xml", f"{stem}.jpg", size, objs)
     return root
 
 

@@ -138,7 +138,7 @@ def test_image_conversion_and_exif_everywhere(tmp_path):
     Image.fromarray(arr).save(root / "r.jpg", "JPEG", exif=exif.tobytes(), quality=95)
     lf.image(root / "k.jpg", (24, 16), "CMYK")
     lf.image(root / "p.png", (24, 16), "RGBA")
-    lf._xml(root / "r.xml", "r.jpg", (20, 40), [("cat", (1, 1, 10, 30))])  # labelled as displayed
+    lf.write_voc_xml(root / "r.xml", "r.jpg", (20, 40), [("cat", (1, 1, 10, 30))])  # labelled as displayed
     ds = load_dataset(root)
     s = ds.samples()[0]
     assert (s.width, s.height) == (20, 40)

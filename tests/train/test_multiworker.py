@@ -7,16 +7,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folder itself
+from killing import kill_mid_epoch  # noqa: E402
 
 pytest.importorskip("tensorflow")
 
@@ -126,27 +126,7 @@ def test_killed_worker_then_rerun_continues_from_the_chiefs_checkpoint(data, tmp
     out = tmp_path / "run"
     chief = _worker(data, out, workers, 0, tmp_path / "tmp0", "--no-progress")
     victim = _worker(data, tmp_path / "w", workers, 1, tmp_path / "tmp1", stdout=subprocess.DEVNULL, bufsize=0)
-    mid_epoch2 = re.compile(rf"epoch 2/{EPOCHS}:.*\|\s*([1-9]\d*)/8")
-    seen = []
-
-    def watch():
-        buf = ""
-        while True:
-            ch = victim.stderr.read(1)
-            if not ch:
-                return
-            buf += ch
-            if ch in "\r\n":
-                m = mid_epoch2.search(buf)
-                if m and int(m.group(1)) < 8:
-                    seen.append(buf)
-                    victim.send_signal(signal.SIGKILL)
-                    return
-                buf = ""
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    t.join(timeout=900)
+    seen = kill_mid_epoch(victim, 2, EPOCHS, 8, timeout=900)
     victim.wait(timeout=60)
     assert seen, "never saw epoch 2 in progress"
     # The chief notices within the heartbeat timeout and stops with a one-line error.

@@ -4,15 +4,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folder itself
+from killing import kill_mid_epoch  # noqa: E402
 
 pytest.importorskip("tensorflow")
 
@@ -48,27 +48,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
                            stderr=subprocess.PIPE, text=True)
     victim = subprocess.Popen(_cmd(data, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, bufsize=0)
-    seen = []
-    mid_epoch2 = re.compile(rf"epoch 2/{EPOCHS}:.*\|\s*([1-9]\d*)/{STEPS}")
-
-    def watch():
-        buf = ""
-        while True:
-            ch = victim.stderr.read(1)
-            if not ch:
-                return
-            buf += ch
-            if ch in "\r\n":
-                m = mid_epoch2.search(buf)
-                if m and int(m.group(1)) < STEPS:
-                    seen.append(buf)
-                    victim.send_signal(signal.SIGKILL)
-                    return
-                buf = ""
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    t.join(timeout=1500)
+    seen = kill_mid_epoch(victim, 2, EPOCHS, STEPS, timeout=1500)
     victim.wait(timeout=60)
     assert seen, "never saw epoch 2 in progress"
     assert victim.returncode == -signal.SIGKILL
