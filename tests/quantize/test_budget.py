@@ -99,6 +99,24 @@ def test_search_bisects_then_prunes():
     assert not miss["met"] and miss["float_layers"] == ["a"]
 
 
+def test_search_prunes_a_long_prefix_in_chunks():
+    """The tensor that carries the loss ranked deep in the list: bisection keeps a long prefix and
+    pruning must not pay one evaluation per tensor of it."""
+    from edgedet.quantize.budget import search
+
+    ranked = [f"t{i}" for i in range(600)]
+    harm = {"t3": 0.3, "t554": 0.25}  # everything else costs nothing in int8
+
+    def score(deny):
+        return 50.0 - sum(v for k, v in harm.items() if k not in deny)
+
+    found = search(score, ranked, 50.0, 0.2, log=lambda m: None)
+    assert found["met"] and sorted(found["float_layers"]) == ["t3", "t554"]
+    assert found["evaluations"] <= 30  # one tensor at a time would take 2 + 10 + 553
+    # 1-minimal: taking either back to int8 breaks the budget
+    assert all(50.0 - score([x for x in found["float_layers"] if x != t]) > 0.2 for t in found["float_layers"])
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--target", "edgetpu", "--target", "tflite-int8"], "--target edgetpu cannot run"),
     (["--device", "coral-usb"], "--device coral-usb cannot run"),
