@@ -99,7 +99,7 @@ def test_search_bisects_then_prunes():
     assert not miss["met"] and miss["float_layers"] == ["a"]
 
 
-def test_search_prunes_a_long_prefix_in_chunks():
+def test_search_finds_a_needed_tensor_ranked_deep():
     """The tensor that carries the loss ranked deep in the list: bisection keeps a long prefix and
     pruning must not pay one evaluation per tensor of it."""
     from edgedet.quantize.budget import search
