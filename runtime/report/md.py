@@ -33,7 +33,7 @@ def _vs_twin(m: dict) -> str:
     d = ((m.get("vs_twin") or {}).get("delta") or {}).get("AP")
     note = "" if d is None else f" (quantization {fmt_pct(d, 2, signed=True)} vs its float twin)"
     floats = ((m.get("quantization") or {}).get("budget") or {}).get("float_layers")
-    return note + (f" ({len(floats)} layers float)" if floats else "")
+    return note + (f" ({len(floats)} layer{'s' if len(floats) != 1 else ''} float)" if floats else "")
 
 
 def summary_table(report: dict) -> tuple[list[str], list[list[str]]]:
