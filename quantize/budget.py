@@ -123,13 +123,13 @@ def search(score: Callable[[list[str]], float], ranked: list[str], float_ap: flo
         max_evaluations: stop pruning after this many evaluations [``MAX_EVALUATIONS``].
 
     Returns:
-        ``{"float_layers", "AP", "drop", "met", "complete", "evaluations", "seconds", "log": [{"step",
+        ``{"float_layers", "AP", "drop", "met", "minimal", "evaluations", "seconds", "log": [{"step",
         "float_layers", "AP", "drop", "met"}]}``; ``float_layers`` is 1-minimal (dropping any one breaks
-        the budget) when ``met`` and ``complete``; ``complete`` is false when pruning stopped at
+        the budget) when ``met`` and ``minimal``; ``minimal`` is false when pruning stopped at
         ``max_evaluations`` (the set then meets the budget but may hold tensors it does not need);
         when even every candidate in float misses, the best measured set and ``met`` false.
     """
-    start, cache, steps, refused = time.perf_counter(), {}, [], []
+    start, cache, steps, refused = time.perf_counter(), {}, [], [0]
     cap = MAX_EVALUATIONS if max_evaluations is None else max_evaluations
 
     def trial(subset: list[str], step: str) -> bool:
@@ -137,7 +137,7 @@ def search(score: Callable[[list[str]], float], ranked: list[str], float_ap: flo
         if key not in cache and len(cache) >= cap:
             # Out of evaluations: "misses" without measuring. Pruning then keeps what it holds,
             # so the set it returns is the last one measured within budget.
-            refused.append(key)
+            refused[0] += 1
             return False
         if key not in cache:
             ap = float(score(list(subset)))
@@ -163,12 +163,12 @@ def search(score: Callable[[list[str]], float], ranked: list[str], float_ap: flo
                     lo = mid
             chosen = _prune(ranked[:hi], trial)
     ap = cache[frozenset(chosen)]
-    complete = not refused
-    if not complete:
+    minimal = not refused[0]
+    if not minimal:
         log(f"  stopped pruning after {cap} evaluations: {len(chosen)} float tensors meet the budget, "
             "some may not be needed")
     return {"float_layers": chosen, "AP": round(ap, 4), "drop": round(float_ap - ap, 4),
-            "met": float_ap - ap <= max_drop, "complete": complete, "evaluations": len(cache),
+            "met": float_ap - ap <= max_drop, "minimal": minimal, "evaluations": len(cache),
             "seconds": round(time.perf_counter() - start, 1), "log": steps}
 
 
@@ -241,25 +241,23 @@ def mixed_int8(model, arrays, evaluate: Callable[[bytes], float], float_ap: floa
     rows = rank_layers(calibrated, arrays, debug_images)
     log(f"calibrated and ranked {len(rows)} tensors in {time.perf_counter() - start:.1f} s; "
         f"float AP {float_ap:.3f}, budget {max_drop} points")
-    models: dict[frozenset, bytes] = {}
-
     def score(deny: list[str]) -> float:
-        data = quantize(calibrated, names, deny, io_dtype)
-        models[frozenset(deny)] = data
-        return evaluate(data)
+        return evaluate(quantize(calibrated, names, deny, io_dtype))
 
     found = search(score, [r["tensor"] for r in rows], float_ap, max_drop, log=log)
     by_tensor = {r["tensor"]: r for r in rows}
     deny = found["float_layers"]
     budget = {
         "max_drop": max_drop, "float_AP": round(float_ap, 4), "int8_AP": found["log"][0]["AP"],
-        "AP": found["AP"], "drop": found["drop"], "met": found["met"], "minimal": found["complete"],
+        "AP": found["AP"], "drop": found["drop"], "met": found["met"], "minimal": found["minimal"],
         "float_layers": [short_name(t) if t not in by_tensor else by_tensor[t]["layer"] for t in deny],
         "float_tensors": deny, "candidates": len(rows), "evaluations": found["evaluations"],
         "search_seconds": found["seconds"], "seconds": round(time.perf_counter() - start, 1),
         "ranking": "QuantizationDebugger RMSE/scale, worst first", "log": found["log"],
     }
-    return models[frozenset(deny)], budget
+    # Requantized rather than kept from the search: holding every candidate (up to
+    # MAX_EVALUATIONS files of up to fp32 size) would cost gigabytes for one requantize saved.
+    return quantize(calibrated, names, deny, io_dtype), budget
 
 
 def budget_tflite(ctx, representative) -> tuple[bytes, dict]:

@@ -115,11 +115,11 @@ def test_search_finds_a_needed_tensor_ranked_deep():
     assert found["evaluations"] <= 30  # one tensor at a time would take 2 + 10 + 553
     # 1-minimal: taking either back to int8 breaks the budget
     assert all(50.0 - score([x for x in found["float_layers"] if x != t]) > 0.2 for t in found["float_layers"])
-    assert found["complete"]
+    assert found["minimal"]
 
     # Out of evaluations mid-pruning: a set measured within budget, flagged as not minimal
     capped = search(score, ranked, 50.0, 0.2, log=lambda m: None, max_evaluations=15)
-    assert capped["met"] and not capped["complete"] and capped["evaluations"] == 15
+    assert capped["met"] and not capped["minimal"] and capped["evaluations"] == 15
     assert {"t3", "t554"} <= set(capped["float_layers"]) and len(capped["float_layers"]) > 2
 
 
