@@ -77,8 +77,14 @@ def hard_nms(
     cols = _columns(np.asarray(boxes, np.float32)[order])
     cls = None if classes is None else np.asarray(classes)[order]
     kept: list[int] = []
-    for start in range(0, n, _BLOCK):
-        cand = np.arange(start, min(n, start + _BLOCK))
+    start = 0
+    while start < n:
+        # Blocks no larger than the detections still wanted (plus a margin for suppressed ones):
+        # with many candidates, greedy NMS usually fills max_detections from the first few
+        # hundred, and the block x block matrix is the main cost.
+        size = min(_BLOCK, max(32, (max_detections - len(kept)) * 5 // 4 + 16))
+        cand = np.arange(start, min(n, start + size))
+        start += size
         if kept:
             cand = cand[~_suppress_matrix(cols, np.asarray(kept), cand, iou_threshold, cls).any(axis=0)]
         if not cand.size:

@@ -45,8 +45,11 @@ def _reference() -> bool:
 
 
 def _opencv():
-    if _reference():
-        return None
+    return None if _reference() else opencv()
+
+
+def opencv():
+    """The ``cv2`` module when OpenCV is installed, else ``None`` (looked up once)."""
     if not _CV2:
         try:
             import cv2  # noqa: PLC0415
@@ -176,23 +179,39 @@ def _blur_kernel(f: int) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def _resize(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 -> ``(new_h, new_w, 3)`` with Pillow's antialiased BILINEAR (see module doc)."""
+def _resize(image: np.ndarray, new_w: int, new_h: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(new_h, new_w, 3)`` with Pillow's antialiased BILINEAR (see module doc).
+
+    ``out``, a C-contiguous ``(new_h, new_w, 3)`` uint8 view (the canvas rows the image lands
+    on), receives the result when the OpenCV path runs, saving a copy; the return value is
+    what to use either way.
+    """
     ih, iw = image.shape[:2]
     if (iw, ih) == (new_w, new_h):
         return image
     fx, fy = _factor(iw, new_w), _factor(ih, new_h)
     cv2 = _opencv() if fx and fy else None
-    if cv2 is not None:
-        # A BGR->RGB frame is usually a channel-reversed view: filter the contiguous BGR buffer
-        # and swap the channels of the (4x smaller) result, instead of copying the whole frame.
-        flipped = image.strides[2] < 0
-        src = np.ascontiguousarray(image[..., ::-1] if flipped else image)
+    if cv2 is None:
+        return _pillow(image, new_w, new_h)
+    # A BGR->RGB frame is usually a channel-reversed view: filter the contiguous BGR buffer
+    # and swap the channels of the (4x smaller) result, instead of copying the whole frame.
+    flipped = image.strides[2] < 0
+    src = np.ascontiguousarray(image[..., ::-1] if flipped else image)
+    if fx == fy == 2:
+        # [1, 2, 1] / 4: OpenCV's fixed-point 3-tap Gaussian, 3x quicker than the generic filter.
+        blurred = cv2.GaussianBlur(src, (3, 3), 0, borderType=cv2.BORDER_REPLICATE)
+    else:
         blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
-        out = cv2.resize(blurred, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        _exact_borders(out, src, fx, fy)
-        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if flipped else out
-    return _pillow(image, new_w, new_h)
+    direct = out is not None and out.flags.c_contiguous and out.shape == (new_h, new_w, 3)
+    res = cv2.resize(blurred, (new_w, new_h), dst=out if direct and not flipped else None,
+                     interpolation=cv2.INTER_AREA)
+    _exact_borders(res, src, fx, fy)
+    if flipped:
+        res = cv2.cvtColor(res, cv2.COLOR_BGR2RGB, dst=out if direct else None)
+    if direct and res is not out:  # the binding allocated after all
+        out[...] = res
+        res = out
+    return res
 
 
 def _pillow(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
@@ -244,17 +263,19 @@ def letterbox(image: np.ndarray, size, mean=(127.0, 127.0, 127.0), source_hw=Non
     """
     h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     nh, nw, (scale, _) = fit_geometry(source_hw or image.shape[:2], (h, w))
-    resized = _resize(image[..., :3], nw, nh)
     if (nh, nw) == (h, w):
-        return np.ascontiguousarray(resized), float(scale)
+        return np.ascontiguousarray(_resize(image[..., :3], nw, nh)), float(scale)
     canvas = np.empty((h, w, 3), np.uint8)
+    rows = canvas[:nh] if nw == w else None  # contiguous: the resize can write straight into it
+    resized = _resize(image[..., :3], nw, nh, out=rows)
     fill = _fill(mean)
     # Fill only the padding, with a scalar when the channels agree: broadcasting a 3-vector over
     # the whole canvas is numpy's slowest case (a 3-element inner loop), 0.7 ms at 320 px.
     value = fill[0] if (fill == fill[0]).all() else fill
     canvas[nh:] = value
     canvas[:nh, nw:] = value
-    canvas[:nh, :nw] = resized
+    if resized is not rows:
+        canvas[:nh, :nw] = resized
     return canvas, float(scale)
 
 

@@ -55,15 +55,16 @@ def ref_soft_nms(boxes, scores, sigma, score_thr, max_det, classes=None):
     return keep, kept
 
 
-@pytest.mark.parametrize("n", [0, 1, 40, 300, 700])  # > 256: several blocks
+@pytest.mark.parametrize("n,max_det", [(0, 100), (1, 100), (40, 100), (300, 100), (700, 100),
+                                       (700, 7), (300, 1000)])  # > 256 or > the block: several blocks
 @pytest.mark.parametrize("per_class", [False, True])
-def test_hard_nms_matches_reference(n, per_class):
+def test_hard_nms_matches_reference(n, max_det, per_class):
     rng = np.random.default_rng(n + per_class)
     boxes = _random_boxes(rng, n, span=300 if n > 100 else 150)
     scores = rng.permutation(n).astype(np.float32) / max(n, 1)  # distinct scores: order is defined
     classes = rng.integers(0, 4, n).astype(np.int32) if per_class else None
-    got = hard_nms(boxes, scores, 0.5, 100, classes)
-    want = ref_hard_nms(boxes, scores, 0.5, 100, classes)
+    got = hard_nms(boxes, scores, 0.5, max_det, classes)
+    want = ref_hard_nms(boxes, scores, 0.5, max_det, classes)
     assert got.tolist() == want
 
 
@@ -213,11 +214,20 @@ def test_from_nms_outputs():
 
 
 def test_threshold_hits_in_flat_order_on_large_levels():
-    """Large levels may be scanned by OpenCV's findNonZero: same indices, same order as numpy."""
-    from edgedet.runtime.postprocess import _nonzero
+    """Large levels may be scanned by OpenCV (compare + findNonZero): the same indices, in the
+    same order, as numpy, for int8, uint8 and float32 logits, strict and not."""
+    from edgedet.runtime.postprocess import _at_least
 
     rng = np.random.default_rng(3)
     for shape in ((1600, 810), (400, 810), (3, 5)):
-        mask = rng.random(shape) > 0.999
-        np.testing.assert_array_equal(_nonzero(mask), np.flatnonzero(mask))
-    assert _nonzero(np.zeros((1600, 810), bool)).size == 0
+        for dtype, bound in ((np.int8, 97), (np.uint8, 230), (np.int8, -128), (np.float32, float(np.float32(2.3)))):
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                v = rng.integers(info.min, info.max + 1, shape, dtype=dtype)
+            else:
+                v = rng.normal(0, 1, shape).astype(np.float32)
+                v.flat[::977] = bound  # ties at the threshold must not pass a strict bound
+            for strict in (False, True):
+                ref = np.flatnonzero(v > bound if strict else v >= bound)
+                np.testing.assert_array_equal(_at_least(v, bound, strict), ref)
+    assert _at_least(np.full((1600, 810), -5, np.int8), 0, False).size == 0

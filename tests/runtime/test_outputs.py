@@ -48,6 +48,24 @@ def test_quantised_input_lut_matches_formula(dtype, quant):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("table", [np.arange(256, dtype=np.uint8)[::-1], (np.arange(256) - 128).astype(np.int8),
+                                   ((np.arange(256) - 127) / 128).astype(np.float32),
+                                   np.random.default_rng(4).normal(0, 1, (3, 256)).astype(np.float32)])
+def test_table_gather_is_the_same_with_and_without_opencv(monkeypatch, table):
+    """The input tables run on OpenCV's LUT when it is installed and on numpy's take otherwise."""
+    from edgedet.runtime import preprocess
+    from edgedet.runtime.outputs import _gather
+
+    canvas = np.random.default_rng(5).integers(0, 256, (2, 40, 24, 3), dtype=np.uint8)
+    want = np.stack([table[c][canvas[..., c]] for c in range(3)], -1) if table.ndim == 2 else table[canvas]
+    got = _gather(table, canvas)
+    monkeypatch.setattr(preprocess, "_CV2", [None])
+    plain = _gather(table, canvas)
+    assert got.dtype == plain.dtype == table.dtype and got.shape == canvas.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(plain, want)
+
+
 def test_float_and_nchw_inputs():
     mean, std = (10, 20, 30), (2, 4, 8)
     canvas = np.random.default_rng(2).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
