@@ -72,6 +72,9 @@ def test_float_and_nchw_inputs():
     want = (canvas - np.array(mean, np.float32)) / np.array(std, np.float32)
     nhwc = InputPlan(TensorSpec("x", (1, 128, 128, 3), np.dtype(np.float32)), _meta(mean=mean, std=std)).prepare(canvas)
     np.testing.assert_allclose(nhwc, want, rtol=1e-6)
+    # the per-channel table gives exactly the float32 arithmetic it replaces
+    m32, s32 = np.array(mean, np.float32), np.array(std, np.float32)
+    np.testing.assert_array_equal(nhwc, (canvas.astype(np.float32) - m32) * (np.float32(1.0) / s32))
     plan = InputPlan(TensorSpec("x", (-1, 3, 128, 128), np.dtype(np.float32)), _meta(mean=mean, std=std, layout="NCHW"))
     assert plan.nchw and plan.batch == -1 and plan.size == (128, 128)
     np.testing.assert_allclose(plan.prepare(canvas), want.transpose(0, 3, 1, 2), rtol=1e-6)
