@@ -197,11 +197,10 @@ def _resize(image: np.ndarray, new_w: int, new_h: int, out: np.ndarray | None = 
     # and swap the channels of the (4x smaller) result, instead of copying the whole frame.
     flipped = image.strides[2] < 0
     src = np.ascontiguousarray(image[..., ::-1] if flipped else image)
-    if fx == fy == 2:
-        # [1, 2, 1] / 4: OpenCV's fixed-point 3-tap Gaussian, 3x quicker than the generic filter.
-        blurred = cv2.GaussianBlur(src, (3, 3), 0, borderType=cv2.BORDER_REPLICATE)
-    else:
-        blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
+    # The float kernel rounds once (half to even). OpenCV's fixed-point GaussianBlur, 3x quicker
+    # for 2x, rounds halves up and so differs by one grey level on 1/32 of the pixels, which
+    # moved BCCD AP by up to 0.15 (docs/performance.md): the pixels stay these.
+    blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
     direct = out is not None and out.flags.c_contiguous and out.shape == (new_h, new_w, 3)
     res = cv2.resize(blurred, (new_w, new_h), dst=out if direct and not flipped else None,
                      interpolation=cv2.INTER_AREA)
