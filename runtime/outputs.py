@@ -65,13 +65,14 @@ class InputPlan:
             self.flip = self.dtype == np.int8 and all(np.array_equal(lut, px - 128) for lut in luts)
             # Same normalisation on every channel (Lite models: 127/128): one gather, not three.
             self.lut_shared = bool((self.lut == self.lut[0]).all())
-        elif self.dtype == np.float32 and self.mean.size == 3 and self.std.size == 3:
+        elif self.dtype == np.float32 and self.mean.size in (1, 3) and self.std.size in (1, 3):
             # The same float32 arithmetic as below, done once per pixel value: one gather
             # instead of three passes over the canvas (0.25 vs 0.75 ms at 320 px); one table
             # when every channel has the same mean and std (Lite models), else one per channel.
             px = np.arange(256, dtype=np.float32)
-            inv = np.float32(1.0) / self.std
-            self.float_lut = np.stack([(px - m) * i for m, i in zip(self.mean, inv)]).astype(np.float32)
+            # A standard-metadata file may give one mean/std for all channels.
+            mean, inv = np.broadcast_to(self.mean, (3,)), np.broadcast_to(np.float32(1.0) / self.std, (3,))
+            self.float_lut = np.stack([(px - m) * i for m, i in zip(mean, inv)]).astype(np.float32)
             if (self.float_lut == self.float_lut[0]).all():
                 self.float_lut = self.float_lut[0]
 

@@ -201,13 +201,11 @@ def _resize(image: np.ndarray, new_w: int, new_h: int, out: np.ndarray | None = 
     # for 2x, rounds halves up and so differs by one grey level on 1/32 of the pixels, which
     # moved BCCD AP by up to 0.15 (docs/performance.md): the pixels stay these.
     blurred = cv2.sepFilter2D(src, -1, _blur_kernel(fx), _blur_kernel(fy), borderType=cv2.BORDER_REPLICATE)
-    direct = out is not None and out.flags.c_contiguous and out.shape == (new_h, new_w, 3)
-    res = cv2.resize(blurred, (new_w, new_h), dst=out if direct and not flipped else None,
-                     interpolation=cv2.INTER_AREA)
+    res = cv2.resize(blurred, (new_w, new_h), dst=None if flipped else out, interpolation=cv2.INTER_AREA)
     _exact_borders(res, src, fx, fy)
     if flipped:
-        res = cv2.cvtColor(res, cv2.COLOR_BGR2RGB, dst=out if direct else None)
-    if direct and res is not out:  # the binding allocated after all
+        res = cv2.cvtColor(res, cv2.COLOR_BGR2RGB, dst=out)
+    if out is not None and res is not out:  # the binding allocated after all
         out[...] = res
         res = out
     return res
