@@ -1,6 +1,6 @@
 """Lite0 @ 320 px, 90-class COCO head: TFLite latency at 2 threads, fp32 vs int8, raw vs in-graph NMS.
 
-What is timed (the acceptance figures):
+What is timed (the headline figures):
     * ``tflite-int8``: invoke + the runtime's decode and NMS (``edgedet.runtime.Detector``,
       ``last_timing["invoke"] + last_timing["post"]``), uint8 in/out, raw outputs;
     * ``tflite-fp32``: invoke.
@@ -65,6 +65,7 @@ def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed
     from edgedet.model import build_model, get_config
     from edgedet.runtime.preprocess import letterbox, load_image, normalize
     from edgedet import runs as ck
+    from edgedet.files import atomic_write_json
 
     if (out / ck.RUN_JSON).is_file():
         return out
@@ -98,7 +99,7 @@ def make_lite0_run(out: Path, num_classes: int = CLASSES, size: int = SIZE, seed
             "class_names": [f"class{i}" for i in range(num_classes)], "mean": list(cfg.mean), "std": list(cfg.std),
             "model_config": cfg.to_dict(), "dataset": str(SHARED / "datasets" / "bccd"), "best": {"metrics": {}},
             "weights": {"best": ck.BEST}, "weights_sha256": ck.sha256_file(out / ck.BEST)}
-    ck.atomic_write_json(out / ck.RUN_JSON, data)
+    atomic_write_json(out / ck.RUN_JSON, data)
     return out
 
 
@@ -251,13 +252,11 @@ def main(argv=None) -> dict:
         m, e = med[k], extra[k]
         print(f"{k:<22}{m['pre']:>7.2f}{m['invoke']:>9.2f}{m['post']:>8.2f}{m['total']:>10.2f}{m['detections']:>6.0f}"
               f"{e['xnnpack_partitions']:>10d}{e['invoke_no_xnnpack_ms']:>11.1f}{e['size_mb']:>7.2f}")
-    ok_int8 = med["tflite-int8"]["total"] <= 18.0
-    ok_fp32 = med["tflite-fp32"]["invoke"] <= 22.0
-    print(f"acceptance: tflite-int8 invoke+decode+NMS {med['tflite-int8']['total']:.2f} ms <= 18: {'PASS' if ok_int8 else 'MISS'}; "
-          f"tflite-fp32 invoke {med['tflite-fp32']['invoke']:.2f} ms <= 22: {'PASS' if ok_fp32 else 'MISS'}")
+    i8, f32 = med["tflite-int8"]["total"], med["tflite-fp32"]["invoke"]
+    print(f"tflite-int8 invoke+decode+NMS {i8:.2f} ms, tflite-fp32 invoke {f32:.2f} ms: int8/fp32 {i8 / f32:.2f}x")
     result = {"candidates": cands, "threads": args.threads, "rounds": args.rounds, "iters": args.iters, "cpu": cpu,
               "load_before": load_before, "load_after": load_after, "median_ms": med, "models": extra,
-              "pass": {"int8": ok_int8, "fp32": ok_fp32}}
+              "int8_over_fp32": i8 / f32}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -142,7 +142,7 @@ def compare(int8: list[dict], fp32: list[dict], top: int) -> None:
         print(f"  {k:>4}x{k:<4} {n:>3} convs  int8 {i8:6.2f}  fp32 {f32:6.2f}  ratio {i8 / f32:5.2f}  diff {i8 - f32:+6.2f}")
     i8, f32 = sum(x["ms"] for x, _ in pairs), sum(y["ms"] for _, y in pairs)
     print(f"  {'all':>9} {len(pairs):>3} convs  int8 {i8:6.2f}  fp32 {f32:6.2f}  ratio {i8 / f32:5.2f}  diff {i8 - f32:+6.2f}")
-    print(f"\nlargest int8 losses (int8 - fp32 ms)")
+    print("\nlargest int8 losses (int8 - fp32 ms)")
     for x, y in sorted(pairs, key=lambda p: p[1]["ms"] - p[0]["ms"])[:top]:
         print(f"  {x['i']:>4} {x['op']:<18} {x['ms']:>7.3f} {y['ms']:>7.3f} {x['ms'] - y['ms']:+7.3f}  {_shape(x)}")
 

@@ -159,7 +159,7 @@ def overhead(models: list[str], image: str | None, threads: int, rounds: int, sc
                 w, c, outs = _stage_ms(lambda: det.backend.run(x))
                 r["invoke"].append(w)
                 w, c, found = _stage_ms(lambda: det.decode(outs, scales, hw))
-                del outs
+                outs = None  # zero-copy views must go before the next invoke
                 r["post"].append(w)
                 r["post_cpu"].append(c)
                 counts[m] = len(found)

@@ -23,7 +23,7 @@ Settings and findings (2-core machine, November 2026; see also ``edgedet.train.s
   either way, and batch 8 gives twice the updates.
 * The trainer's --time-limit plans the epochs with the mean epoch time of the run: with the
   last epoch's time, one stalled epoch (14 s among 8 s ones) cut the run to 18 epochs and test
-  AP50 to 0.76 (``edgedet.train.trainer.plan_epochs``).
+  AP50 to 0.76 (``edgedet.train.schedule.plan_epochs``).
 * Only the last epoch is evaluated on val (each evaluation costs time out of the budget).
 * Training is seeded (``--seed``); the synthetic set is deterministic per ``--data-seed``.
 

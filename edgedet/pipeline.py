@@ -154,32 +154,14 @@ def plan(args) -> list[Stage]:
 
     out = Path(args.out)
     profile = load_profile(args.device)
-    builtin = args.data is None
-    preset = dict(PRESETS[args.preset or ("quick" if builtin else "full")])
+    preset = dict(PRESETS[args.preset or ("quick" if args.data is None else "full")])
     for key in ("image_size", "epochs", "qat_epochs", "batch", "time_limit"):
         if getattr(args, key, None):
             preset[key] = getattr(args, key)
-    if builtin:
-        data = out / "1_data" / "synth"
-        data_inputs = {"dataset": "builtin-synth", "images": args.synth_images}
-    else:
-        data = Path(args.data).resolve()
-        if not data.exists():
-            raise DataError(f"{args.data}: dataset path does not exist")
-        data_inputs = {"dataset": str(data), "fingerprint": dataset_fingerprint(data)}
     size_args = ["--image-size", preset["image_size"]] if preset["image_size"] else []
     if not preset["image_size"] and getattr(profile, "input_size", None):
         size_args = ["--image-size", profile.input_size]
-
-    d_data = out / "1_data"
-    data_cmds = []
-    if builtin:
-        data_cmds.append(_edgedet("data", "synth", data, "--num-images", args.synth_images, "--overwrite"))
-    # `data check --json` prints its report; the pipeline keeps it as the stage's output.
-    data_cmds.append(_edgedet("data", "check", data, "--fix", "--json") + [f">{d_data / 'check.json'}"])
-    # The picture to look at before training: counts, box sizes, sample images with boxes.
-    data_cmds.append(_edgedet("data", "stats", data, "--plot", d_data / "stats.png"))
-    s_data = Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json"), str(d_data / "stats.png")])
+    data, s_data = _data_stage(args, out)
 
     d_train = out / "2_train"
     start = ["--backbone-weights", args.backbone_weights]
@@ -202,6 +184,41 @@ def plan(args) -> list[Stage]:
                        "--epochs", preset["qat_epochs"], *preset.get("qat_args", []), "--out", d_qat)
     s_qat = Stage("qat", d_qat, {"train": "2_train/best.weights.h5", "cmd": qat_cmd[3:]}, [qat_cmd])
 
+    s_conv = _convert_stage(args, out, profile, preset, data, d_train, d_qat)
+    artifacts = s_conv.outputs
+
+    d_val = out / "5_validate"
+    val_cmd = _edgedet("validate", "--baseline", d_train, "--models", *artifacts, "--data", data,
+                       "--split", "test", "--device", args.device, "--data-plot", s_data.folder / "stats.png", "--out", d_val)
+    s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
+    return [s_data, s_train, s_qat, s_conv, s_val]
+
+
+def _data_stage(args, out: Path) -> tuple[Path, Stage]:
+    """The dataset folder (the built-in synthetic one under ``out`` when ``--data`` is not given)
+    and the stage that writes it, checks it and plots its statistics."""
+    builtin = args.data is None
+    if builtin:
+        data = out / "1_data" / "synth"
+        data_inputs = {"dataset": "builtin-synth", "images": args.synth_images}
+    else:
+        data = Path(args.data).resolve()
+        if not data.exists():
+            raise DataError(f"{args.data}: dataset path does not exist")
+        data_inputs = {"dataset": str(data), "fingerprint": dataset_fingerprint(data)}
+    d_data = out / "1_data"
+    data_cmds = []
+    if builtin:
+        data_cmds.append(_edgedet("data", "synth", data, "--num-images", args.synth_images, "--overwrite"))
+    # `data check --json` prints its report; the pipeline keeps it as the stage's output.
+    data_cmds.append(_edgedet("data", "check", data, "--fix", "--json") + [f">{d_data / 'check.json'}"])
+    # The picture to look at before training: counts, box sizes, sample images with boxes.
+    data_cmds.append(_edgedet("data", "stats", data, "--plot", d_data / "stats.png"))
+    return data, Stage("data", d_data, data_inputs, data_cmds, [str(d_data / "check.json"), str(d_data / "stats.png")])
+
+
+def _convert_stage(args, out: Path, profile, preset: dict, data: Path, d_train: Path, d_qat: Path) -> Stage:
+    """Export every target of the profile (or ``--targets``); its outputs are the files to validate."""
     d_conv = out / "4_convert"
     targets = args.targets.split(",") if getattr(args, "targets", None) else list(profile.targets)
     # Integer targets come from the QAT checkpoint, the others from the float one (the registry
@@ -228,13 +245,7 @@ def plan(args) -> list[Stage]:
                                   "--names", ",".join(names), "--data", data, "--split", "val",
                                   "--out", d_conv / "int8"))
         artifacts += [str(d_conv / "int8" / n) for n in names]
-    s_conv = Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds, artifacts)
-
-    d_val = out / "5_validate"
-    val_cmd = _edgedet("validate", "--baseline", d_train, "--models", *artifacts, "--data", data,
-                       "--split", "test", "--device", args.device, "--data-plot", d_data / "stats.png", "--out", d_val)
-    s_val = Stage("validate", d_val, {"cmd": val_cmd[3:]}, [val_cmd], [str(d_val / "report.json")])
-    return [s_data, s_train, s_qat, s_conv, s_val]
+    return Stage("convert", d_conv, {"targets": targets, "cmds": [c[3:] for c in conv_cmds]}, conv_cmds, artifacts)
 
 
 def _absolute_init(init: str) -> str:
@@ -339,14 +350,12 @@ def run_pipeline(args) -> int:
         stage.folder.mkdir(parents=True, exist_ok=True)
         print(f"{head} running (pipeline elapsed {_fmt(time.time() - t0)})", flush=True)
         ts = time.time()
-        missed = False
         for cmd in stage.commands:
             cmd = _with_resume(stage, cmd)
             rc = _run_child(cmd, stage.folder / "stage.log")
             # `edgedet validate` exits 1 when a model missed a device threshold: the report is
-            # complete, so the stage is done, but the pipeline's exit code says so (CI gating).
+            # complete, so the stage is done; the summary's exit code says so (CI gating).
             if stage.name == "validate" and rc == 1 and (stage.folder / "report.json").exists():
-                missed = True
                 continue
             if rc != 0:
                 err = getattr(_run_child, "last_error", "") or f"exit code {rc}"

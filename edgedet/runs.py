@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedet.errors import ModelFileError
-from edgedet.files import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401 - re-exported for run writers
+from edgedet.files import atomic_path, sha256_file
 
 RUN_JSON = "run.json"
 BEST = "best.weights.h5"

@@ -337,6 +337,7 @@ def import_run(spec: str, out, class_names: list[str] | None = None, image_size:
 
     from edgedet.model.efficientdet import build_model
     from edgedet import runs as ckpt
+    from edgedet.files import atomic_write_json
 
     out = Path(out)
     if (out / ckpt.RUN_JSON).exists():
@@ -356,5 +357,5 @@ def import_run(spec: str, out, class_names: list[str] | None = None, image_size:
         "weights": {"best": ckpt.BEST}, "weights_sha256": ckpt.sha256_file(out / ckpt.BEST),
         "imported": source.describe(cfg),
     }
-    ckpt.atomic_write_json(out / ckpt.RUN_JSON, data)
+    atomic_write_json(out / ckpt.RUN_JSON, data)
     return data

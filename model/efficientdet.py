@@ -11,8 +11,6 @@ from edgedet.model.backbone import build_backbone
 from edgedet.model.bifpn import build_bifpn
 from edgedet.model.config import ModelConfig
 from edgedet.model.head import build_heads
-from edgedet.model.layers import custom_objects  # noqa: F401  (re-exported)
-from edgedet.runtime.anchors import LEVELS  # noqa: F401 - one definition, shared with the runtime
 from edgedet.runtime.outputs import OUTPUT_NAMES  # noqa: F401
 
 

@@ -1,4 +1,4 @@
-"""``edgedet quantize {qat,ptq,diagnose}``. Import-light: TensorFlow loads inside the handlers."""
+"""``edgedet quantize {qat,ptq,diagnose,choose}``. Import-light: TensorFlow loads inside the handlers."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,14 @@ def register(sub) -> None:
                        description="Quantization-aware training, post-training quantization and a per-layer diagnosis.")
     qs = q.add_subparsers(dest="quantize_command", metavar="{qat,ptq,diagnose,choose}")
     q.set_defaults(func=lambda args: (q.print_help(), 2)[1])
+    _add_qat(qs)
+    _add_ptq(qs)
+    _add_diagnose(qs)
+    _add_choose(qs)
 
+
+def _add_qat(qs) -> None:
+    """``quantize qat``: quantization-aware fine-tuning of a float run."""
     p = qs.add_parser("qat", formatter_class=_RAW, help="fine-tune a float run with quantization-aware training",
                       description="Fine-tune a float run (edgedet train) with fake-quant (tfmot), short low-LR schedule. "
                                   "Writes a new run folder (kind qat) that `edgedet convert` turns into a full-integer "
@@ -37,6 +44,9 @@ def register(sub) -> None:
     add_arguments(p)  # QAT keeps float32 under --mixed-precision (with a note)
     p.set_defaults(func=_qat)
 
+
+def _add_ptq(qs) -> None:
+    """``quantize ptq``: calibrated int8, fp16 and dynamic-range TFLite."""
     t = qs.add_parser("ptq", formatter_class=_RAW, help="post-training quantization to int8 (calibrated), fp16 and dynamic-range TFLite",
                       description="Calibrate a full-integer TFLite on a seeded sample of the dataset's train split "
                                   "(runtime pre-processing), and write fp16 / dynamic-range variants.",
@@ -51,6 +61,9 @@ def register(sub) -> None:
     t.add_argument("--io", default="uint8", choices=["uint8", "int8"], help="int8 model input/output type [uint8]")
     t.set_defaults(func=_ptq)
 
+
+def _add_diagnose(qs) -> None:
+    """``quantize diagnose``: float vs int8 tensor by tensor."""
     d = qs.add_parser("diagnose", formatter_class=_RAW, help="float vs int8 layer by layer, worst tensors, selective float fallback",
                       description="Per-tensor RMSE/scale (TFLite QuantizationDebugger; ~0.29 is healthy), the ten worst "
                                   "tensors, and whether keeping them float recovers the mAP. Writes diagnosis.md/json.",
@@ -70,6 +83,9 @@ def register(sub) -> None:
     d.add_argument("--json", action="store_true", help="print the diagnosis JSON")
     d.set_defaults(func=_diagnose)
 
+
+def _add_choose(qs) -> None:
+    """``quantize choose``: ship the QAT or the PTQ export, whichever scores higher."""
     c = qs.add_parser("choose", help="ship the better int8 export: QAT or PTQ, by AP on the validation split",
                       description="Evaluate QAT_DIR/NAME and PTQ_DIR/NAME on --split of --data and copy the one with "
                                   "the higher AP to OUT/NAME (ties: QAT); writes OUT/choice.json saying which and why.")

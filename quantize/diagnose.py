@@ -167,7 +167,7 @@ def diagnose(run_dir: str, data: str, out_dir: str | None = None, target: str = 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.convert.source import load_run_source
     from edgedet.convert.tflite_converter import float_ops, keras_to_tflite
-    from edgedet.runs import atomic_write_bytes, atomic_write_json
+    from edgedet.files import atomic_write_bytes, atomic_write_json
 
     out_dir = out_dir or os.path.join(run_dir, "diagnosis")
     source = load_run_source(run_dir)

@@ -166,7 +166,8 @@ def ptq(run_dir: str, data: str, out_dir: str | None = None, modes=MODES, count:
         DataError: calibration set smaller than ``batch``.
     """
     from edgedet.errors import did_you_mean
-    from edgedet.runs import atomic_write_json, read_run_json
+    from edgedet.files import atomic_write_json
+    from edgedet.runs import read_run_json
 
     modes = list(dict.fromkeys(modes))
     for m in modes:

@@ -233,7 +233,6 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         return dataclasses.replace(s, width=width, height=height, unknown_labels={})
 
     keep_boxes, keep_cls, keep_idx = [], [], []
-    bad = "error" if policy == "strict" else "skipped box"
     for j, (box, c) in enumerate(zip(s.boxes.astype(np.float64), s.classes.tolist())):
         label = ds.class_names[c] if 0 <= c < len(ds.class_names) else s.unknown_labels.get(j, f"class id {c}")
         if not 0 <= c < len(ds.class_names):
@@ -242,43 +241,16 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         if j in s.relabelled:
             add(ann_file, "relabelled", f"label {s.relabelled[j]!r} differs from class {label!r} only in case or spacing",
                 "error" if policy == "strict" else f"used {label!r}", box, label)
-        if not np.isfinite(box).all():
-            add(ann_file, "nonfinite_box", "coordinates are not finite numbers", bad, box, label)
+        kept = _check_box(box, width, height, policy, lambda *a: add(ann_file, *a, box, label))
+        if kept is None:
             continue
-        x1, y1, x2, y2 = box
-        if (x2 < x1 and abs(x2 - x1) >= MIN_BOX_PX) or (y2 < y1 and abs(y2 - y1) >= MIN_BOX_PX):
-            if policy == "fix":
-                add(ann_file, "inverted_box", "inverted box (max corner before min corner)", "swapped corners", box, label)
-                x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
-            else:
-                add(ann_file, "inverted_box", "inverted box (max corner before min corner)", bad, box, label)
-                continue
-        w, h = x2 - x1, y2 - y1
-        if w < MIN_BOX_PX or h < MIN_BOX_PX:
-            what = ("zero width and height" if w <= 0 and h <= 0 else "zero width" if w <= 0 else
-                    "zero height" if h <= 0 else f"{max(w, 0):g}x{max(h, 0):g} px")
-            add(ann_file, "degenerate_box", f"degenerate box ({what})", bad, box, label)
-            continue
-        t = BORDER_TOLERANCE_PX
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            add(ann_file, "outside_box", f"box entirely outside the {width}x{height} image", bad, box, label)
-            continue
-        if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-            reason = f"box extends outside the {width}x{height} image"
-            cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-            if policy == "fix" and cx2 - cx1 >= MIN_BOX_PX and cy2 - cy1 >= MIN_BOX_PX:
-                add(ann_file, "outside_box", reason, "clipped box", box, label)
-            else:
-                add(ann_file, "outside_box", reason, bad, box, label)
-                continue
-        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-        dup = _duplicate_of(np.array([x1, y1, x2, y2]), c, keep_boxes, keep_cls)
+        dup = _duplicate_of(np.array(kept), c, keep_boxes, keep_cls)
         if dup is not None:
             add(ann_file, "duplicate_box",
-                f"duplicate of box #{keep_idx[dup] + 1} (IoU {_iou(keep_boxes[dup], [x1, y1, x2, y2]):.2f})",
+                f"duplicate of box #{keep_idx[dup] + 1} (IoU {_iou(keep_boxes[dup], kept):.2f})",
                 "error" if policy == "strict" else "skipped box", box, label)
             continue
-        keep_boxes.append([x1, y1, x2, y2])
+        keep_boxes.append(kept)
         keep_cls.append(c)
         keep_idx.append(j)
     if not keep_boxes:
@@ -288,6 +260,41 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
         s, width=int(width), height=int(height), unknown_labels={},
         boxes=np.asarray(keep_boxes, dtype=np.float32).reshape(-1, 4),
         classes=np.asarray(keep_cls, dtype=np.int32))
+
+
+def _check_box(box, width: int, height: int, policy: str, add) -> list[float] | None:
+    """One box (x1, y1, x2, y2 in pixels) against a width x height image: the box to keep,
+    clipped to the image (and with swapped corners under ``fix``), or None to drop it.
+    ``add(kind, reason, action)`` records each finding."""
+    bad = "error" if policy == "strict" else "skipped box"
+    if not np.isfinite(box).all():
+        add("nonfinite_box", "coordinates are not finite numbers", bad)
+        return None
+    x1, y1, x2, y2 = box
+    if (x2 < x1 and abs(x2 - x1) >= MIN_BOX_PX) or (y2 < y1 and abs(y2 - y1) >= MIN_BOX_PX):
+        if policy != "fix":
+            add("inverted_box", "inverted box (max corner before min corner)", bad)
+            return None
+        add("inverted_box", "inverted box (max corner before min corner)", "swapped corners")
+        x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
+    w, h = x2 - x1, y2 - y1
+    if w < MIN_BOX_PX or h < MIN_BOX_PX:
+        what = ("zero width and height" if w <= 0 and h <= 0 else "zero width" if w <= 0 else
+                "zero height" if h <= 0 else f"{max(w, 0):g}x{max(h, 0):g} px")
+        add("degenerate_box", f"degenerate box ({what})", bad)
+        return None
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        add("outside_box", f"box entirely outside the {width}x{height} image", bad)
+        return None
+    t = BORDER_TOLERANCE_PX
+    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
+        reason = f"box extends outside the {width}x{height} image"
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if policy != "fix" or cx2 - cx1 < MIN_BOX_PX or cy2 - cy1 < MIN_BOX_PX:
+            add("outside_box", reason, bad)
+            return None
+        add("outside_box", reason, "clipped box")
+    return [max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)]
 
 
 def _iou(a, b) -> float:

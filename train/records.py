@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgedet import runs as ckpt
 from edgedet.errors import ConfigError
+from edgedet.files import atomic_write_bytes, atomic_write_json
 
 CSV_FIELDS = ("epoch", "step", "loss", "cls_loss", "box_loss", "lr", "epoch_s", "val_AP", "val_AP50", "val_AP75")
 
@@ -96,7 +97,7 @@ class RunFiles:
         if weights.get("best"):
             data["weights_sha256"] = ckpt.sha256_file(self.out / ckpt.BEST)
         data.update(self._run_extra())
-        ckpt.atomic_write_json(self.out / ckpt.RUN_JSON, data)
+        atomic_write_json(self.out / ckpt.RUN_JSON, data)
 
     def _append_csv(self, row: dict, epochs_done: int) -> None:
         path = self.out / "log.csv"
@@ -109,4 +110,4 @@ class RunFiles:
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
-        ckpt.atomic_write_bytes(path, buf.getvalue().encode())
+        atomic_write_bytes(path, buf.getvalue().encode())

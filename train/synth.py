@@ -153,6 +153,29 @@ def _render_job(job) -> tuple[bytes, list, list]:
     return buf.getvalue(), boxes.tolist(), classes.tolist()
 
 
+def _check_request(out: Path, image_size: int, overwrite: bool, classes) -> tuple[str, ...]:
+    """The class names to draw; a DataError for a bad size, an occupied ``out`` or unknown names."""
+    if image_size < 64:
+        raise DataError(f"--image-size {image_size}: must be at least 64")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out}: already exists and is not empty (use --overwrite)")
+    names = tuple(classes) if classes else CLASSES
+    unknown = [n for n in names if n not in CLASSES]
+    if unknown or len(set(names)) != len(names):
+        raise DataError(f"--classes {','.join(names)}: choose distinct names from {', '.join(CLASSES)}")
+    return names
+
+
+def _spawn_pool(workers: int):
+    """A "spawn" process pool (safe inside a TensorFlow process) for ``workers`` > 1, else None."""
+    if workers <= 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256, seed: int = 0,
                 overwrite: bool = False, progress: bool = False, quality: int = 90, workers: int = 1,
                 classes: tuple[str, ...] | None = None) -> dict:
@@ -175,14 +198,7 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         The ``synth.json`` content (parameters, classes, per-split image and box counts).
     """
     out = Path(out)
-    if image_size < 64:
-        raise DataError(f"--image-size {image_size}: must be at least 64")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: already exists and is not empty (use --overwrite)")
-    names = tuple(classes) if classes else CLASSES
-    unknown = [n for n in names if n not in CLASSES]
-    if unknown or len(set(names)) != len(names):
-        raise DataError(f"--classes {','.join(names)}: choose distinct names from {', '.join(CLASSES)}")
+    names = _check_request(out, image_size, overwrite, classes)
     counts = split_counts(num_images)
     params = {"version": VERSION, "num_images": num_images, "image_size": image_size, "seed": seed, "quality": quality}
     if names != CLASSES:
@@ -198,12 +214,7 @@ def write_synth(out, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 256
         bar = tqdm(total=num_images, desc="synth", unit="img", leave=False)
     info = {**params, "classes": list(names), "splits": {}}
     image_id = ann_id = 0
-    pool = None
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = _spawn_pool(workers)
     try:
         (tmp / "annotations").mkdir(parents=True)
         for split_idx, (split, n) in enumerate(counts.items()):

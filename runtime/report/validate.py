@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
 from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
 from edgedet.runtime.report.stats import gmacs_per_second
 from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis, output_table
+from edgedet.runtime.report.worker import run_worker
 
 KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
 TENSOR_IMAGES = 2  # images for the tensor-by-tensor TFLite comparison
@@ -137,40 +135,6 @@ def _device_for(path: str, prof, threads):
     if kind == prof.backend:
         return prof.name, threads
     return None, threads or prof.threads
-
-
-def _crash_text(rc: int, work: Path) -> str:
-    try:
-        name = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
-    except ValueError:
-        name = f"signal {-rc}"
-    log = (work / "crash.log").read_text(errors="replace") if (work / "crash.log").exists() else ""
-    frames = [ln.strip() for ln in log.splitlines() if ln.strip().startswith("File ")]
-    where = f"; in {frames[0]}" if frames else ""
-    return f"worker process crashed ({name}){where}"
-
-
-def run_worker(job: dict, work: Path, timeout: float | None = None) -> tuple[dict, dict | None]:
-    """Run one job in a subprocess; ``(result, npz or None)``. Never raises for model failures."""
-    work.mkdir(parents=True, exist_ok=True)
-    job = dict(job, out=str(work))
-    (work / "job.json").write_text(json.dumps(job))
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.report.worker", str(work / "job.json")],
-                              env=env, timeout=timeout, check=False)
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout:g} s"}, None
-    res_path = work / "result.json"
-    if not res_path.exists():
-        return {"ok": False, "error": _crash_text(rc, work)}, None
-    result = json.loads(res_path.read_text())
-    npz = None
-    if result.get("ok") and (work / "detections.npz").exists():
-        with np.load(work / "detections.npz") as z:
-            npz = {k: z[k] for k in z.files}
-    return result, npz
 
 
 def _detections(npz: dict, model_labels: list[str], class_names: list[str]) -> list[Detections]:
@@ -325,6 +289,31 @@ def _source_run(entry: dict) -> str | None:
     return (meta.extra.get("source") or {}).get("run") if meta is not None else None
 
 
+def _diagnosis_map(diagnosis: list[str] | None) -> dict[str, str]:
+    """``--diagnosis`` values (``PATH`` for every int8 model, or ``MODEL=PATH``) as {model or "*": path}."""
+    diag_map: dict[str, str] = {}
+    for d in diagnosis or []:
+        key, sep, val = d.rpartition("=")
+        diag_map[key if sep else "*"] = val
+    for p in diag_map.values():
+        if not os.path.isfile(p):
+            raise ConfigError(f"--diagnosis {p}: no such file")
+    return diag_map
+
+
+def _jobs(models: list[str], baseline: str | None) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """The (role, path) jobs in report order, their row names and the QAT runs' float twins:
+    the baseline, each QAT run's float twin (extra training vs quantization loss), the models."""
+    twins = qat_twins(models)
+    jobs = ([("baseline", baseline)] if baseline else []) + [("twin", run) for run in twins]
+    jobs += [("candidate", m) for m in models]
+    names = _names([p for _, p in jobs])
+    for k, (role, path) in enumerate(jobs):
+        if role == "twin" or (role == "baseline" and is_run_dir(path)):
+            names[k] = f"{'float' if role == 'baseline' else 'float twin'} ({os.path.basename(path.rstrip('/'))})"
+    return jobs, names, twins
+
+
 def validate(models: list[str], data: str, out: str, baseline: str | None = None, split: str = "test",
              device: str | None = None, threads: int | None = None, runs: int = 0,
              diagnosis: list[str] | None = None, max_ap_drop: float | None = None,
@@ -367,24 +356,9 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         from edgedet.runtime.report.keras import run_class_names
 
         run_classes = run_class_names(baseline)
-    diag_map: dict[str, str] = {}
-    for d in diagnosis or []:
-        key, sep, val = d.rpartition("=")
-        diag_map[key if sep else "*"] = val
-    for p in diag_map.values():
-        if not os.path.isfile(p):
-            raise ConfigError(f"--diagnosis {p}: no such file")
+    diag_map = _diagnosis_map(diagnosis)
     samples, class_names = load_samples(data, split, limit, classes=run_classes)
-    jobs = [("baseline", baseline)] if baseline else []
-    twins = qat_twins(models)  # each QAT run's float twin: extra training vs quantization loss
-    jobs += [("twin", run) for run in twins]
-    jobs += [("candidate", m) for m in models]
-    names = _names([p for _, p in jobs])
-    if baseline and is_run_dir(baseline):
-        names[0] = f"float ({os.path.basename(baseline.rstrip('/'))})"
-    for k, (role, path) in enumerate(jobs):
-        if role == "twin":
-            names[k] = f"float twin ({os.path.basename(path.rstrip('/'))})"
+    jobs, names, twins = _jobs(models, baseline)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))

@@ -12,16 +12,20 @@ every image and writes into the job's ``out`` folder:
   outputs ``(H, W, K)`` of the first ``keep_outputs`` images for the per-output error table.
 
 Its own process means a native crash (a delegate's segfault, an abort) takes down only this
-model: the parent sees the signal, reads the faulthandler log and marks the model ❌.
+model: the parent (:func:`run_worker`, called by ``validate``) sees the signal, reads the
+faulthandler log and marks the model ❌.
 """
 from __future__ import annotations
 
 import faulthandler
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -57,54 +61,21 @@ def _load_detector(job: dict):
 def run_job(job: dict, result: dict) -> dict:
     """Run one model on the job's images, filling ``result`` as it goes (so a failure part-way
     still reports provenance and how far it got)."""
-    from edgedet.runtime.preprocess import load_image
-
     out_dir = job["out"]
     result.update({"ok": False, "error": None, "images_done": 0, "file_size_bytes": file_size(job["model"])})
     t0 = time.perf_counter()
     det, eval_fn = _load_detector(job)
     result["init_ms"] = (time.perf_counter() - t0) * 1e3
-    meta = det.meta
-    result["meta"] = {"labels": list(det.labels), "target": meta.target or None, "quantization": meta.quantization,
-                      "macs": meta.macs, "model": meta.model, "calib_sha256": meta.calib_sha256 or None,
-                      "source_sha256": meta.source_sha256 or None, "outputs": meta.outputs,
-                      "input_size": list(meta.input_size), "extra": meta.extra}
-    prov = det.describe()
-    result["provenance"] = {"backend": prov.get("backend"), "backend_version": prov.get("version") or None,
-                            "delegate": prov.get("delegate"), "threads": prov.get("threads"),
-                            "device": prov.get("device")}
+    result.update(_describe(det))
     if job.get("file_size_bytes") is not None:
         result["file_size_bytes"] = job["file_size_bytes"]
     deploy = {k: getattr(det, k) for k in ("score_threshold", "iou_threshold", "max_detections", "nms")}
     evalpost = job["eval_post"]
     times = {"pre": [], "invoke": [], "post": [], "end_to_end": []}
     boxes, scores, classes, counts, kept = [], [], [], [], {}
-    cache: list[np.ndarray] = []
-    fault = os.environ.get("EDGEDET_VALIDATE_FAULT", "")  # test hook: "<model basename>:<image index>"
     n_images = len(job["images"])
-    n_calls = max(n_images, int(job.get("runs") or 0))
     first_ms = None
-    bar = None
-    if job.get("progress"):
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n_calls, desc=os.path.basename(job["model"].rstrip("/"))[:28], unit="img",
-                       leave=False, file=sys.stderr)
-        except ImportError:  # tqdm is optional on a device
-            bar = None
-    for call in range(n_calls):
-        if bar is not None:
-            bar.update(1)
-        i = call % n_images
-        if call < n_images:
-            image = load_image(job["images"][i])
-            if len(cache) < 16:
-                cache.append(image)
-        else:  # extra timing-only calls reuse images already in memory
-            image = cache[call % len(cache)]
-        if fault and fault == f"{os.path.basename(job['model'])}:{call}":
-            os.abort()
+    for call, i, image in _frames(job, max(n_images, int(job.get("runs") or 0))):
         # One invoke, two decodes: the timed one with the model's deployment settings, then an
         # untimed one with the evaluation settings (low score floor) for the accuracy numbers.
         a = time.perf_counter()
@@ -129,8 +100,6 @@ def run_job(job: dict, result: dict) -> dict:
         times["invoke"].append((c - b) * 1e3)
         times["post"].append((d - c) * 1e3)
         times["end_to_end"].append((d - a) * 1e3)
-    if bar is not None:
-        bar.close()
     if eval_fn is not None:
         for dets in eval_fn():
             _append(dets, boxes, scores, classes, counts)
@@ -142,6 +111,94 @@ def run_job(job: dict, result: dict) -> dict:
              classes=np.concatenate(classes) if classes else np.zeros((0,), np.int32),
              counts=np.asarray(counts, np.int64), **kept)
     return result
+
+
+def _frames(job: dict, n_calls: int):
+    """(call, image index, image as HxWx3 uint8) for each of ``n_calls`` calls: the job's images
+    in order, then timing-only calls that reuse up to 16 of them from memory."""
+    from edgedet.runtime.preprocess import load_image
+
+    images = job["images"]
+    cache: list[np.ndarray] = []
+    fault = os.environ.get("EDGEDET_VALIDATE_FAULT", "")  # test hook: "<model basename>:<image index>"
+    bar = _progress_bar(job, n_calls)
+    try:
+        for call in range(n_calls):
+            if bar is not None:
+                bar.update(1)
+            if call < len(images):
+                image = load_image(images[call])
+                if len(cache) < 16:
+                    cache.append(image)
+            else:
+                image = cache[call % len(cache)]
+            if fault and fault == f"{os.path.basename(job['model'])}:{call}":
+                os.abort()
+            yield call, call % len(images), image
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _describe(det) -> dict:
+    """The report's ``meta`` (what the file says about itself) and ``provenance`` (what ran it)."""
+    meta = det.meta
+    prov = det.describe()
+    return {
+        "meta": {"labels": list(det.labels), "target": meta.target or None, "quantization": meta.quantization,
+                 "macs": meta.macs, "model": meta.model, "calib_sha256": meta.calib_sha256 or None,
+                 "source_sha256": meta.source_sha256 or None, "outputs": meta.outputs,
+                 "input_size": list(meta.input_size), "extra": meta.extra},
+        "provenance": {"backend": prov.get("backend"), "backend_version": prov.get("version") or None,
+                       "delegate": prov.get("delegate"), "threads": prov.get("threads"),
+                       "device": prov.get("device")},
+    }
+
+
+def _progress_bar(job: dict, total: int):
+    """A tqdm bar on stderr when the job asks for one and tqdm is installed, else None."""
+    if not job.get("progress"):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on a device
+        return None
+    return tqdm(total=total, desc=os.path.basename(job["model"].rstrip("/"))[:28], unit="img",
+                leave=False, file=sys.stderr)
+
+
+def _crash_text(rc: int, work: Path) -> str:
+    try:
+        name = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
+    except ValueError:
+        name = f"signal {-rc}"
+    log = (work / "crash.log").read_text(errors="replace") if (work / "crash.log").exists() else ""
+    frames = [ln.strip() for ln in log.splitlines() if ln.strip().startswith("File ")]
+    where = f"; in {frames[0]}" if frames else ""
+    return f"worker process crashed ({name}){where}"
+
+
+def run_worker(job: dict, work: Path, timeout: float | None = None) -> tuple[dict, dict | None]:
+    """Run one job in a subprocess; ``(result, npz or None)``. Never raises for model failures."""
+    work.mkdir(parents=True, exist_ok=True)
+    job = dict(job, out=str(work))
+    (work / "job.json").write_text(json.dumps(job))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.report.worker", str(work / "job.json")],
+                              env=env, timeout=timeout, check=False)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:g} s"}, None
+    res_path = work / "result.json"
+    if not res_path.exists():
+        return {"ok": False, "error": _crash_text(rc, work)}, None
+    result = json.loads(res_path.read_text())
+    npz = None
+    if result.get("ok") and (work / "detections.npz").exists():
+        with np.load(work / "detections.npz") as z:
+            npz = {k: z[k] for k in z.files}
+    return result, npz
 
 
 def main(argv: list[str]) -> int:

@@ -123,8 +123,6 @@ def exports(tiny_run, calib_dir, tmp_path_factory):
 
 def keras_outputs(run, x):
     """Float reference: the run's Keras model on normalised ``(1, S, S, 3)`` input."""
-    from edgedet.runs import load_run
-
     model, _ = _cached_run(str(run))
     return [o.numpy() for o in model(x, training=False)]
 

@@ -12,8 +12,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from edgedet.extras import OPTIONAL_MODULES
 
 REPO = Path(__file__).resolve().parents[2]

@@ -183,7 +183,7 @@ def test_mirrored_strategy_on_two_logical_cpus(synth, tmp_path):
 
 
 def test_time_limit_plans_with_the_mean_epoch_not_the_last_one():
-    from edgedet.train.trainer import plan_epochs
+    from edgedet.train.schedule import plan_epochs
 
     # 5 epochs done in 60 s of a 4-minute budget; the last epoch stalled (14 s vs 8 s)
     fit, per_epoch = plan_epochs(4.0, 5, 60.0, [8.0, 8.0, 8.0, 8.0, 14.0], eval_s=2.0, eval_every=10)

@@ -75,7 +75,8 @@ def _build_models(root: Path) -> dict[str, str]:
         embed_tflite(str(p), meta(target, method))
         paths[name] = str(p)
     # The same weights as a training run folder (the run.json contract of edgedet.runs).
-    from edgedet.runs import atomic_write_json, save_weights
+    from edgedet.files import atomic_write_json
+    from edgedet.runs import save_weights
 
     run = root / "run"
     run.mkdir()
