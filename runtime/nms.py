@@ -90,18 +90,18 @@ def hard_nms(
         if not cand.size:
             continue
         sup = _suppress_matrix(cols, cand, cand, iou_threshold, cls)
-        # > 1 because the diagonal (a box with itself) is always set; rows that overlap nothing
-        # (the common case) need no bookkeeping at all.
-        overlaps = (np.count_nonzero(sup, axis=1) > 1).tolist()
+        # Only rows that overlap another candidate (> 1: the diagonal is always set) need the
+        # greedy walk. The matrix is symmetric, so a kept row's overlaps all come later in the
+        # block: walking those rows in score order and dropping what each kept one overlaps
+        # leaves exactly the boxes greedy NMS keeps.
         removed = np.zeros(cand.size, bool)
-        for i in range(cand.size):
-            if removed[i]:
-                continue
-            kept.append(int(cand[i]))
-            if len(kept) >= max_detections:
-                return order[np.asarray(kept, np.int64)]
-            if overlaps[i]:
+        for i in np.flatnonzero(np.count_nonzero(sup, axis=1) > 1).tolist():
+            if not removed[i]:
                 removed |= sup[i]
+                removed[i] = False
+        kept += cand[~removed][: max_detections - len(kept)].tolist()
+        if len(kept) >= max_detections:
+            break
     return order[np.asarray(kept, np.int64)]
 
 
