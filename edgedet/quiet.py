@@ -27,7 +27,10 @@ NOISE = re.compile(
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
     rb"|INFO: (?:Created TensorFlow Lite \S+ delegate for CPU|Initialized TensorFlow Lite runtime)"
-    rb"|WARNING:(?:absl|tensorflow):)"
+    rb"|WARNING:(?:absl|tensorflow):"
+    # the gRPC status that continues a TensorFlow error log line on the next lines
+    rb"|Additional GRPC error information from remote target "
+    rb"|:(?:[A-Z_]+:)?Error received from peer |:\{\"created\":\"@)"
 )
 # A partial line (no newline yet) is held until its newline so it can be judged whole, except a
 # progress bar redrawn with \r (or a very long line), which is forwarded at once.
@@ -71,9 +74,13 @@ def hard_exit(code: int, line: str = "") -> None:
 
     For a watchdog thread while the main thread is stuck in C++: the line goes past the stderr
     filter (whose pump may be behind) to the real file descriptor, and nothing else gets to run.
+    It takes the filter's lock and keeps it, so no line the pump is still forwarding (a
+    toolchain's last words) lands after ``line``.
     """
     data = line.encode("utf-8", "replace")
     fd = _ACTIVE[0].saved if _ACTIVE else 2
+    if _ACTIVE:
+        _ACTIVE[0].lock.acquire(timeout=1.0)
     with contextlib.suppress(Exception):
         sys.stderr.flush()
         while data:
@@ -86,6 +93,7 @@ class _StderrFilter:
 
     def __init__(self, saved: int, read_fd: int):
         self.saved, self.read_fd = saved, read_fd
+        self.lock = threading.Lock()  # held by each forward, and for good by a hard exit
         self.thread = threading.Thread(target=self._pump, name="edgedet-stderr-filter", daemon=True)
         self.thread.start()
 
@@ -120,11 +128,12 @@ class _StderrFilter:
             self._write(pending)
 
     def _write(self, data: bytes) -> None:
-        try:
-            while data:
-                data = data[os.write(self.saved, data):]
-        except OSError:
-            pass
+        with self.lock:
+            try:
+                while data:
+                    data = data[os.write(self.saved, data):]
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Restore fd 2 and forward what is still in the pipe (a child process still holding the

@@ -65,6 +65,9 @@ with toolchain_output(False):
         b"I0000 00:00:1796428877.504497    2458 mlir_graph_optimization_pass.cc:437] MLIR V1 optimization\n",
         b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
         b"WARNING:absl:Found untraced functions\n",
+        b"Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling /tensorflow.CoordinationService/RegisterTask:\n",
+        b':UNKNOWN:Error received from peer  {grpc_message:"Deadline Exceeded", grpc_status:4, created_time:"2026-12-05T11:03:19.52224351+00:00"}\n',
+        b':{"created":"@1733396599.522","description":"Error received from peer ipv4:127.0.0.1:1","grpc_status":4}\n',
         b"edgedet: warning: kept\n",
         b"\reval:  50%|#####     | 4/8",
     ):
