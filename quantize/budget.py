@@ -129,15 +129,17 @@ def search(score: Callable[[list[str]], float], ranked: list[str], float_ap: flo
         ``max_evaluations`` (the set then meets the budget but may hold tensors it does not need);
         when even every candidate in float misses, the best measured set and ``met`` false.
     """
-    start, cache, steps, refused = time.perf_counter(), {}, [], [0]
+    start, cache, steps = time.perf_counter(), {}, []
+    minimal = True  # until an evaluation is refused
     cap = MAX_EVALUATIONS if max_evaluations is None else max_evaluations
 
     def trial(subset: list[str], step: str) -> bool:
+        nonlocal minimal
         key = frozenset(subset)
         if key not in cache and len(cache) >= cap:
             # Out of evaluations: "misses" without measuring. Pruning then keeps what it holds,
             # so the set it returns is the last one measured within budget.
-            refused[0] += 1
+            minimal = False
             return False
         if key not in cache:
             ap = float(score(list(subset)))
@@ -163,7 +165,6 @@ def search(score: Callable[[list[str]], float], ranked: list[str], float_ap: flo
                     lo = mid
             chosen = _prune(ranked[:hi], trial)
     ap = cache[frozenset(chosen)]
-    minimal = not refused[0]
     if not minimal:
         log(f"  stopped pruning after {cap} evaluations: {len(chosen)} float tensors meet the budget, "
             "some may not be needed")

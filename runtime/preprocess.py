@@ -205,9 +205,6 @@ def _resize(image: np.ndarray, new_w: int, new_h: int, out: np.ndarray | None = 
     _exact_borders(res, src, fx, fy)
     if flipped:
         res = cv2.cvtColor(res, cv2.COLOR_BGR2RGB, dst=out)
-    if out is not None and res is not out:  # the binding allocated after all
-        out[...] = res
-        res = out
     return res
 
 
