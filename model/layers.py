@@ -53,18 +53,21 @@ class WeightedFusion(keras.layers.Layer):
             )
         super().build(input_shape)
 
+    def normalized_weights(self, dtype):
+        """``(n,)`` fusion weights: ReLU then divided by their sum (``fast``) or softmax."""
+        w = tf.cast(self.fusion_weights, dtype)
+        if self.method == "fast":
+            w = tf.nn.relu(w)
+            return w / (tf.reduce_sum(w) + self.epsilon)
+        return tf.nn.softmax(w)
+
     def call(self, inputs):
         if self.method == "sum":
             out = inputs[0]
             for x in inputs[1:]:
                 out = out + x
             return out
-        w = tf.cast(self.fusion_weights, inputs[0].dtype)
-        if self.method == "fast":
-            w = tf.nn.relu(w)
-            w = w / (tf.reduce_sum(w) + self.epsilon)
-        else:
-            w = tf.nn.softmax(w)
+        w = self.normalized_weights(inputs[0].dtype)
         out = inputs[0] * w[0]
         for i in range(1, len(inputs)):
             out = out + inputs[i] * w[i]

@@ -85,12 +85,7 @@ class QuantizedWeightedFusion(WeightedFusion):
         if self.method == "sum":
             terms = list(inputs)
         else:
-            w = tf.cast(self.fusion_weights, inputs[0].dtype)
-            if self.method == "fast":
-                w = tf.nn.relu(w)
-                w = w / (tf.reduce_sum(w) + self.epsilon)
-            else:
-                w = tf.nn.softmax(w)
+            w = self.normalized_weights(inputs[0].dtype)
             terms = [self._fq(x * w[i], f"scaled{i}", training) for i, x in enumerate(inputs)]
         out = terms[0]
         for i in range(1, len(terms)):

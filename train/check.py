@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +124,8 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
     jobs = [(name, s) for name, samples in ds.splits.items() for s in samples]
     paths = list(dict.fromkeys(s.image_path for _, s in jobs))
     workers = workers or min(4, os.cpu_count() or 1)
-    probe = _probe_image_decode if decode else _probe_image_header
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(probe, paths)
+        results = pool.map(partial(_probe_image, decode=decode), paths)
         if progress:
             from tqdm import tqdm
 
@@ -159,25 +159,11 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
     return Dataset(ds.root, list(ds.class_names), splits, ds.source_format, ds.layout, list(ds.notes)), issues
 
 
-def _probe_image_header(path: str):
-    """``(width, height)``, None when the file is missing, or the decoder's error message."""
-    from PIL import Image
+def _probe_image(path: str, decode: bool = False):
+    """``(width, height)``, None when the file is missing, or the decoder's error message.
 
-    from edgedet.runtime.preprocess import displayed_size
-
-    if not os.path.isfile(path):
-        return None
-    try:
-        with Image.open(path) as im:
-            if im.format not in TRAINABLE_FORMATS:
-                return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
-            return displayed_size(im)
-    except Exception as exc:  # Pillow raises many types for garbage files
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _probe_image_decode(path: str):
-    """Like :func:`_probe_image_header` but decodes the pixels too, to catch truncation."""
+    ``decode`` decodes the pixels too, to catch truncation; without it only the header is read.
+    """
     from PIL import Image
 
     from edgedet.runtime.preprocess import displayed_size
@@ -189,13 +175,15 @@ def _probe_image_decode(path: str):
             if im.format not in TRAINABLE_FORMATS:
                 return f"{im.format} images are not supported (training decodes {', '.join(TRAINABLE_FORMATS)})"
             size = displayed_size(im)
-            # JPEG draft mode decodes at 1/8 scale: ~3x faster, yet still consumes the
-            # whole entropy-coded stream, so a truncated file still fails.
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            im.load()
+            if decode:
+                # JPEG draft mode decodes at 1/8 scale: ~3x faster, yet still consumes the
+                # whole entropy-coded stream, so a truncated file still fails.
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
         return size
-    except Exception as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # Pillow raises many types for garbage files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues: list[Issue]) -> Sample | None:

@@ -1,29 +1,27 @@
 """Fixtures for the convert tests: a tiny run folder and its exports, built once per session.
 
-The run is the ``test-lite`` row (relu6, sum fusion) at 128 px with 3 classes. A freshly
-initialised detector is a poor stand-in for a trained one: its activations shrink layer by
-layer (head features ~1e-3) and it predicts the focal-loss prior everywhere (every logit
-~ -4.6), so int8 parity checks would be either vacuous or meaningless. The fixture therefore
-(1) sets every BatchNorm's moving statistics to the real statistics of a few images (one
-forward pass in training mode with momentum 0), as training would, and (2) rescales the two
-predictor convs so class logits spread over a few units and box deltas over a few tenths.
-Everything else is the real architecture and the real export path.
+The run is the ``test-lite`` row (relu6, sum fusion) at 128 px with 3 classes, made to behave
+like a trained detector by ``tests/realistic.py``; everything else is the real architecture and
+the real export path.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # --import-mode=importlib adds no test folder itself
+from realistic import make_realistic  # noqa: E402
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SIZE = 128
 LABELS = ["RBC", "WBC", "Platelets"]
-BN_MIX = 0.5
 
 
 def make_run(out: Path, variant: str = "test-lite", num_classes: int = 3, image_size: int | None = SIZE,
@@ -39,21 +37,7 @@ def make_run(out: Path, variant: str = "test-lite", num_classes: int = 3, image_
     model = build_model(cfg)
     rng = np.random.default_rng(seed)
     x = _images(cfg.image_size, rng)
-    bns = [l for l in model.layers if "BatchNormalization" in type(l).__name__]
-    for bn in bns:
-        bn.momentum = BN_MIX
-    model(x, training=True)  # moving mean/var := BN_MIX * init + (1 - BN_MIX) * data, layer by layer
-    for bn in bns:
-        bn.momentum = 0.99
-    for kind, target_std, bias in (("class", 2.0, -2.0), ("box", 0.3, 0.0)):
-        layer = model.get_layer(f"{kind}_net_predict_pw")
-        k, b = layer.get_weights()
-        k = rng.normal(0, 1.0, k.shape).astype(np.float32)
-        layer.set_weights([k, np.full_like(b, bias)])
-        outs = model(x[:2])
-        idx = 0 if kind == "class" else len(outs) // 2
-        std = float(np.std(outs[idx].numpy()))
-        layer.set_weights([k * (target_std / max(std, 1e-6)), np.full_like(b, bias)])
+    make_realistic(model, x, rng)
     out.mkdir(parents=True, exist_ok=True)
     ck.save_weights(model, out / ck.BEST)
     labels = list(labels or (LABELS if num_classes == 3 else [f"class{i}" for i in range(num_classes)]))

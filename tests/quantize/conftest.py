@@ -1,22 +1,19 @@
 """Fixtures for the quantize tests: a tiny synthetic dataset and tiny float runs of both families.
 
-A freshly initialised detector is a poor stand-in for a trained one: every class logit sits at
-the focal-loss prior, so "int8 tracks float" would be vacuous. :func:`make_realistic` therefore
-(1) moves every BatchNorm's moving statistics halfway to the real statistics of a few
-(synthetic-dataset) images, and (2) rescales the two predictor convs so class logits spread over
-a few units and box deltas over a few tenths. Halfway, not all the way: a random deep network
-whose every layer is normalised to unit variance is chaotic (a 1-LSB perturbation grows layer
-by layer; int8 then tracks float with cosine ~0.95 even though each block alone agrees to
-0.9999), which trained detectors are not. Everything else is the real architecture.
+The tiny runs are made to behave like trained ones by ``tests/realistic.py``.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # --import-mode=importlib adds no test folder itself
+from realistic import make_realistic  # noqa: E402
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,26 +41,6 @@ def synth_images(root: Path, size: int = SIZE, n: int = 8, split: str = "train",
     return np.stack([normalize(letterbox(load_image(f), (size, size), mean)[0], mean, std) for f in files]).astype(np.float32)
 
 
-def make_realistic(model, images: np.ndarray, seed: int = 0) -> None:
-    """BN statistics from data and spread-out predictor outputs (see module docstring)."""
-    rng = np.random.default_rng(seed)
-    bns = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
-    for bn in bns:
-        bn.momentum = 0.5
-    model(images, training=True)  # moving statistics := mean of init and this batch's, layer by layer
-    for bn in bns:
-        bn.momentum = 0.99
-    for kind, target_std, bias in (("class", 2.0, -2.0), ("box", 0.3, 0.0)):
-        layer = model.get_layer(f"{kind}_net_predict_pw")
-        k, b = layer.get_weights()
-        k = rng.normal(0, 1.0, k.shape).astype(np.float32)
-        layer.set_weights([k, np.full_like(b, bias)])
-        outs = model(images[:2])
-        idx = 0 if kind == "class" else len(outs) // 2
-        std = float(np.std(outs[idx].numpy()))
-        layer.set_weights([k * (target_std / max(std, 1e-6)), np.full_like(b, bias)])
-
-
 def build_realistic(variant: str, root: Path, num_classes: int = 6, seed: int = 0):
     import tf_keras as keras
 
@@ -72,7 +49,7 @@ def build_realistic(variant: str, root: Path, num_classes: int = 6, seed: int = 
     keras.utils.set_random_seed(seed)
     cfg = get_config(variant, num_classes=num_classes, image_size=SIZE)
     model = build_model(cfg)
-    make_realistic(model, synth_images(root, SIZE, mean=cfg.mean, std=cfg.std), seed)
+    make_realistic(model, synth_images(root, SIZE, mean=cfg.mean, std=cfg.std), np.random.default_rng(seed))
     return model, cfg
 
 
