@@ -116,5 +116,7 @@ def _merge(args) -> int:
     merged = merge_reports(args.reports, names=args.names)
     paths = write_merged(merged, args.out)
     print(md_table(*accuracy_table(merged)))
+    if merged["left_out"]:
+        print(f"\nleft out (host-only Keras rows, no file a device runs): {', '.join(merged['left_out'])}")
     print(f"\n{len(merged['models'])} models on {len(merged['devices'])} devices -> {paths['html']}")
     return 0

@@ -6,7 +6,8 @@ then merge: each model's AP and ΔAP per device side by side, latency per device
 device ran (architecture, CPU, runtime version, kernels).
 
 Models are matched by the sha256 of their files, never by name; reports of different files or
-of different images/labels are refused.
+of different images/labels are refused. A QAT run's float twin (a Keras row that only the host
+with TensorFlow evaluates) is no file a device runs, so it is left out, and the merge says so.
 """
 from __future__ import annotations
 
@@ -163,6 +164,10 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
     from edgedet import __version__
 
     reports = [load_report(p) for p in paths]
+    left_out = []
+    for r in reports:
+        left_out += [m["name"] for m in r["models"] if m.get("role") == "twin" and m["name"] not in left_out]
+        r["models"] = [m for m in r["models"] if m.get("role") != "twin"]
     _check_same_data(reports)
     _check_same_files(reports)
     labels = device_names(reports, names)
@@ -188,6 +193,7 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
         "dataset": ds,
         "devices": [_device_entry(n, r) for n, r in zip(labels, reports)],
         "models": models,
+        "left_out": left_out,
     }
 
 

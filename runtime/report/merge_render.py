@@ -97,7 +97,8 @@ def _intro(merged: dict) -> list[str]:
     ds = merged["dataset"]
     return [f"Data: split `{ds['split']}`, {ds['num_images']} images, classes: {', '.join(ds['class_names'])} "
             f"(fingerprint `{(ds.get('fingerprint') or '')[:12]}`; the same images and labels on every device)",
-            f"Devices: {', '.join(d['name'] for d in merged['devices'])}; models matched by file sha256",
+            f"Devices: {', '.join(d['name'] for d in merged['devices'])}; models matched by file sha256"
+            + (f"; left out (host-only Keras rows): {', '.join(merged['left_out'])}" if merged.get("left_out") else ""),
             f"Created {merged['created']} by edgedet {merged['tool']['version']}"]
 
 

@@ -141,3 +141,20 @@ def test_merged_html_renders_in_chromium(tmp_path):
     assert 'data-ok="1"' in status and 'data-images="1"' in status, status
     assert "AP raspberry-pi-5 − workstation" in dom and "litert 2.3.0 + xnnpack" in dom
     assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_merge_leaves_out_the_host_only_float_twin(tmp_path, capsys):
+    """The workstation's report has a QAT run's float twin (a Keras row); the device's cannot."""
+    x86 = device_report(tmp_path / "x86", "x86_64", 2.0, 3.0)
+    arm = device_report(tmp_path / "pi", "aarch64", 6.0, 40.0)
+    report = json.loads(x86.read_text())
+    twin = dict(report["models"][0], name="float twin (3_qat)", role="twin", format="keras", sha256="d" * 64)
+    report["models"].insert(1, twin)
+    x86.write_text(json.dumps(report))
+    assert main(["report", "merge", str(x86), str(arm), "--out", str(tmp_path / "merged")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out (host-only Keras rows, no file a device runs): float twin (3_qat)" in printed
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert [m["name"] for m in merged["models"]] == ["m_fp32.tflite", "m_int8.tflite"]
+    assert merged["left_out"] == ["float twin (3_qat)"]
+    assert "left out (host-only Keras rows): float twin (3_qat)" in (tmp_path / "merged" / "report.md").read_text()
