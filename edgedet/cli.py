@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from edgedet import __version__
@@ -74,4 +75,13 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("edgedet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`edgedet detect ... | head`): stop quietly, as other tools do;
+        # stdout goes to devnull so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # an output path that is a folder, a full disk, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edgedet: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return int(rc or 0)

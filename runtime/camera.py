@@ -141,13 +141,27 @@ class FrameSource:
         return frames()
 
 
-class _Writer:
-    """Atomic video writer: frames go to a temp file next to ``path``, renamed on close."""
+SAVE_SUFFIXES = (".mp4", ".avi")
 
-    def __init__(self, path: str, fps: float):
-        self.path, self.fps, self.w = path, fps, None
+
+def check_save_path(path: str) -> None:
+    """Refuse, before any work, a video path OpenCV would not write as one file (a ``.gif``
+    or ``.png`` name is an image sequence to it) or that is a folder."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; --save takes a video file name ending {' or '.join(SAVE_SUFFIXES)}")
+    if not path.lower().endswith(SAVE_SUFFIXES):
+        raise DataError(f"{path}: saved videos are {' or '.join(SAVE_SUFFIXES)} files")
+
+
+class _Writer:
+    """Atomic video writer: frames go to a temp file next to ``path``, renamed on close. The
+    frame rate is read from ``source`` at the first frame, once a video file has reported it."""
+
+    def __init__(self, path: str, source):
+        check_save_path(path)
+        self.path, self.source, self.w = path, source, None
         root, ext = os.path.splitext(path)
-        self.tmp = f"{root}.tmp{os.getpid()}{ext or '.mp4'}"
+        self.tmp = f"{root}.tmp{os.getpid()}{ext}"
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -155,7 +169,8 @@ class _Writer:
         if self.w is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.lower().endswith(".avi") else "mp4v"))
-            self.w = cv2.VideoWriter(self.tmp, fourcc, self.fps, (rgb.shape[1], rgb.shape[0]))
+            fps = float(getattr(self.source, "fps", 30.0) or 30.0)
+            self.w = cv2.VideoWriter(self.tmp, fourcc, fps, (rgb.shape[1], rgb.shape[0]))
             if not self.w.isOpened():
                 raise ToolchainError(f"OpenCV cannot write video {self.path} (codec mp4v/MJPG missing)")
         self.w.write(np.ascontiguousarray(rgb[..., ::-1]))
@@ -335,13 +350,14 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
         on_detections: called as ``on_detections(frame_index, detections)`` for each frame.
 
     Returns:
-        ``{"frames", "dropped", "fps", "invoke_ms", "stopped", "mode"}``: ``fps`` is frames per
-        second of wall time over the whole run; stopped is "end", "q", "interrupt" or "max_frames".
+        ``{"frames", "dropped", "fps", "invoke_ms", "stopped", "mode", "saved"}``: ``fps`` is frames
+        per second of wall time over the whole run; stopped is "end", "q", "interrupt" or
+        "max_frames"; saved is the video's path, or None when no frame was written.
     """
     cv2 = None if headless else _cv2()
     if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
-    writer = _Writer(save, getattr(source, "fps", 30.0)) if save else None
+    writer = _Writer(save, source) if save else None
     sink = _Frames(detector, writer, cv2, window, on_detections)
     items = _inline(source, detector.preprocess) if sequential else _Prefetch(source, detector.preprocess)
     behind = None if sequential or cv2 is not None else _Behind(sink.handle)
@@ -373,7 +389,7 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
     elapsed = time.perf_counter() - start
     return {"frames": sink.count, "dropped": dropped, "fps": round(sink.count / elapsed, 2) if sink.count else 0.0,
             "invoke_ms": round(float(np.median(invoke_ms)), 2) if invoke_ms else None, "stopped": stopped,
-            "mode": "sequential" if sequential else "pipelined"}
+            "mode": "sequential" if sequential else "pipelined", "saved": save if writer and writer.frames else None}
 
 
 def _finish(items, behind, source, writer, cv2) -> None:

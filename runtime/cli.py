@@ -6,21 +6,24 @@ import json
 import os
 import sys
 
+from edgedet.argtypes import fraction, positive
+
 
 def _model_args(p: argparse.ArgumentParser, threads: str = "the profile's, else the library's") -> None:
     p.add_argument("--model", required=True, help=".tflite, .onnx, OpenVINO .xml or folder")
     p.add_argument("--device", help="device profile (see `edgedet devices`) or backend device: cpu, usb:0, pci:0, nnapi, GPU, NPU, AUTO")
-    p.add_argument("--threads", type=int, help=f"CPU threads (default: {threads})")
+    p.add_argument("--threads", type=positive, help=f"CPU threads (default: {threads})")
     p.add_argument("--fallback", choices=["cpu"], help="run on CPU when the delegate/device is missing (never silent otherwise)")
-    p.add_argument("--score", type=float, default=0.3, help="score threshold (default 0.3)")
-    p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image (default 100)")
+    p.add_argument("--score", type=fraction, default=0.3, help="score threshold (default 0.3)")
+    p.add_argument("--iou", type=fraction, default=0.5, help="NMS IoU threshold (default 0.5)")
+    p.add_argument("--max-det", type=positive, default=100, help="detections per image (default 100)")
     p.add_argument("--nms", choices=["class", "global"], default="class", help="per-class or class-agnostic NMS")
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS")
     p.add_argument("--labels", help="labels file, one name per line (overrides/supplies the model's)")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="input size H [W] for a model without metadata")
+    p.add_argument("--image-size", type=positive, nargs="+", metavar="N", help="input size H [W] for a model without metadata")
     p.add_argument("--mean", type=float, nargs="+", help="normalisation mean (pixel units) for a model without metadata")
     p.add_argument("--std", type=float, nargs="+", help="normalisation std (pixel units) for a model without metadata")
+    p.add_argument("--anchor-scale", type=float, help="anchor size in strides for a model without metadata (D0-D7: 4, Lite0-4: 3)")
 
 
 def register(sub) -> None:
@@ -39,7 +42,7 @@ def register(sub) -> None:
     c.add_argument("--source", default="0", help="camera index, video file or image folder (default 0)")
     c.add_argument("--headless", action="store_true", help="no window (use with --save)")
     c.add_argument("--save", metavar="OUT.mp4", help="write the annotated video")
-    c.add_argument("--max-frames", type=int, help="stop after N frames")
+    c.add_argument("--max-frames", type=positive, help="stop after N frames")
     c.add_argument("--sequential", action="store_true",
                    help="one frame at a time on one thread (default: the next frame is read and pre-processed during invoke)")
     c.set_defaults(func=run_camera_cmd)
@@ -53,7 +56,7 @@ def _detector(args):
         size = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
     return Detector.from_file(
         args.model, device=args.device, threads=args.threads, fallback=args.fallback, labels=args.labels,
-        image_size=size, mean=args.mean, std=args.std, score_threshold=args.score, iou_threshold=args.iou,
+        image_size=size, mean=args.mean, std=args.std, anchor_scale=args.anchor_scale, score_threshold=args.score, iou_threshold=args.iou,
         max_detections=args.max_det, nms=args.nms, soft=args.soft_nms,
     )
 
@@ -80,10 +83,31 @@ def _expand(inputs) -> list[tuple[str, str]]:
     return out
 
 
-def _save_path(save: str, src: str, n_inputs: int, suffix: str) -> str:
-    if n_inputs == 1 and os.path.splitext(save)[1] and not os.path.isdir(save):
-        return save
-    return os.path.join(save, os.path.splitext(os.path.basename(src))[0] + suffix)
+def _save_targets(save: str | None, items: list[tuple[str, str]]) -> list[str | None]:
+    """Where each input's annotated copy goes, checked before any work: ``--save`` is one file
+    (a video name for a video, an image name for an image) for one input, a folder otherwise."""
+    from PIL import Image  # noqa: PLC0415
+
+    from edgedet.errors import DataError  # noqa: PLC0415
+    from edgedet.runtime.camera import SAVE_SUFFIXES, check_save_path  # noqa: PLC0415
+
+    if not save:
+        return [None] * len(items)
+    suffix = os.path.splitext(save)[1].lower()
+    if len(items) == 1 and suffix and not os.path.isdir(save):
+        kind = items[0][0]
+        if kind == "video":
+            check_save_path(save)
+        elif suffix not in Image.registered_extensions():
+            raise DataError(f"{save}: not an image file name Pillow can write (.jpg, .png, ...)")
+        return [save]
+    if os.path.exists(save) and not os.path.isdir(save):
+        raise DataError(f"{save}: is a file; --save takes a folder for {len(items)} inputs")
+    names = [os.path.splitext(os.path.basename(p))[0] + (SAVE_SUFFIXES[0] if k == "video" else ".jpg") for k, p in items]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(f"{save}: several inputs would be saved as {clash[0]}; save them into separate folders")
+    return [os.path.join(save, n) for n in names]
 
 
 def _save_image(path: str, rgb) -> None:
@@ -93,55 +117,66 @@ def _save_image(path: str, rgb) -> None:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp)
+        Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from edgedet.runtime.draw import draw_detections  # noqa: PLC0415
-    from edgedet.runtime.preprocess import load_image  # noqa: PLC0415
+    from edgedet.errors import DataError  # noqa: PLC0415
 
     items = _expand(args.inputs)
+    targets = _save_targets(args.save, items)
     det = _detector(args)
     info = det.describe()
     if not args.json:
         print(f"model {args.model}: {info['backend']} {info['version']} on {info['device']}"
               f"{' threads=' + str(info['threads']) if info['threads'] else ''}, input {det.input.size[0]}x{det.input.size[1]}, "
               f"{len(det.labels)} classes (loaded in {det.load_seconds * 1000:.0f} ms)")
-    results = []
-    for kind, path in items:
-        if kind == "video":
-            results.append(_detect_video(det, path, args))
-            continue
-        image = load_image(path)
-        dets = det.detect(image)
-        t = {k: round(v * 1000, 2) for k, v in det.last_timing.items()}
-        results.append({"image": path, "width": image.shape[1], "height": image.shape[0], "timing_ms": t,
-                        "detections": dets.to_list()})
-        if not args.json:
-            print(f"{path}: {len(dets)} detections  (pre {t['pre']:.1f} ms, invoke {t['invoke']:.1f} ms, post {t['post']:.1f} ms)")
-            for d in dets.to_list():
-                x1, y1, x2, y2 = d["box"]
-                print(f"  {d['label']:<16} {d['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
-        if args.save:
-            out = _save_path(args.save, path, len(items), ".jpg")
-            _save_image(out, draw_detections(image, dets))
-            if not args.json:
-                print(f"  saved {out}")
+    results, failed = [], 0
+    for (kind, path), out in zip(items, targets):
+        try:
+            results.append(_detect_video(det, path, out, args) if kind == "video" else _detect_image(det, path, out, args))
+        except DataError as exc:
+            if len(items) == 1:
+                raise
+            # one unreadable file in a folder: say so and go on with the others
+            failed += 1
+            results.append({"image": path, "error": str(exc)})
+            print(f"edgedet: warning: {exc}; skipped", file=sys.stderr)
     if args.json:
         json.dump({"model": args.model, "runtime": info, "results": results}, sys.stdout, indent=1)
         print()
-    return 0
+    return 1 if failed else 0
 
 
-def _detect_video(det, path: str, args) -> dict:
+def _detect_image(det, path: str, out: str | None, args) -> dict:
+    """Detect in one image file (a large JPEG is decoded already reduced, as in the API)."""
+    dets = det.detect(path)
+    (h, w), t = det.last_image_hw, {k: round(v * 1000, 2) for k, v in det.last_timing.items()}
+    if not args.json:
+        print(f"{path}: {len(dets)} detections  (pre {t['pre']:.1f} ms, invoke {t['invoke']:.1f} ms, post {t['post']:.1f} ms)")
+        for d in dets.to_list():
+            x1, y1, x2, y2 = d["box"]
+            print(f"  {d['label']:<16} {d['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+    if out:
+        from edgedet.runtime.draw import draw_detections  # noqa: PLC0415
+        from edgedet.runtime.preprocess import load_image  # noqa: PLC0415
+
+        _save_image(out, draw_detections(load_image(path), dets))
+        if not args.json:
+            print(f"  saved {out}")
+    return {"image": path, "width": int(w), "height": int(h), "timing_ms": t, "detections": dets.to_list()}
+
+
+def _detect_video(det, path: str, out: str | None, args) -> dict:
     from edgedet.runtime.camera import FrameSource, run_camera  # noqa: PLC0415
 
-    out = _save_path(args.save, path, 1 if args.save and args.save.lower().endswith((".mp4", ".avi")) else 2, ".mp4") if args.save else None
     stats = run_camera(det, FrameSource(path), headless=True, save=out)
     if not args.json:
         print(f"{path}: {stats['frames']} frames ({stats['dropped']} dropped), median invoke {stats['invoke_ms']} ms"
-              + (f"; saved {out}" if out else ""))
-    return {"video": path, **stats, "saved": out}
+              + (f"; saved {stats['saved']}" if stats["saved"] else ""))
+    if stats["stopped"] == "interrupt":
+        raise KeyboardInterrupt  # the demo loop stops quietly on Ctrl-C; detect stops altogether
+    return {"video": path, **stats}
 
 
 def run_camera_cmd(args: argparse.Namespace) -> int:
@@ -153,10 +188,17 @@ def run_camera_cmd(args: argparse.Namespace) -> int:
         from edgedet.runtime.camera import pipeline_threads  # noqa: PLC0415
 
         args.threads = pipeline_threads()
+    if args.save:
+        from edgedet.runtime.camera import check_save_path  # noqa: PLC0415
+
+        check_save_path(args.save)
     det = _detector(args)
     source = FrameSource(args.source)
     stats = run_camera(det, source, headless=args.headless, save=args.save, max_frames=args.max_frames,
                        sequential=args.sequential)
     print(f"camera: {stats['frames']} frames, {stats['dropped']} dropped, {stats['fps']} FPS ({stats['mode']}), "
-          f"median inference {stats['invoke_ms']} ms, stopped by {stats['stopped']}" + (f"; saved {args.save}" if args.save else ""))
+          f"median inference {stats['invoke_ms']} ms, stopped by {stats['stopped']}" + (f"; saved {stats['saved']}" if stats["saved"] else ""))
+    if not stats["frames"]:
+        print(f"edgedet: error: {args.source}: no frame could be read" + ("; nothing saved" if args.save else ""), file=sys.stderr)
+        return 1
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgedet.errors import ConfigError, ModelFileError
 from edgedet.files import model_kind
+from edgedet.runtime.anchors import AnchorConfig
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.metadata import ModelMeta, read_metadata, read_tflite_zip
 from edgedet.runtime.postprocess import from_nms_outputs, postprocess, to_original
@@ -77,6 +78,7 @@ class Detector:
         self.nms, self.soft, self.sigma, self.pre_nms_topk = nms, soft, sigma, pre_nms_topk
         self.labels = tuple(meta.labels)
         self.last_timing = {"pre": 0.0, "invoke": 0.0, "post": 0.0}
+        self.last_image_hw: tuple[int, int] | None = None  # original (H, W) of the last detect()
         self.load_seconds = 0.0
         self.input = InputPlan(backend.inputs[0], meta, raw_pixels=raw_pixels)
         if meta.outputs == "nms":
@@ -95,7 +97,7 @@ class Detector:
 
     @classmethod
     def from_file(cls, path, device: str | None = None, threads: int | None = None, fallback: str | None = None,
-                  labels=None, image_size=None, mean=None, std=None, **post) -> "Detector":
+                  labels=None, image_size=None, mean=None, std=None, anchor_scale=None, **post) -> "Detector":
         """Load a model file.
 
         Args:
@@ -110,6 +112,8 @@ class Detector:
             image_size: int or ``(h, w)``; required for raw-output models without metadata.
             mean, std: pixel-unit normalisation; required for models without metadata
                 (except a uint8-input 4-output TFLite, which takes pixels directly).
+            anchor_scale: base anchor size in strides; required for raw-output models without
+                metadata (EfficientDet D0-D7: 4, Lite0-4: 3), which decode wrongly with the other.
             **post: post-processing settings (score_threshold, iou_threshold, max_detections,
                 nms, soft, sigma, pre_nms_topk).
 
@@ -127,7 +131,7 @@ class Detector:
         from edgedet.runtime.backends.base import open_backend  # noqa: PLC0415
 
         backend = open_backend(path, kind, device=device, threads=threads, fallback=fallback)
-        meta, raw_pixels = _resolve_meta(path, kind, backend, labels, image_size, mean, std)
+        meta, raw_pixels = _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale)
         det = cls(backend, meta, path=path, raw_pixels=raw_pixels, **post)
         det.load_seconds = time.perf_counter() - t0
         return det
@@ -221,6 +225,7 @@ class Detector:
         del outs  # release zero-copy views before the next invoke
         t3 = time.perf_counter()
         self.last_timing = {"pre": t1 - t0, "invoke": t2 - t1, "post": t3 - t2}
+        self.last_image_hw = hw
         return dets
 
     __call__ = detect
@@ -296,7 +301,7 @@ def _resolve_device(device, threads, kind):
     return prof.device_for(kind), threads if threads else prof.threads
 
 
-def _resolve_meta(path, kind, backend, labels, image_size, mean, std) -> tuple[ModelMeta, bool]:
+def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale=None) -> tuple[ModelMeta, bool]:
     """Metadata from the file, completed/overridden by explicit arguments."""
     meta = read_metadata(path)
     file_labels = None
@@ -313,6 +318,8 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std) -> tuple[M
     user_labels = read_labels(labels)
     if meta is not None:
         if user_labels:
+            if meta.labels and len(user_labels) != len(meta.labels):
+                raise ConfigError(f"{labels}: {len(user_labels)} names, but {path} has {len(meta.labels)} classes")
             meta.labels = user_labels
         return meta, False
     outs = backend.outputs
@@ -329,12 +336,15 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std) -> tuple[M
         meta = ModelMeta(labels=names, input_size=(int(h), int(w)), outputs="nms", resize="stretch",
                          mean=_triple(mean, 0.0), std=_triple(std, 1.0), target="tflite-nms")
         return meta, raw_pixels
-    missing = [n for n, v in (("--labels", names), ("--image-size", image_size), ("--mean", mean), ("--std", std)) if v is None]
+    missing = [n for n, v in (("--labels", names), ("--image-size", image_size), ("--mean", mean), ("--std", std),
+                              ("--anchor-scale", anchor_scale)) if v is None]
     if missing:
         raise ModelFileError(f"{path}: no edgedet metadata in this file; pass {', '.join(missing)} to run it anyway")
     size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
     layout = "NCHW" if len(inp.shape) == 4 and inp.shape[1] == 3 and inp.shape[-1] != 3 else "NHWC"
-    return ModelMeta(labels=names, input_size=size, layout=layout, mean=_triple(mean, 0.0), std=_triple(std, 1.0)), False
+    anchors = AnchorConfig(anchor_scale=float(anchor_scale)).to_dict()
+    return ModelMeta(labels=names, input_size=size, layout=layout, mean=_triple(mean, 0.0), std=_triple(std, 1.0),
+                     anchors=anchors), False
 
 
 def _triple(v, default) -> tuple[float, float, float]:
@@ -343,6 +353,8 @@ def _triple(v, default) -> tuple[float, float, float]:
     if np.isscalar(v):
         return (float(v),) * 3
     v = [float(x) for x in v]
+    if len(v) not in (1, 3):
+        raise ConfigError(f"--mean and --std take 1 value or 3 (one per RGB channel), got {len(v)}")
     return tuple(v * 3) if len(v) == 1 else tuple(v)  # type: ignore[return-value]
 
 

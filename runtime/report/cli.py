@@ -4,6 +4,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from edgedet.argtypes import at_least, positive
+
 LATENCY_METRICS = ("end_to_end.p50", "end_to_end.p90", "end_to_end.p99", "invoke.p50", "invoke.p90", "invoke.p99")
 
 
@@ -20,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="split to evaluate on (default: test)")
     p.add_argument("--device", metavar="PROFILE", help="device profile: thresholds, delegate and threads")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md/json/html")
-    p.add_argument("--threads", type=int, help="CPU threads for every model (overrides the profile)")
-    p.add_argument("--runs", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=positive, help="CPU threads for every model (overrides the profile)")
+    p.add_argument("--runs", type=at_least(0), default=0, metavar="N",
                    help="at least N timed calls per model (images are cycled); default: one per image")
     p.add_argument("--diagnosis", action="append", metavar="[MODEL=]PATH",
                    help="quantize diagnosis JSON to embed (for every int8 model, or MODEL=PATH); repeatable")
@@ -29,7 +31,7 @@ def register(sub) -> None:
                    help="allowed AP drop vs float as an AP fraction (0.01 = one point); overrides the profile")
     p.add_argument("--latency-budget", type=float, metavar="MS", help="latency budget in ms; overrides the profile")
     p.add_argument("--latency-metric", choices=LATENCY_METRICS, help="what the budget applies to (end_to_end.p50)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split")
+    p.add_argument("--limit", type=positive, metavar="N", help="only the first N images of the split")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds per model before it is stopped (❌)")
     p.add_argument("--data-plot", metavar="PNG", help="the dataset's `edgedet data stats --plot` picture, linked "
                    "from the report")
@@ -42,10 +44,10 @@ def register(sub) -> None:
                     "them alike; reports medians and ratios against the first model.",
     )
     b.add_argument("--models", nargs="+", required=True, metavar="FILE")
-    b.add_argument("--threads", nargs="+", type=int, metavar="N", help="thread counts to compare (each model x each)")
+    b.add_argument("--threads", nargs="+", type=positive, metavar="N", help="thread counts to compare (each model x each)")
     b.add_argument("--device", metavar="PROFILE", help="device profile (delegate/threads for its format)")
-    b.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per configuration (default 50)")
-    b.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs per configuration first")
+    b.add_argument("--runs", type=positive, default=50, metavar="N", help="timed runs per configuration (default 50)")
+    b.add_argument("--warmup", type=at_least(0), default=3, metavar="N", help="untimed runs per configuration first")
     b.add_argument("--image", metavar="PATH", help="image to run on (default: a synthetic 640x480 frame)")
     b.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     b.set_defaults(func=_bench)

@@ -87,6 +87,57 @@ def test_camera_headless_on_video(rt_models, tmp_path, capsys):
     assert "2 frames" in capsys.readouterr().out
 
 
+def test_detect_and_camera_refuse_bad_arguments_before_any_work(rt_models, rt_image, tmp_path, capsys):
+    from PIL import Image
+
+    model = rt_models.tflite("int8")
+    video = tmp_path / "clip.avi"
+    _write_video(video, frames=3)
+    Image.fromarray(rt_image).save(tmp_path / "a.png")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    cases = [
+        (["camera", "--model", model, "--source", str(video), "--headless", "--save", str(tmp_path / "c.gif")], "saved videos are .mp4 or .avi"),
+        (["camera", "--model", model, "--source", str(video), "--headless", "--save", str(tmp_path)], "is a folder"),
+        (["detect", "--model", model, str(video), "--save", str(tmp_path / "v.jpg")], "saved videos are .mp4 or .avi"),
+        (["detect", "--model", model, str(tmp_path / "a.png"), "--save", str(tmp_path / "one.xyz")], "not an image file name"),
+        (["detect", "--model", model, str(tmp_path / "a.png"), str(video), "--save", str(tmp_path / "taken")], "is a file"),
+        (["detect", "--model", model, str(video), str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--save", str(tmp_path / "o")],
+         "several inputs would be saved as a.jpg"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "clip.avi", "taken"]  # nothing written
+    for flag, value in (("--score", "1.5"), ("--iou", "-0.1"), ("--max-det", "0"), ("--threads", "0")):
+        with pytest.raises(SystemExit) as e:
+            main(["detect", "--model", model, str(tmp_path / "a.png"), flag, value])
+        assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_detect_skips_an_unreadable_file_in_a_folder_and_keeps_the_source_frame_rate(rt_models, rt_image, tmp_path, capsys):
+    import cv2
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rt_image).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(rt_image).save(folder / "c.png")
+    assert main(["detect", "--model", rt_models.tflite("int8"), str(folder), "--json"]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert [r["image"].rsplit("/", 1)[-1] for r in doc["results"]] == ["a.png", "b.jpg", "c.png"]
+    assert "b.jpg" in doc["results"][1]["error"] and doc["results"][2]["detections"] == doc["results"][0]["detections"]
+    assert "b.jpg" in captured.err and "skipped" in captured.err
+    video = tmp_path / "clip.avi"
+    _write_video(video, frames=4)  # written at 10 FPS
+    assert main(["detect", "--model", rt_models.tflite("int8"), str(video), "--save", str(tmp_path / "out.mp4")]) == 0
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
+    cap.release()
+
+
 def test_camera_survives_dropped_frames_and_interrupt(rt_models, tmp_path):
     from edgedet.runtime.camera import run_camera
     from edgedet.runtime.detector import Detector

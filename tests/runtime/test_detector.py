@@ -112,13 +112,24 @@ def test_model_without_metadata_needs_flags(rt_models, rt_image, tmp_path):
     bare = tmp_path / "bare.tflite"  # the converter's bytes: neither standard nor edgedet metadata
     bare.write_bytes(keras_to_tflite(rt_models.keras, "fp32"))
     assert read_metadata(str(bare)) is None
-    with pytest.raises(ModelFileError, match=r"no edgedet metadata.*--labels, --image-size, --mean, --std"):
+    with pytest.raises(ModelFileError, match=r"no edgedet metadata.*--labels, --image-size, --mean, --std, --anchor-scale"):
         Detector.from_file(bare)
     labels = tmp_path / "labels.txt"
     labels.write_text("red\nwhite\nplatelet\n")
     meta = Detector.from_file(src).meta
-    det = Detector.from_file(bare, labels=str(labels), image_size=128, mean=meta.mean, std=meta.std)
-    assert_same_detections(det.detect(rt_image), Detector.from_file(src).detect(rt_image), atol_px=1e-3)
+    scale = meta.anchor_config.anchor_scale
+    det = Detector.from_file(bare, labels=str(labels), image_size=128, mean=meta.mean, std=meta.std, anchor_scale=scale)
+    want = Detector.from_file(src).detect(rt_image)
+    assert_same_detections(det.detect(rt_image), want, atol_px=1e-3)
+    # the other family's anchor size decodes other boxes: why it is required, never assumed
+    other = Detector.from_file(bare, labels=str(labels), image_size=128, mean=meta.mean, std=meta.std, anchor_scale=7 - scale)
+    assert len(want) and not np.allclose(other.detect(rt_image).boxes, want.boxes, atol=1.0)
+    with pytest.raises(ConfigError, match="take 1 value or 3.*got 2"):
+        Detector.from_file(bare, labels=str(labels), image_size=128, mean=[127, 1], std=meta.std, anchor_scale=scale)
+    two = tmp_path / "two.txt"
+    two.write_text("a\nb\n")
+    with pytest.raises(ConfigError, match=r"two.txt: 2 names, but .* has 3 classes"):
+        Detector.from_file(src, labels=str(two))
 
 
 def test_bad_model_files(rt_models, tmp_path):
