@@ -402,10 +402,12 @@ def _print_summary(report_dir: Path) -> int:
     bad = [m for m in report.get("models", []) if m.get("status") != "pass"]
     if bad:
         print(f"{len(bad)} model(s) missed a threshold or failed; see the report")
+    from edgedet.runtime.report.recommend import NO_FILE
+
     ship = report.get("recommendation")
     if ship:
         print(f"{ship['name']}: {ship['reason']}")
-    print(f"file to ship: {ship['path']}" if ship else "file to ship: none (no candidate within the accuracy budget with a measured latency)")
+    print(f"file to ship: {ship['path']}" if ship else f"file to ship: none ({NO_FILE})")
     return 1 if bad else 0
 
 

@@ -188,4 +188,6 @@ def write_report(report: dict, out_dir: str | os.PathLike, html: bool = True) ->
 
         paths["html"] = out / "report.html"
         atomic_write_text(paths["html"], render_html(report))
+    elif (out / "report.html").exists():
+        (out / "report.html").unlink()  # an earlier run's page would disagree with this report
     return paths

@@ -87,9 +87,11 @@ def _validate(args) -> int:
         elif m["status"] == "fail":
             print(f"❌ {m['name']}: {m['error']}")
     s = report["summary"]
-    print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.html")
+    print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.{'md' if args.no_html else 'html'}")
+    from edgedet.runtime.report.recommend import NO_FILE
+
     ship = report.get("recommendation")
-    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else "file to ship: none (no candidate within the accuracy budget with a measured latency)")
+    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else f"file to ship: none ({NO_FILE})")
     return s["exit_code"]
 
 

@@ -164,6 +164,10 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
     from edgedet import __version__
 
     reports = [load_report(p) for p in paths]
+    seen = [Path(r["_source"]).resolve() for r in reports]
+    twice = next((r["_source"] for r, p in zip(reports, seen) if seen.count(p) > 1), None)
+    if twice:
+        raise DataError(f"{twice}: given twice; merge the reports of different devices")
     left_out = []
     for r in reports:
         left_out += [m["name"] for m in r["models"] if m.get("role") == "twin" and m["name"] not in left_out]
@@ -194,6 +198,7 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
         "devices": [_device_entry(n, r) for n, r in zip(labels, reports)],
         "models": models,
         "left_out": left_out,
+        "sources": [r["_source"] for r in reports],
     }
 
 
@@ -203,6 +208,8 @@ def write_merged(merged: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     from edgedet.runtime.report.merge_render import render_merged_html, render_merged_md
 
     out = Path(out_dir)
+    if str((out / "report.json").resolve()) in {str(Path(p).resolve()) for p in merged.get("sources", [])}:
+        raise DataError(f"{out}: holds one of the reports being merged; give another --out folder")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     atomic_write_text(paths["json"], json.dumps(merged, indent=1, ensure_ascii=False))

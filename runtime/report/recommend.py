@@ -3,7 +3,9 @@
 Rule, applied to the candidate files of one report (the float baseline is a reference, not a
 file to ship):
 
-1. a model that failed to run, or whose speed was not measured, is out;
+1. a model that failed to run, or whose speed was not measured, is out; so is every model when
+   the float baseline was given but failed (its AP could not be checked), and, for an
+   accelerator profile (Coral, NNAPI, an Intel GPU/NPU), a file its backend does not run;
 2. a model whose AP dropped more than the profile's ``max_ap_drop`` is out ("over budget");
 3. of the rest, the fastest by the report's latency metric (``end_to_end.p50`` by default:
    pre-processing + invoke + decode/NMS, what a user waits for) wins;
@@ -11,13 +13,15 @@ file to ship):
    runs move by a few percent between runs), and the smallest file among them wins; equal
    sizes fall back to the faster one.
 
-Every other candidate gets a one-line reason: failed, over budget, slower, or as fast but larger.
+Every other candidate gets a one-line reason: failed, not measured, not for this device, over
+budget, slower, or as fast but larger.
 """
 from __future__ import annotations
 
 from edgedet.files import fmt_size
 
 TIE_FRACTION = 0.05  # latencies within 5 % of the fastest are a tie
+NO_FILE = "no candidate ran within the accuracy budget, with its AP checked and its latency measured"
 
 RECOMMENDATION_SCHEMA: dict = {
     "type": ["object", "null"],
@@ -29,7 +33,7 @@ RECOMMENDATION_SCHEMA: dict = {
         "others": {"type": "array", "items": {
             "type": "object", "required": ["name", "path", "lost", "detail"],
             "properties": {"name": {"type": "string"}, "path": {"type": "string"},
-                           "lost": {"type": "string", "enum": ["failed", "not measured", "over budget", "slower", "larger"]},
+                           "lost": {"type": "string", "enum": ["failed", "not measured", "not for this device", "over budget", "slower", "larger"]},
                            "detail": {"type": "string"}}}},
     },
 }
@@ -41,6 +45,31 @@ def _over_budget(entry: dict, max_drop) -> str | None:
     if max_drop is None or d is None or -d <= max_drop + 1e-12:
         return None
     return f"AP dropped {-d * 100:.2f} points (allowed {max_drop * 100:.2f})"
+
+
+def _other_backend(device: str | None):
+    """``entry -> reason or None``: why an accelerator profile cannot run the entry's file
+    (another backend's format), e.g. an OpenVINO folder under ``coral-usb``."""
+    if not device:
+        return lambda m: None
+    try:
+        from edgedet.devices import load_profile  # noqa: PLC0415
+        from edgedet.runtime.detector import backend_for  # noqa: PLC0415
+
+        prof = load_profile(device)
+    except Exception:  # noqa: BLE001 - a report read back without the profile: no such rule
+        return lambda m: None
+    if prof.device.lower() == "cpu":
+        return lambda m: None  # a CPU profile runs every backend's files
+
+    def reason(m: dict) -> str | None:
+        try:
+            backend = backend_for(m["path"])
+        except Exception:  # noqa: BLE001
+            return None
+        return None if backend == prof.backend else f"{prof.name} runs {prof.backend} files on {prof.device}; this is a {backend} file"
+
+    return reason
 
 
 def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -> dict | None:
@@ -59,6 +88,8 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
 
     metric = thresholds.get("latency_metric") or "end_to_end.p50"
     max_drop = thresholds.get("max_ap_drop")
+    base_failed = any(m.get("role") == "baseline" and m.get("status") == "fail" for m in models)
+    elsewhere = _other_backend(thresholds.get("device"))
     others, fit = [], []
     for m in models:
         if m.get("role") != "candidate":
@@ -67,6 +98,10 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
         over = _over_budget(m, max_drop)
         if m.get("status") == "fail":
             others.append((m, "failed", m.get("error") or "did not run"))
+        elif elsewhere(m):
+            others.append((m, "not for this device", elsewhere(m)))
+        elif base_failed:
+            others.append((m, "not measured", "AP not checked: the float baseline failed"))
         elif lat is None:
             others.append((m, "not measured", f"no {metric} latency"))
         elif over:
@@ -97,7 +132,7 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
     reason = f"fastest within the accuracy budget: {metric} {lat:.2f} ms, {fmt_size(best.get('file_size_bytes'))}, {accuracy}"
     if len(tied) > 1:
         reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"
-    order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "failed": 4}
+    order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "not for this device": 4, "failed": 5}
     others.sort(key=lambda o: order[o[1]])
     return {"name": best["name"], "path": best["path"], "metric": metric, "latency_ms": float(lat),
             "file_size_bytes": best.get("file_size_bytes"), "reason": reason,
@@ -107,7 +142,7 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
 def markdown(rec: dict | None) -> list[str]:
     """The report's "File to ship" section."""
     if rec is None:
-        return ["## File to ship", "", "No candidate ran, so none can be recommended.", ""]
+        return ["## File to ship", "", f"None: {NO_FILE}.", ""]
     lines = ["## File to ship", "", f"**`{rec['path']}`** ({rec['name']}): {rec['reason']}.", ""]
     if rec["others"]:
         lines += ["| Model | Lost because | Detail |", "|---|---|---|"]

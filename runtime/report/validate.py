@@ -51,6 +51,9 @@ def model_sha256(path: str) -> str | None:
 
     p = str(path).rstrip("/")
     try:
+        xmls = sorted(f for f in os.listdir(p) if f.endswith(".xml")) if os.path.isdir(p) and not is_run_dir(p) else []
+        if len(xmls) == 1:  # an OpenVINO folder is its model: the same hash as naming its .xml
+            p = os.path.join(p, xmls[0])
         if is_run_dir(p):
             from edgedet.runtime.report.keras import run_weights_file
 
@@ -351,6 +354,11 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
     if baseline and not os.path.exists(baseline):
         raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
+    if baseline and os.path.isdir(baseline) and not is_run_dir(baseline) and is_run_dir(os.path.join(baseline, "2_train")):
+        raise ConfigError(f"--baseline {baseline}: a pipeline folder; its float training run is {os.path.join(baseline, '2_train')}")
+    missing = [m for m in models if not os.path.exists(m)]
+    if missing:
+        raise ConfigError(f"--models {missing[0]}: no such model file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     run_classes = None
     if baseline and is_run_dir(baseline):
         from edgedet.runtime.report.keras import run_class_names
@@ -371,7 +379,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
             dev, thr = _device_for(path, prof, threads)
             kind = "twin" if role == "twin" else "run" if is_run_dir(path) else "file"
             job = dict(base_job, model=str(path), kind=kind, device=dev, threads=thr)
-            if kind == "run":
+            if kind in ("run", "twin"):  # the weights file, not the whole run folder with its logs
                 from edgedet.runtime.report.keras import run_weights_size
 
                 job["file_size_bytes"] = run_weights_size(path)

@@ -158,3 +158,14 @@ def test_merge_leaves_out_the_host_only_float_twin(tmp_path, capsys):
     assert [m["name"] for m in merged["models"]] == ["m_fp32.tflite", "m_int8.tflite"]
     assert merged["left_out"] == ["float twin (3_qat)"]
     assert "left out (host-only Keras rows): float twin (3_qat)" in (tmp_path / "merged" / "report.md").read_text()
+
+
+def test_merge_refuses_the_same_report_twice_and_writing_over_an_input(tmp_path, capsys):
+    x86 = device_report(tmp_path / "x86", "x86_64", 2.0, 3.0)
+    arm = device_report(tmp_path / "pi", "aarch64", 6.0, 40.0)
+    before = arm.read_bytes()
+    assert main(["report", "merge", str(x86), str(x86.parent), "--out", str(tmp_path / "m")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["report", "merge", str(x86), str(arm), "--out", str(arm.parent)]) == 2
+    assert "holds one of the reports being merged" in capsys.readouterr().err
+    assert arm.read_bytes() == before and not (tmp_path / "m").exists()

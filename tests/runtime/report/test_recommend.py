@@ -60,3 +60,22 @@ def test_nothing_to_recommend_and_the_report_carries_it():
     assert not check_schema(report)
     md = render_markdown(report)
     assert "## File to ship" in md and "`/x/model-fp16.tflite`" in md
+
+
+def test_nothing_is_shipped_unchecked_or_for_another_device():
+    # the baseline was given but failed: AP could not be checked, so no file is named
+    failed_base = [_m("float.tflite", None, 13_000_000, role="baseline", status="fail"),
+                   dict(_m("int8.tflite", 10.0, 4_000_000), delta=None)]
+    assert recommend(failed_base, {"max_ap_drop": None, "latency_metric": "end_to_end.p50"}) is None
+    # a Coral runs LiteRT files through its delegate: an OpenVINO or ONNX file is no candidate there
+    models = [_m("float", 80.0, 13_000_000, role="baseline"),
+              dict(_m("m_edgetpu.tflite", 30.0, 4_000_000), path="/run/m_edgetpu.tflite"),
+              dict(_m("m_openvino", 5.0, 4_000_000), path="/run/m.xml"),
+              dict(_m("m.onnx", 6.0, 4_000_000), path="/run/m.onnx")]
+    rec = recommend(models, {"device": "coral-usb", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})
+    assert rec["path"] == "/run/m_edgetpu.tflite"
+    lost = {o["name"]: (o["lost"], o["detail"]) for o in rec["others"]}
+    assert lost["m_openvino"][0] == "not for this device" and "openvino file" in lost["m_openvino"][1]
+    assert lost["m.onnx"][0] == "not for this device"
+    # a CPU profile runs every backend's files on equal terms
+    assert recommend(models, {"device": "x86-cpu", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})["path"] == "/run/m.xml"
