@@ -1,6 +1,6 @@
 """Keep the toolchains' start-up chatter off the terminal unless ``--verbose``.
 
-TensorFlow, XLA/CUDA, absl and LiteRT write INFO/WARNING lines straight to file descriptor 2
+TensorFlow, XLA/CUDA, absl, LiteRT and OpenCV's FFmpeg write INFO/WARNING lines straight to file descriptor 2
 from C++ ("failed call to cuInit", "oneDNN custom operations are on", "Created TensorFlow Lite
 XNNPACK delegate for CPU", the converter's ``W0000 ...`` lines), so neither Python's logging nor
 ``TF_CPP_MIN_LOG_LEVEL`` alone silences all of it (absl and LiteRT ignore that variable). A
@@ -28,6 +28,8 @@ NOISE = re.compile(
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
     rb"|INFO: (?:Created TensorFlow Lite \S+ delegate for CPU|Initialized TensorFlow Lite runtime)"
     rb"|WARNING:(?:absl|tensorflow):"
+    rb"|\[[\w,.-]+ @ 0x[0-9a-f]+\] "  # FFmpeg inside OpenCV ("[mov,mp4,... @ 0x55..] moov atom not found")
+    rb"|\[ ?(?:WARN|ERROR|INFO):\d+@[\d.]+\] "  # OpenCV's own log ("[ WARN:0@0.006] global cap_ffmpeg_impl.hpp")
     # the gRPC status that continues a TensorFlow error log line on the next lines
     rb"|Additional GRPC error information from remote target "
     rb"|:(?:[A-Z_]+:)?Error received from peer |:\{\"created\":\"@)"

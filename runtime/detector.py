@@ -296,6 +296,11 @@ def _resolve_device(device, threads, kind):
     except ImportError:
         return device, threads
     if device not in list_profiles():
+        import difflib  # noqa: PLC0415
+
+        close = difflib.get_close_matches(device, list_profiles(), n=1, cutoff=0.8)
+        if close:  # a mistyped profile name, not a backend's device string
+            raise ConfigError(f"--device {device}: no such device profile (did you mean {close[0]!r}? see `edgedet devices`)")
         return device, threads
     prof = load_profile(device)
     return prof.device_for(kind), threads if threads else prof.threads

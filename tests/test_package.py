@@ -68,6 +68,8 @@ with toolchain_output(False):
         b"Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling /tensorflow.CoordinationService/RegisterTask:\n",
         b':UNKNOWN:Error received from peer  {grpc_message:"Deadline Exceeded", grpc_status:4, created_time:"2026-12-05T11:03:19.52224351+00:00"}\n',
         b':{"created":"@1733396599.522","description":"Error received from peer ipv4:127.0.0.1:1","grpc_status":4}\n',
+        b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d4c1a2b340] moov atom not found\n",
+        b"[ WARN:0@0.006] global cap_v4l.cpp:914 open VIDEOIO(V4L2:/dev/video0): can't open camera by index\n",
         b"edgedet: warning: kept\n",
         b"\reval:  50%|#####     | 4/8",
     ):

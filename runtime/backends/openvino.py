@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -41,10 +42,14 @@ class OpenVINOBackend(Backend):
         if base not in ("AUTO", "MULTI", "HETERO") and not any(a.split(".")[0] == base for a in available):
             msg = f"OpenVINO device {dev} is not available here (found: {', '.join(available) or 'none'}); install its driver (GPU: intel-opencl-icd; NPU: the Intel NPU driver)"
             fell_back, dev = cpu_fallback(ToolchainError(msg), fallback, dev), "CPU"
+        weights = os.path.splitext(xml)[0] + ".bin"
+        if not os.path.isfile(weights):
+            raise ModelFileError(f"{weights}: missing (the weights file that goes with {os.path.basename(xml)})")
         try:
             model = core.read_model(xml)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
-            raise ModelFileError(f"{xml}: cannot read OpenVINO model ({_first_line(exc)})") from exc
+            hint = f"; is {os.path.basename(weights)} complete?" if "weights" in str(exc).lower() else ""
+            raise ModelFileError(f"{xml}: cannot read OpenVINO model ({_first_line(exc)}){hint}") from exc
         try:
             self.compiled = self._compile(core, model, dev, threads)
         except Exception as exc:  # noqa: BLE001
