@@ -140,6 +140,10 @@ def _device_for(path: str, prof, threads):
     return None, threads or prof.threads
 
 
+def _few(names) -> str:
+    return ", ".join(map(str, names[:5])) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
 def _detections(npz: dict, model_labels: list[str], class_names: list[str]) -> list[Detections]:
     """Per-image Detections with class ids mapped from the model's labels to the dataset's, by name."""
     index = {n: i for i, n in enumerate(class_names)}
@@ -148,7 +152,7 @@ def _detections(npz: dict, model_labels: list[str], class_names: list[str]) -> l
     else:
         missing = [n for n in class_names if n not in model_labels]
         if len(missing) == len(class_names):
-            raise DataError(f"model labels {model_labels[:5]} share no class with the dataset's {class_names[:5]}")
+            raise DataError(f"model labels [{_few(model_labels)}] share no class with the dataset's [{_few(class_names)}]")
         cmap = np.asarray([index.get(n, -1) for n in model_labels] or [-1])
     out, start = [], 0
     for n in npz["counts"]:
@@ -301,6 +305,11 @@ def _diagnosis_map(diagnosis: list[str] | None) -> dict[str, str]:
     for p in diag_map.values():
         if not os.path.isfile(p):
             raise ConfigError(f"--diagnosis {p}: no such file")
+        try:
+            with open(p, encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--diagnosis {p}: not a JSON diagnosis (edgedet quantize diagnose writes diagnosis.json): {exc}") from None
     return diag_map
 
 

@@ -79,3 +79,10 @@ def test_nothing_is_shipped_unchecked_or_for_another_device():
     assert lost["m.onnx"][0] == "not for this device"
     # a CPU profile runs every backend's files on equal terms
     assert recommend(models, {"device": "x86-cpu", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})["path"] == "/run/m.xml"
+
+
+def test_the_reason_says_when_even_the_fastest_misses_the_latency_budget():
+    models = [_m("float", 80.0, 13_000_000, role="baseline"), _m("int8.tflite", 30.0, 4_000_000)]
+    rec = recommend(models, dict(TH, latency_budget_ms=20.0))
+    assert rec["name"] == "int8.tflite" and "yet over the 20 ms latency budget" in rec["reason"]
+    assert "latency budget" not in recommend(models, dict(TH, latency_budget_ms=40.0))["reason"]
