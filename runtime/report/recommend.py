@@ -134,7 +134,7 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
         reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"
     budget = thresholds.get("latency_budget_ms")
     if budget is not None and lat > budget:
-        reason += f"; yet over the {budget:g} ms latency budget, as every candidate"
+        reason += f"; over the {budget:g} ms latency budget"
     order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "not for this device": 4, "failed": 5}
     others.sort(key=lambda o: order[o[1]])
     return {"name": best["name"], "path": best["path"], "metric": metric, "latency_ms": float(lat),
