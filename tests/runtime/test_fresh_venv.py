@@ -9,6 +9,7 @@ project's convert registry (TensorFlow lives only in the test process, never in 
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -115,7 +116,8 @@ def test_fresh_runtime_venv_detects_then_validates(tmp_path, bccd):
     assert all(m["metrics"] is not None and m["sha256"] for m in report["models"])
     assert "## Summary" in (tmp_path / "report" / "report.md").read_text()
     assert "id='fig-latency_hist'" in (tmp_path / "report" / "report.html").read_text()
-    r = subprocess.run([str(edgedet), "report", "merge", str(tmp_path / "report"), str(tmp_path / "report"),
+    shutil.copytree(tmp_path / "report", tmp_path / "report-copy")  # the same file twice is refused
+    r = subprocess.run([str(edgedet), "report", "merge", str(tmp_path / "report"), str(tmp_path / "report-copy"),
                         "--names", "a", "b", "--out", str(tmp_path / "merged")],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and (tmp_path / "merged" / "report.html").is_file(), r.stderr
