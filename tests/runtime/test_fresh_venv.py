@@ -9,8 +9,8 @@ project's convert registry (TensorFlow lives only in the test process, never in 
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
