@@ -65,13 +65,22 @@ def find_prefix(folder: Path, shown: str) -> Path:
     """The one checkpoint prefix in ``folder`` or in its only sub-folder that holds one."""
     import tensorflow as tf
 
-    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+    def prefix_in(d: Path) -> Path | None:
         latest = tf.train.latest_checkpoint(str(d))
         if latest and Path(latest + ".index").is_file():
             return Path(latest)
         indexes = sorted(d.glob("*.index"))
-        if len(indexes) == 1:
-            return indexes[0].with_suffix("")
+        return indexes[0].with_suffix("") if len(indexes) == 1 else None
+
+    own = prefix_in(folder)
+    if own is not None:
+        return own
+    found = [(d, p) for d in sorted(q for q in folder.iterdir() if q.is_dir()) if (p := prefix_in(d)) is not None]
+    if len(found) > 1:  # e.g. a folder of several downloaded checkpoints: which one is meant?
+        raise ModelFileError(f"{shown}: holds {len(found)} checkpoints ({', '.join(d.name for d, _ in found)}); "
+                             "point at one of their folders")
+    if found:
+        return found[0][1]
     raise ModelFileError(f"{shown}: holds no TensorFlow checkpoint (no 'checkpoint' file or *.index)")
 
 

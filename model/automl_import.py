@@ -64,14 +64,18 @@ def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     except (tf.errors.OpError, ValueError) as exc:
         raise ModelFileError(f"{prefix}: not a readable TensorFlow checkpoint ({str(exc).splitlines()[0]})") from None
     names = [n for n in shapes if not n.endswith(EMA_SUFFIX) and not _IGNORED.search(n)]
-    out = {}
-    for name in names:
-        src = name + EMA_SUFFIX if name + EMA_SUFFIX in shapes else name
-        out[name] = np.asarray(reader.get_tensor(src))
+    wanted = {name: name + EMA_SUFFIX if name + EMA_SUFFIX in shapes else name for name in names}
     # A shadow whose raw weight is missing is still a weight we must account for.
-    for name in shapes:
-        if name.endswith(EMA_SUFFIX) and name[: -len(EMA_SUFFIX)] not in shapes:
-            out[name[: -len(EMA_SUFFIX)]] = np.asarray(reader.get_tensor(name))
+    wanted.update({n[: -len(EMA_SUFFIX)]: n for n in shapes if n.endswith(EMA_SUFFIX) and n[: -len(EMA_SUFFIX)] not in shapes})
+    out = {}
+    try:
+        for name, src in wanted.items():
+            out[name] = np.asarray(reader.get_tensor(src))
+    except (tf.errors.OpError, RuntimeError, IndexError, ValueError) as exc:
+        # the index was readable but the data shard is missing or cut off (an interrupted
+        # download or extraction): the reader raises these for a short read
+        raise ModelFileError(f"{prefix}: checkpoint data missing or truncated (.data-* shard: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return out
 
 

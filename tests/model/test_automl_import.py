@@ -260,3 +260,26 @@ def test_pipeline_init_trains_from_the_checkpoint_variant(lite0_ckpt, tmp_path):
     assert train_cmd[train_cmd.index("--init") + 1] == f"automl:{folder.resolve()}"
     assert "--backbone-weights" not in train_cmd and train_cmd[train_cmd.index("--model") + 1] == "lite0"
     assert stages["convert"].outputs[0].endswith("lite0_tflite-fp32.tflite")
+
+
+def test_missing_or_cut_data_shard_and_several_checkpoints_are_one_line_errors(lite0_ckpt, tmp_path, capsys):
+    import shutil
+
+    folder, _ = lite0_ckpt
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("checkpoint", "model.index"):
+        shutil.copy(folder / f, broken / f)
+    data = (folder / "model.data-00000-of-00001").read_bytes()
+    for shard in (None, data[: len(data) // 3]):  # an interrupted extraction, a partial download
+        if shard is not None:
+            (broken / "model.data-00000-of-00001").write_bytes(shard)
+        assert main(["import", "automl", str(broken), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("edgedet: error:") and "checkpoint data missing or truncated" in err and "\n" not in err
+        assert not (tmp_path / "run").exists()
+    both = tmp_path / "both"
+    shutil.copytree(folder, both / "efficientdet-lite0")
+    shutil.copytree(folder, both / "efficientdet-d0")
+    assert main(["import", "automl", str(both), "--out", str(tmp_path / "run")]) == 2
+    assert "holds 2 checkpoints (efficientdet-d0, efficientdet-lite0)" in capsys.readouterr().err
