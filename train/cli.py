@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -67,6 +68,15 @@ def _parse_jitter(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _absolute(value: str | None) -> str | None:
+    """An existing path (or ``automl:PATH``) made absolute, so ``--resume`` works from any folder;
+    anything else (a name, a comma list, ``auto``) as given."""
+    if not value:
+        return value
+    head, path = ("automl:", value[len("automl:"):]) if value.startswith("automl:") else ("", value)
+    return head + os.path.abspath(path) if os.path.exists(path) else value
+
+
 def _train(args) -> int:
     from edgedet.errors import ConfigError
     from edgedet.train.distribute import apply_arguments
@@ -88,15 +98,15 @@ def _train(args) -> int:
         from edgedet.train.trainer import TrainOptions, train
 
         opts = TrainOptions(
-            data=args.data, out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs or 50,
+            data=_absolute(args.data), out=args.out, model=args.model, image_size=args.image_size, epochs=args.epochs or 50,
             batch=args.batch, lr=args.lr, warmup_epochs=args.warmup_epochs, freeze_backbone=args.freeze_backbone,
             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
-            init=args.init, strategy=args.strategy, mixed_precision=args.mixed_precision,
+            init=_absolute(args.init), strategy=args.strategy, mixed_precision=args.mixed_precision,
             connect_timeout=args.connect_timeout or CONNECT_TIMEOUT_S, seed=args.seed, ema_decay=args.ema_decay,
             jitter=_parse_jitter(args.jitter),
             flip=not args.no_flip, label_smoothing=args.label_smoothing, eval_every=args.eval_every,
             time_limit=args.time_limit,
-            check_policy=args.check, classes=args.classes, progress=not args.no_progress)
+            check_policy=args.check, classes=_absolute(args.classes), progress=not args.no_progress)
         if opts.epochs < 1 or opts.batch < 1:
             raise ConfigError("--epochs and --batch must be >= 1")
         best = train(opts)

@@ -15,6 +15,7 @@ the epoch counters, so a worker with no copy of the run folder resumes in step.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -402,6 +403,8 @@ def resume_options(run_dir) -> TrainOptions:
     data = ckpt.read_run_json(run_dir)
     o = TrainOptions.from_dict(data.get("train") or {})
     o.out = str(run_dir)
+    if o.data and not os.path.exists(o.data) and data.get("dataset") and os.path.exists(data["dataset"]):
+        o.data = data["dataset"]  # a relative --data from another working folder: its resolved path
     return o
 
 

@@ -46,8 +46,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     # The uninterrupted reference runs alongside the run we kill (saves wall time on CI).
     ref = subprocess.Popen(_cmd(data, full, "--no-progress"), env=_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_cmd(data, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, bufsize=0)
+    # --data as typed relative to where training started; the resume runs from another folder
+    victim = subprocess.Popen(_cmd("synth", killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, bufsize=0, cwd=tmp_path)
     seen = kill_mid_epoch(victim, 2, EPOCHS, STEPS, timeout=1500)
     victim.wait(timeout=60)
     assert seen, "never saw epoch 2 in progress"
@@ -58,8 +59,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert not [p.name for p in killed.iterdir() if ".tmp" in p.name]
     epoch1 = _rows(killed)[0]
 
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     res = subprocess.run([sys.executable, "-m", "edgedet", "train", "--resume", str(killed), "--no-progress"],
-                         env=_env(), capture_output=True, text=True, timeout=1500)
+                         env=_env(), capture_output=True, text=True, timeout=1500, cwd=elsewhere)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming" in res.stderr and "after epoch 1/3" in res.stderr
     out_ref, err_ref = ref.communicate(timeout=1500)
