@@ -262,3 +262,42 @@ def _fake(i):
     from edgedet.train.datasets import make_sample
 
     return make_sample(f"/x/{i}.jpg", 10, 10, [], [], i)
+
+
+def test_coco_as_roboflow_and_segmentation_tools_export_it(tmp_path):
+    """Roboflow's dataset-level category 0 is no class; polygon-only annotations are boxed by their
+    bounds; crowd regions and box-less annotations are left out, each with a note."""
+    import json
+
+    from PIL import Image
+
+    from edgedet.train.datasets import load_dataset
+
+    root = tmp_path / "rf"
+    (root / "train").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (64, 48)).save(root / "train" / f"im{i}.jpg")
+    doc = {
+        "categories": [{"id": 0, "name": "cells", "supercategory": "none"},
+                       {"id": 1, "name": "RBC", "supercategory": "cells"},
+                       {"id": 2, "name": "WBC", "supercategory": "cells"}],
+        "images": [{"id": i, "file_name": f"im{i}.jpg", "width": 64, "height": 48} for i in range(2)],
+        "annotations": [
+            {"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+            {"id": 2, "image_id": 0, "category_id": 2, "segmentation": [[5, 6, 25, 6, 25, 30, 5, 30]], "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [], "segmentation": [[0, 0, 8, 0, 8, 4]]},
+            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 64, 48], "iscrowd": 1},
+            {"id": 5, "image_id": 1, "category_id": 1, "segmentation": {"counts": "abc", "size": [48, 64]}},
+        ],
+    }
+    (root / "train" / "_annotations.coco.json").write_text(json.dumps(doc))
+    ds = load_dataset(root)
+    assert ds.class_names == ["RBC", "WBC"]
+    by_name = {s.image_path.rsplit("/", 1)[-1]: s for split in ds.splits.values() for s in split}
+    first = by_name["im0.jpg"]
+    assert first.boxes.tolist() == [[1, 2, 11, 22], [5, 6, 25, 30]] and first.classes.tolist() == [0, 1]
+    assert by_name["im1.jpg"].boxes.tolist() == [[0, 0, 8, 4]] and by_name["im1.jpg"].classes.tolist() == [1]
+    notes = " | ".join(ds.notes)
+    assert "category 0 'cells'" in notes and "supercategory" in notes
+    assert "2 annotation(s) without 'bbox' boxed by their polygon" in notes
+    assert "1 iscrowd region(s) left out" in notes and "neither 'bbox' nor a polygon left out (first: id 5)" in notes
