@@ -98,7 +98,9 @@ def read_voc(root: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1,
         if "train" not in splits and "val" not in splits:
             splits["train"] = trainval  # complete_splits carves val out of it
     splits = complete_splits(splits, [samples[p] for p in wanted], ratios, seed)
-    return Dataset(str(root), list(classes), splits, "voc", layout)
+    no_box = [(p, n) for p, d in parsed.items() for n in d["no_box"]]
+    notes = [f"{len(no_box)} <object>(s) without <bndbox> left out (first: {no_box[0][1]!r} in {no_box[0][0]})"] if no_box else []
+    return Dataset(str(root), list(classes), splits, "voc", layout, notes)
 
 
 def _read_split_files(main_dir: Path, stems: dict[str, Path]) -> dict[str, list[Path]]:
@@ -139,15 +141,16 @@ def _parse_xml(xml_path: Path, img_dir: Path, index: dict[str, Path]) -> dict:
         # Some exporters write 0 or leave <size> out: the header is the only truth we have.
         real = image_size(image)
         width, height = real if real else (0, 0)
-    names, boxes = [], []
+    names, boxes, no_box = [], [], []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
-        if bb is None:
-            raise DataError(f"{xml_path}: <object> {obj.findtext('name')!r} without <bndbox>")
+        if bb is None:  # a point or polygon label some tools write: no box to learn
+            no_box.append(obj.findtext("name") or "")
+            continue
         names.append(obj.findtext("name") or "")  # as written: map_labels reports spacing variants
         boxes.append([_num(bb.findtext(k), xml_path, f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")])
     return {"image": image, "width": int(round(width)), "height": int(round(height)), "size_filled": filled,
-            "names": names, "boxes": boxes, "xml": str(xml_path)}
+            "names": names, "boxes": boxes, "xml": str(xml_path), "no_box": no_box}
 
 
 def _image_path(filename: str, stem: str, img_dir: Path, index: dict[str, Path]) -> Path:

@@ -301,3 +301,21 @@ def test_coco_as_roboflow_and_segmentation_tools_export_it(tmp_path):
     assert "category 0 'cells'" in notes and "supercategory" in notes
     assert "2 annotation(s) without 'bbox' boxed by their polygon" in notes
     assert "1 iscrowd region(s) left out" in notes and "neither 'bbox' nor a polygon left out (first: id 5)" in notes
+
+
+def test_voc_object_without_a_box_is_left_out_with_a_note(tmp_path):
+    from PIL import Image
+
+    from edgedet.train.datasets import load_dataset
+
+    for i in range(3):
+        Image.new("RGB", (40, 30)).save(tmp_path / f"v{i}.jpg")
+        point = "<object><name>cat</name><point><x>3</x><y>4</y></point></object>" if i == 1 else ""
+        (tmp_path / f"v{i}.xml").write_text(
+            f"<annotation><filename>v{i}.jpg</filename><size><width>40</width><height>30</height></size>"
+            f"<object><name>dog</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>25</ymax></bndbox></object>"
+            f"{point}</annotation>")
+    ds = load_dataset(tmp_path)
+    assert ds.class_names == ["dog"]
+    assert sum(len(s.boxes) for split in ds.splits.values() for s in split) == 3
+    assert len(ds.notes) == 1 and "1 <object>(s) without <bndbox> left out (first: 'cat' in" in ds.notes[0]
