@@ -208,9 +208,11 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
             "error" if policy == "strict" else f"used the image's {real[0]}x{real[1]}")
     if (width, height) != real:
         reason = f"annotation size {width}x{height} disagrees with the image's {real[0]}x{real[1]}"
-        if (height, width) == real:
-            reason += " (width and height swapped: EXIF rotation?)"
-        if policy == "fix":
+        swapped = (height, width) == real
+        if swapped:
+            # boxes drawn on the other orientation: no safe repair, so --fix skips it too
+            reason += " (width and height swapped: EXIF rotation? the boxes' orientation is unknown)"
+        if policy == "fix" and not swapped:
             add(ann_file, "size_mismatch", reason, "used real size")
             width, height = real
         else:
@@ -224,7 +226,8 @@ def _check_sample(s: Sample, real, ds: Dataset, policy: str, split: str, issues:
     for j, (box, c) in enumerate(zip(s.boxes.astype(np.float64), s.classes.tolist())):
         label = ds.class_names[c] if 0 <= c < len(ds.class_names) else s.unknown_labels.get(j, f"class id {c}")
         if not 0 <= c < len(ds.class_names):
-            add(ann_file, "unknown_class", f"class {label!r} is not in the class list", "error", box, label)
+            named = f"class {label!r}" if j in s.unknown_labels else label
+            add(ann_file, "unknown_class", f"{named} is not in the class list", "error", box, label)
             continue
         if j in s.relabelled:
             add(ann_file, "relabelled", f"label {s.relabelled[j]!r} differs from class {label!r} only in case or spacing",

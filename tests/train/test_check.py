@@ -199,3 +199,6 @@ def test_untrainable_format_and_swapped_size(tmp_path):
         ("Annotations/b.xml", "size_mismatch", "skipped image")]
     assert "PPM images are not supported" in issues[0].reason
     assert "EXIF rotation?" in issues[1].reason
+    # --fix repairs a wrong size, but not a swapped one: the boxes' orientation is unknown
+    _, fixed = check_dataset(load_dataset(root, ratios=(1, 0, 0)), "fix")
+    assert ("Annotations/b.xml", "size_mismatch", "skipped image") in [(i.file, i.kind, i.action) for i in fixed]
