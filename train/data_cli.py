@@ -80,7 +80,14 @@ def _check(args) -> int:
     from edgedet.train.check import DataCheckError, check_dataset, summarize
     from edgedet.train.stats import dataset_stats
 
-    ds = _load(args)
+    from edgedet.errors import DataError
+
+    try:
+        ds = _load(args)
+    except DataError as exc:
+        if args.json:  # a script reading stdout gets the same document shape, with the error
+            print(json.dumps({"path": str(args.path), "ok": False, "error": str(exc), "issues": []}, indent=2))
+        raise
     try:
         clean, issues = check_dataset(ds, args.policy, decode=not args.no_decode, progress=sys.stderr.isatty())
         error = None
@@ -90,7 +97,7 @@ def _check(args) -> int:
     if args.json:
         out = {"path": str(args.path), "format": ds.source_format, "layout": ds.layout, "policy": args.policy,
                "classes": ds.class_names, "issues": [i.to_dict() for i in issues],
-               "ok": error is None, "error": str(error) if error else None, "stats": stats}
+               "ok": error is None, "error": str(error) if error else None, "notes": list(ds.notes), "stats": stats}
         if clean is not None:
             out["clean"] = {k: {"images": len(v), "boxes": sum(s.num_boxes for s in v)} for k, v in clean.splits.items()}
         print(json.dumps(out, indent=2))

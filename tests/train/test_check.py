@@ -202,3 +202,13 @@ def test_untrainable_format_and_swapped_size(tmp_path):
     # --fix repairs a wrong size, but not a swapped one: the boxes' orientation is unknown
     _, fixed = check_dataset(load_dataset(root, ratios=(1, 0, 0)), "fix")
     assert ("Annotations/b.xml", "size_mismatch", "skipped image") in [(i.file, i.kind, i.action) for i in fixed]
+
+
+def test_json_check_of_an_unreadable_dataset_still_prints_a_document(tmp_path, capsys):
+    import json
+
+    from edgedet.cli import main
+
+    assert main(["data", "check", str(tmp_path / "nope"), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and "does not exist" in doc["error"] and doc["issues"] == []
