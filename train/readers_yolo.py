@@ -61,11 +61,15 @@ def read_yolo(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1
     names = _names(d, yaml_path)
     if classes is not None and list(classes) != names:
         raise DataError(f"{yaml_path}: class list {list(classes)} disagrees with 'names' {names}")
-    base = Path(str(d.get("path") or "."))
-    if not base.is_absolute():
-        base = yaml_path.parent / base
-        if not base.is_dir():  # ultralytics resolves against its own datasets folder; we cannot
-            base = yaml_path.parent
+    given = Path(str(d.get("path") or "."))
+    base = given if given.is_absolute() else yaml_path.parent / given
+    notes = []
+    if not base.is_dir():
+        # Ultralytics resolves a relative `path` against its own datasets folder, and a YAML
+        # written on another machine (Colab's /content/...) names a folder that is not here:
+        # the YAML's own folder is where the split folders are.
+        base = yaml_path.parent
+        notes.append(f"{yaml_path.name}: 'path: {given}' is not a folder here; split paths are read from {base.resolve()}")
     base = base.resolve()
 
     split_images: dict[str | None, list[Path]] = {}
@@ -82,7 +86,7 @@ def read_yolo(path: Path, classes: Sequence[str] | None = None, ratios=(0.8, 0.1
     samples = {p: _sample(p, ids[p], len(names), label_path(p)) for p in all_paths}
     splits = {k: [samples[p] for p in v] for k, v in split_images.items() if k is not None}
     ds_splits = complete_splits(splits, [samples[p] for p in all_paths], ratios, seed)
-    return Dataset(str(base), names, ds_splits, "yolo", layout)
+    return Dataset(str(base), names, ds_splits, "yolo", layout, notes)
 
 
 def read_yolo_dirs(root: Path, parts: list[tuple[str | None, Path, Path]], classes: Sequence[str] | None = None,

@@ -319,3 +319,19 @@ def test_voc_object_without_a_box_is_left_out_with_a_note(tmp_path):
     assert ds.class_names == ["dog"]
     assert sum(len(s.boxes) for split in ds.splits.values() for s in split) == 3
     assert len(ds.notes) == 1 and "1 <object>(s) without <bndbox> left out (first: 'cat' in" in ds.notes[0]
+
+
+def test_yolo_yaml_written_on_another_machine_reads_its_own_folder(tmp_path):
+    from PIL import Image
+
+    from edgedet.train.datasets import load_dataset
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "images" / split / "a.jpg")
+        (tmp_path / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (tmp_path / "data.yaml").write_text("path: /content/datasets/cells\ntrain: images/train\nval: images/val\nnames: [cell]\n")
+    ds = load_dataset(tmp_path)
+    assert {k: len(v) for k, v in ds.splits.items() if v} == {"train": 1, "val": 1}
+    assert len(ds.notes) == 1 and "'path: /content/datasets/cells' is not a folder here" in ds.notes[0]
