@@ -26,9 +26,7 @@ tensorflow-model-optimization 0.8.1 pins ``absl-py~=1.2`` and TensorFlow 2.20 ne
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import types
 
 from edgedet.runtime.metadata import META_NAME, ModelMeta, embed_tflite
@@ -181,25 +179,24 @@ def write_tflite_metadata(path: str, meta: ModelMeta, log=print) -> bool:
 
     with open(path, "rb") as f:
         data = f.read()
-    # The populator edits a file in place; give it a sibling copy and rename it over `path`
-    # when done (its in-memory variant leaves a temp file to a finaliser).
-    fd, tmp = tempfile.mkstemp(suffix=".tflite", dir=os.path.dirname(os.path.abspath(path)))
+    from edgedet.files import atomic_path
+
+    # The populator edits a file in place; give it a sibling copy (with the permissions any
+    # other artifact gets, not mkstemp's owner-only ones) and rename it over `path` when done
+    # (its in-memory variant leaves a temp file to a finaliser).
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        pop = mods[0].MetadataPopulator.with_model_file(tmp)
-        pop.load_metadata_buffer(build_metadata(data, meta, mods))
-        pop.load_associated_file_buffers({
-            LABELS_NAME: ("\n".join(meta.labels) + "\n").encode(),
-            META_NAME: meta.to_json().encode(),
-        })
-        pop.populate()
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            pop = mods[0].MetadataPopulator.with_model_file(tmp)
+            pop.load_metadata_buffer(build_metadata(data, meta, mods))
+            pop.load_associated_file_buffers({
+                LABELS_NAME: ("\n".join(meta.labels) + "\n").encode(),
+                META_NAME: meta.to_json().encode(),
+            })
+            pop.populate()
     except (ValueError, KeyError, IndexError) as exc:
         raise ModelFileError(f"{path}: cannot write TFLite metadata ({exc})") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return True
 
 

@@ -89,6 +89,26 @@ def temp_name(path, keep_suffix: bool = True) -> Path:
     return path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.tmp{os.getpid()}{suffix}")
 
 
+def sweep_stale_temps(folder) -> list[Path]:
+    """Remove the temporaries (:func:`temp_name`) that a killed process of this machine left in
+    ``folder``; those of a live process are its work in progress and stay. Returns the removed."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[1].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OSError):
+            continue  # another user's live process, or no way to tell
+        discard(p)
+        gone.append(p)
+    return gone
+
+
 def discard(tmp) -> None:
     """Remove a temporary file or folder if it exists."""
     tmp = Path(tmp)

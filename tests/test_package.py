@@ -69,6 +69,7 @@ with toolchain_output(False):
         b':UNKNOWN:Error received from peer  {grpc_message:"Deadline Exceeded", grpc_status:4, created_time:"2026-12-05T11:03:19.52224351+00:00"}\n',
         b':{"created":"@1733396599.522","description":"Error received from peer ipv4:127.0.0.1:1","grpc_status":4}\n',
         b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d4c1a2b340] moov atom not found\n",
+        b"fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: UINT8\n",
         b"[ WARN:0@0.006] global cap_v4l.cpp:914 open VIDEOIO(V4L2:/dev/video0): can't open camera by index\n",
         b"edgedet: warning: kept\n",
         b"\reval:  50%|#####     | 4/8",
@@ -81,3 +82,28 @@ with toolchain_output(False):
                        env={k: v for k, v in os.environ.items() if k != "EDGEDET_VERBOSE"})
     assert r.returncode == 0
     assert r.stderr == b"edgedet: warning: kept\n\reval:  50%|#####     | 4/8\n2026 is not a log line\n", r.stderr
+
+
+def test_stale_temporaries_of_dead_processes_are_swept(tmp_path):
+    import subprocess
+    import sys
+
+    from edgedet.files import sweep_stale_temps, temp_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: its pid is free (or reused by a live process, then kept)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        left = tmp_path / f".state.tmp{dead_pid}.npz"
+        left.write_bytes(b"half")
+        busy = tmp_path / f".best.weights.tmp{live.pid}.h5"
+        busy.write_bytes(b"being written")
+        mine = temp_name(tmp_path / "run.json")
+        mine.write_text("{}")
+        (tmp_path / "state.npz").write_bytes(b"kept")
+        gone = sweep_stale_temps(tmp_path)
+    finally:
+        live.kill()
+    survivors = sorted(p.name for p in tmp_path.iterdir())
+    assert busy.name in survivors and mine.name in survivors and "state.npz" in survivors
+    assert (left.name not in survivors) == (left in gone)

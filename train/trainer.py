@@ -188,6 +188,10 @@ class Trainer(RunFiles):
                 raise ConfigError(f"--out {self.out}: holds a run started with other options ({', '.join(diff)}); "
                                   "re-run the same command to continue it, or use another --out")
             self.resume = True
+        if self.resume:
+            from edgedet.files import sweep_stale_temps
+
+            sweep_stale_temps(self.out)  # a kill during a save left its half-written copy
         if self.resume and (self.out / ckpt.STATE).exists():
             return ckpt.load_state(self.out / ckpt.STATE)
         return None, None
