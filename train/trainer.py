@@ -313,6 +313,16 @@ class Trainer(RunFiles):
         writer = tf.summary.create_file_writer(str(self.role.out / "tb"))
         self._eval_s, self._estimates = 0.0, []
         batches = self._batch_stream(epoch)
+        try:
+            return self._epoch_loop(epoch, best, step_fn, writer, batches)
+        except KeyboardInterrupt:
+            # run.json says so (not "running"); the last finished epoch's state stays for --resume
+            done = ckpt.read_run_json(self.out) if (self.out / ckpt.RUN_JSON).exists() else {}
+            self._write_run_json(int(done.get("epochs_done", epoch)), dict(done.get("best") or best), "interrupted")
+            raise
+
+    def _epoch_loop(self, epoch: int, best: dict, step_fn, writer, batches) -> dict:
+        tf = self._tf
         while epoch < self.epochs:
             t0 = time.time()
             row = train_epoch(self, epoch, step_fn, writer, batches)

@@ -7,8 +7,9 @@ import subprocess
 import threading
 
 
-def kill_mid_epoch(proc: subprocess.Popen, epoch: int, epochs: int, steps: int, timeout: float) -> str | None:
-    """SIGKILL ``proc`` once its progress bar (read from its unbuffered text stderr) shows
+def kill_mid_epoch(proc: subprocess.Popen, epoch: int, epochs: int, steps: int, timeout: float,
+                   sig: int = signal.SIGKILL) -> str | None:
+    """Send ``sig`` (SIGKILL: no clean-up at all) to ``proc`` once its progress bar (read from its unbuffered text stderr) shows
     ``epoch`` in progress, at a step from 1 to ``steps - 1``; waits at most ``timeout`` seconds.
 
     Returns:
@@ -25,7 +26,7 @@ def kill_mid_epoch(proc: subprocess.Popen, epoch: int, epochs: int, steps: int, 
                 m = pattern.search(buf)
                 if m and int(m.group(1)) < steps:
                     seen.append(buf)
-                    proc.send_signal(signal.SIGKILL)
+                    proc.send_signal(sig)
                     return
                 buf = ""
 

@@ -82,3 +82,21 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert run_k["status"] == run_f["status"] == "done" and run_k["epochs_done"] == run_f["epochs_done"] == 3
     assert float(rows_k[-1]["val_AP50"]) == pytest.approx(float(rows_f[-1]["val_AP50"]), abs=0.1)
     assert float(rows_k[-1]["val_AP"]) == pytest.approx(float(rows_f[-1]["val_AP"]), abs=0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_says_interrupted_in_one_line_and_in_run_json(tmp_path):
+    from edgedet.train.synth import write_synth
+
+    data = tmp_path / "synth"
+    write_synth(data, num_images=28, image_size=64, seed=1)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(data, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, bufsize=0)
+    seen = kill_mid_epoch(proc, 2, EPOCHS, STEPS, timeout=1500, sig=signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert seen, "never saw epoch 2 in progress"
+    assert proc.returncode == 130 and "edgedet: interrupted" in rest and "Traceback" not in rest, rest[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["epochs_done"] == 1
