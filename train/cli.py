@@ -11,7 +11,7 @@ def register(sub) -> None:
                        description="Train (or --resume) a detector. Writes RUN/run.json, best/last weights, "
                                    "log.csv and TensorBoard logs in RUN/tb.")
     p.add_argument("--data", help="dataset folder / COCO json / YOLO yaml")
-    p.add_argument("--model", default="lite0", help="variant (lite0..lite4, d0..d7, tiny, test) [lite0]")
+    p.add_argument("--model", default="lite0", help="variant (lite0..lite4, d0..d7; tiny, test, test-lite for quick checks) [lite0]")
     p.add_argument("--image-size", type=int, default=None, help="square input side (default: the variant's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs [50]; with --resume: the new total")
     p.add_argument("--batch", type=int, default=8, help="global batch size [8]")
