@@ -54,6 +54,13 @@ def _detector(args):
     size = args.image_size
     if size is not None:
         size = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+    given = [f for f, v in (("--image-size", size), ("--mean", args.mean), ("--std", args.std),
+                            ("--anchor-scale", args.anchor_scale)) if v is not None]
+    if given:
+        from edgedet.runtime.metadata import read_metadata  # noqa: PLC0415
+
+        if os.path.isfile(args.model) and read_metadata(args.model) is not None:
+            print(f"edgedet: note: {', '.join(given)} ignored: {args.model} carries its own metadata", file=sys.stderr)
     return Detector.from_file(
         args.model, device=args.device, threads=args.threads, fallback=args.fallback, labels=args.labels,
         image_size=size, mean=args.mean, std=args.std, anchor_scale=args.anchor_scale, score_threshold=args.score, iou_threshold=args.iou,

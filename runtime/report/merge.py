@@ -94,6 +94,9 @@ def device_names(reports: list[dict], names: list[str] | None = None) -> list[st
     if names:
         if len(names) != len(reports):
             raise DataError(f"--names: {len(names)} names for {len(reports)} reports")
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise DataError(f"--names: {twice!r} given twice; each device's column needs its own name")
         return list(names)
     out = []
     for r in reports:

@@ -168,4 +168,6 @@ def test_merge_refuses_the_same_report_twice_and_writing_over_an_input(tmp_path,
     assert "given twice" in capsys.readouterr().err
     assert main(["report", "merge", str(x86), str(arm), "--out", str(arm.parent)]) == 2
     assert "holds one of the reports being merged" in capsys.readouterr().err
+    assert main(["report", "merge", str(x86), str(arm), "--names", "pi", "pi", "--out", str(tmp_path / "m")]) == 2
+    assert "'pi' given twice" in capsys.readouterr().err
     assert arm.read_bytes() == before and not (tmp_path / "m").exists()
