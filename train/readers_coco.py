@@ -113,14 +113,16 @@ def _categories(data: dict, f: Path, notes: list[str]) -> tuple[list[str], list[
 
 
 def _umbrella(cats: list, annotations: list) -> dict | None:
-    """The category that names the dataset rather than a class: no annotation uses it and every
-    other category has it as ``supercategory`` (Roboflow writes ``{"id": 0, "name": "cells"}``)."""
+    """The category that names the dataset rather than a class: it has no supercategory of its
+    own, no annotation uses it, and every other category has it as ``supercategory`` (Roboflow
+    writes ``{"id": 0, "name": "cells", "supercategory": "none"}`` into every split's file)."""
     if len(cats) < 2:
         return None
     used = {a.get("category_id") for a in annotations}
     for c in cats:
         others = [o for o in cats if o is not c]
-        if c["id"] not in used and all(o.get("supercategory") == c.get("name") for o in others):
+        if (c["id"] not in used and str(c.get("supercategory") or "none").lower() == "none"
+                and all(o.get("supercategory") == c.get("name") for o in others)):
             return c
     return None
 

@@ -335,3 +335,20 @@ def test_yolo_yaml_written_on_another_machine_reads_its_own_folder(tmp_path):
     ds = load_dataset(tmp_path)
     assert {k: len(v) for k, v in ds.splits.items() if v} == {"train": 1, "val": 1}
     assert len(ds.notes) == 1 and "'path: /content/datasets/cells' is not a folder here" in ds.notes[0]
+
+
+def test_a_class_named_like_its_own_supercategory_stays_a_class(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from edgedet.train.datasets import load_dataset
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    doc = {"categories": [{"id": 1, "name": "person", "supercategory": "person"},
+                          {"id": 2, "name": "rider", "supercategory": "person"}],
+           "images": [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 32}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [1, 1, 9, 9]}]}
+    (tmp_path / "train.json").write_text(json.dumps(doc))
+    ds = load_dataset(tmp_path / "train.json")
+    assert ds.class_names == ["person", "rider"] and not ds.notes
