@@ -282,8 +282,10 @@ def _run_child(cmd: list[str], log: Path) -> int:
     stdout_to = None
     if cmd and cmd[-1].startswith(">"):
         cmd, stdout_to = cmd[:-1], Path(cmd[-1][1:])
+    from edgedet.runs import IN_PIPELINE_ENV
+
     # TF_CPP_MIN_LOG_LEVEL and EDGEDET_VERBOSE come from the CLI's --verbose choice (edgedet.quiet)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1", **{IN_PIPELINE_ENV: "1"})
     kwargs = {}
     if sys.platform.startswith("linux"):
         kwargs["preexec_fn"] = _die_with_parent

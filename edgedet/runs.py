@@ -28,6 +28,9 @@ RUN_JSON = "run.json"
 BEST = "best.weights.h5"
 LAST = "last.weights.h5"
 STATE = "state.npz"
+# Set in the environment of the commands `edgedet pipeline` runs: a stage leaves out the
+# "next, run ..." hints it prints on its own, since the pipeline runs the next stage itself.
+IN_PIPELINE_ENV = "EDGEDET_IN_PIPELINE"
 
 
 def save_weights(model, path) -> None:
