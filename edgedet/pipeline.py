@@ -2,9 +2,10 @@
 
 Each stage runs as its own `edgedet …` sub-command in a child process, in its own folder
 under the run directory, and writes a ``manifest.json`` (inputs, their hash, outputs, time)
-when it finishes. Re-running skips stages whose manifest matches the current inputs; a stage
-without a finished manifest is run again, and the train/QAT stages resume from their own
-checkpoints, so killing the pipeline and re-running continues where it stopped.
+when it finishes (``"running"`` with the input hash while it runs). Re-running skips stages
+whose manifest matches the current inputs; a stage without a finished manifest is run again, and
+the train/QAT stages resume from their own checkpoints, so killing the pipeline and re-running
+continues where it stopped. A train/QAT run made with other inputs is set aside, never resumed.
 
 Child processes (rather than in-process calls) keep each stage's memory to itself (a 2-core
 Raspberry-Pi-class CI box cannot hold TF training, OpenVINO and NNCF at once) and make a kill
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedet.errors import ConfigError, DataError, EdgedetError
-from edgedet.files import atomic_write_text, discard, install, temp_name
+from edgedet.files import atomic_write_text, discard, install, sweep_stale_temps, temp_name
 
 STAGES = ("data", "train", "qat", "convert", "validate")
 
@@ -99,13 +100,13 @@ class Stage:
             return False
         return m.get("status") == "done" and m.get("input_hash") == self.input_hash
 
-    def write_manifest(self, seconds: float) -> None:
+    def write_manifest(self, seconds: float, status: str = "done") -> None:
         m = {
             "stage": self.name,
-            "status": "done",
+            "status": status,
             "inputs": self.inputs,
             "input_hash": self.input_hash,
-            "outputs": {o: file_hash(o) for o in self.outputs},
+            "outputs": {o: file_hash(o) for o in self.outputs} if status == "done" else {},
             "seconds": round(seconds, 1),
             "commands": [shlex.join(c) for c in self.commands],
         }
@@ -349,7 +350,11 @@ def run_pipeline(args) -> int:
         if stage.is_done():
             print(f"{head} up to date, skipped ({stage.folder})", flush=True)
             continue
+        _set_aside_if_changed(stage)
         stage.folder.mkdir(parents=True, exist_ok=True)
+        for sub in (stage.folder, *(p for p in stage.folder.iterdir() if p.is_dir())):
+            sweep_stale_temps(sub)  # what a killed stage child was writing
+        stage.write_manifest(0.0, status="running")  # what a resume must match
         print(f"{head} running (pipeline elapsed {_fmt(time.time() - t0)})", flush=True)
         ts = time.time()
         for cmd in stage.commands:
@@ -369,6 +374,24 @@ def run_pipeline(args) -> int:
         print(f"{head} done in {_fmt(time.time() - ts)}", flush=True)
     print(f"pipeline finished in {_fmt(time.time() - t0)}")
     return _print_summary(stages[-1].folder)
+
+
+def _set_aside_if_changed(stage: Stage) -> None:
+    """A train/QAT folder holding a run made with other inputs (options, data, upstream weights)
+    is moved to ``FOLDER.previous`` so the stage starts afresh instead of resuming it."""
+    if stage.name not in ("train", "qat") or not (stage.folder / "run.json").exists():
+        return
+    try:
+        old = json.loads(stage.manifest_path.read_text()).get("input_hash")
+    except (OSError, ValueError):
+        return  # interrupted before any manifest was written: resume it
+    if old == stage.input_hash:
+        return
+    aside = stage.folder.with_name(stage.folder.name + ".previous")
+    discard(aside)
+    stage.folder.rename(aside)
+    print(f"[{stage.name}] the options or inputs changed since {stage.folder} was made; "
+          f"it is kept as {aside} and the stage starts afresh", flush=True)
 
 
 def _with_resume(stage: Stage, cmd: list[str]) -> list[str]:

@@ -84,3 +84,23 @@ def test_pipeline_bad_input_one_line_errors(tmp_path):
     r = subprocess.run(base + ["--device", "raspbery-pi-4"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "raspberry-pi-4" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, capsys):
+    from edgedet.pipeline import Stage, _set_aside_if_changed, _with_resume
+
+    cmd = [sys.executable, "-m", "edgedet", "train", "--data", "d", "--image-size", "192", "--out", str(tmp_path / "2_train")]
+    new = Stage("train", tmp_path / "2_train", {"cmds": [cmd[3:]]}, [cmd])
+    old = Stage("train", new.folder, {"cmds": [[c.replace("192", "128") for c in cmd[3:]]]}, [cmd])
+    # interrupted with the same inputs: resumed
+    new.folder.mkdir()
+    (new.folder / "run.json").write_text("{}")
+    new.write_manifest(0.0, status="running")
+    _set_aside_if_changed(new)
+    assert _with_resume(new, cmd)[3:] == ["train", "--resume", str(new.folder)]
+    # made (finished or not) with other options: kept aside, and the stage starts afresh
+    old.write_manifest(1.0)
+    _set_aside_if_changed(new)
+    assert not new.folder.exists() and (tmp_path / "2_train.previous" / "run.json").is_file()
+    assert _with_resume(new, cmd) == cmd
+    assert "starts afresh" in capsys.readouterr().out
