@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgedet.argtypes import positive
 from edgedet.errors import ConfigError, DataError, EdgedetError
 from edgedet.files import atomic_write_text, discard, install, sweep_stale_temps, temp_name
 
@@ -62,14 +63,14 @@ def register(sub) -> None:
     p.add_argument("--model", default="lite0", help="model variant (default lite0; see `edgedet info`)")
     p.add_argument("--device", default="x86-cpu", help="device profile (see `edgedet devices`)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick (default for built-in data) or full")
-    p.add_argument("--image-size", type=int, help="override the preset's input size")
-    p.add_argument("--epochs", type=int, help="override the preset's training epochs")
-    p.add_argument("--qat-epochs", type=int, help="override the preset's QAT epochs")
-    p.add_argument("--batch", type=int, help="override the preset's batch size")
+    p.add_argument("--image-size", type=positive, help="override the preset's input size")
+    p.add_argument("--epochs", type=positive, help="override the preset's training epochs")
+    p.add_argument("--qat-epochs", type=positive, help="override the preset's QAT epochs")
+    p.add_argument("--batch", type=positive, help="override the preset's batch size")
     p.add_argument("--time-limit", type=float, metavar="MIN",
                    help="training wall-clock budget in minutes (full preset: 85); the cosine schedule is shortened to fit")
     p.add_argument("--targets", help="comma-separated export targets instead of the device profile's")
-    p.add_argument("--synth-images", type=int, default=800, help="size of the built-in synthetic dataset [800]")
+    p.add_argument("--synth-images", type=positive, default=800, help="size of the built-in synthetic dataset [800]")
     p.add_argument("--backbone-weights", default="auto", help="auto | imagenet | none | PATH.h5 [auto]")
     p.add_argument("--init", metavar="automl:PATH", help="fine-tune from an official google/automl COCO checkpoint "
                    "(folder, .tgz, or a name such as efficientdet-lite0 to download); sets the variant")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgedet.argtypes import positive
+
 _RAW = argparse.RawDescriptionHelpFormatter
 
 
@@ -28,8 +30,8 @@ def _add_qat(qs) -> None:
     p.add_argument("--weights", metavar="RUN", help="float run folder to start from")
     p.add_argument("--data", default=None, help="dataset (default: the run's own)")
     p.add_argument("--out", metavar="RUN_QAT", help="QAT run folder to create")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs [5]")
-    p.add_argument("--batch", type=int, default=None, help="batch size [the float run's]")
+    p.add_argument("--epochs", type=positive, default=None, help="fine-tuning epochs [5]; with --resume: the new total")
+    p.add_argument("--batch", type=positive, default=None, help="batch size [the float run's]")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate [the float run's / 10]")
     p.add_argument("--train-bn", action="store_true",
                    help="update BatchNorm statistics (default: frozen, the statistics the converter folds)")
@@ -55,9 +57,9 @@ def _add_ptq(qs) -> None:
     t.add_argument("--data", required=True, help="calibration data: dataset (train split), image folder or .txt list")
     t.add_argument("--out", default=None, help="output folder [RUN/ptq]")
     t.add_argument("--modes", default="int8,fp16,dynamic", help="comma-separated: int8, fp16, dynamic [all]")
-    t.add_argument("--calib-count", type=int, default=300, metavar="N", help="calibration images [300]")
+    t.add_argument("--calib-count", type=positive, default=300, metavar="N", help="calibration images [300]")
     t.add_argument("--seed", type=int, default=0, help="calibration sampling seed [0]")
-    t.add_argument("--batch", type=int, default=8, help="calibration batch; a smaller calibration set is an error [8]")
+    t.add_argument("--batch", type=positive, default=8, help="calibration batch; a smaller calibration set is an error [8]")
     t.add_argument("--io", default="uint8", choices=["uint8", "int8"], help="int8 model input/output type [uint8]")
     t.set_defaults(func=_ptq)
 
@@ -73,12 +75,12 @@ def _add_diagnose(qs) -> None:
     d.add_argument("--out", default=None, help="output folder [RUN/diagnosis]")
     d.add_argument("--target", default="tflite",
                    help="deployment target; selective float fallback is not offered for edgetpu [tflite]")
-    d.add_argument("--calib-count", type=int, default=300, metavar="N")
+    d.add_argument("--calib-count", type=positive, default=300, metavar="N")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--debug-images", type=int, default=32, help="images for per-tensor statistics [32]")
+    d.add_argument("--batch", type=positive, default=8)
+    d.add_argument("--debug-images", type=positive, default=32, help="images for per-tensor statistics [32]")
     d.add_argument("--split", default="test", help="split the mAP is measured on [test]")
-    d.add_argument("--eval-limit", type=int, default=None, metavar="N", help="evaluate on at most N images")
+    d.add_argument("--eval-limit", type=positive, default=None, metavar="N", help="evaluate on at most N images")
     d.add_argument("--no-eval", action="store_true", help="skip the mAP evaluation (per-tensor table only)")
     d.add_argument("--json", action="store_true", help="print the diagnosis JSON")
     d.set_defaults(func=_diagnose)
@@ -114,7 +116,15 @@ def _qat(args) -> int:
 
     apply_arguments(args)
     if args.resume:
-        best = resume_qat(args.resume, progress=not args.no_progress, connect_timeout=args.connect_timeout)
+        fixed = [flag for flag, value in (("--weights", args.weights), ("--out", args.out), ("--data", args.data),
+                                          ("--batch", args.batch), ("--lr", args.lr), ("--train-bn", args.train_bn),
+                                          ("--freeze-backbone", args.freeze_backbone), ("--time-limit", args.time_limit),
+                                          ("--seed", args.seed)) if value not in (None, False)]
+        if fixed:
+            raise ConfigError(f"--resume {args.resume} continues the run with its own options; {', '.join(fixed)} "
+                              "cannot change them (--epochs can set a new total)")
+        best = resume_qat(args.resume, progress=not args.no_progress, connect_timeout=args.connect_timeout,
+                          epochs=args.epochs)
     else:
         if not args.weights or not args.out:
             raise ConfigError("edgedet quantize qat needs --weights RUN and --out RUN_QAT (or --resume RUN_QAT)")

@@ -110,8 +110,8 @@ def calibration_batches(samples, cfg, count: int | None = None, batch: int = 8, 
 class QATTrainer(Trainer):
     """The trainer with the model swapped for the QAT version of a float run (always float32)."""
 
-    def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None):
-        super().__init__(opts, resume=resume, log=log)
+    def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None, epochs: int | None = None):
+        super().__init__(opts, resume=resume, log=log, epochs=epochs)
         self.source_run = str(source_run)
         self.train_bn = bool(train_bn)
 
@@ -210,8 +210,9 @@ def qat(weights: str, out: str, data: str | None = None, epochs: int | None = No
     return QATTrainer(opts, weights, train_bn=train_bn, log=log).run()
 
 
-def resume_qat(run_dir: str, progress: bool = True, log=None, connect_timeout: float | None = None) -> dict:
-    """Continue an interrupted ``qat`` run (everything from its run.json)."""
+def resume_qat(run_dir: str, progress: bool = True, log=None, connect_timeout: float | None = None,
+               epochs: int | None = None) -> dict:
+    """Continue an interrupted ``qat`` run (everything from its run.json; ``epochs``: a new total)."""
     from edgedet.runs import read_run_json
 
     data = read_run_json(run_dir)
@@ -222,7 +223,7 @@ def resume_qat(run_dir: str, progress: bool = True, log=None, connect_timeout: f
     if connect_timeout:
         opts.connect_timeout = float(connect_timeout)
     train_bn = bool((data.get("qat") or {}).get("train_bn", False))
-    return QATTrainer(opts, data["source_run"], train_bn=train_bn, resume=True, log=log).run()
+    return QATTrainer(opts, data["source_run"], train_bn=train_bn, resume=True, log=log, epochs=epochs).run()
 
 
 def load_qat_model(run_dir, which: str = "best"):

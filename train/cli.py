@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from edgedet.argtypes import positive
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an EfficientDet on a COCO/VOC/YOLO dataset",
@@ -12,9 +14,9 @@ def register(sub) -> None:
                                    "log.csv and TensorBoard logs in RUN/tb.")
     p.add_argument("--data", help="dataset folder / COCO json / YOLO yaml")
     p.add_argument("--model", default="lite0", help="variant (lite0..lite4, d0..d7; tiny, test, test-lite for quick checks) [lite0]")
-    p.add_argument("--image-size", type=int, default=None, help="square input side (default: the variant's)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs [50]; with --resume: the new total")
-    p.add_argument("--batch", type=int, default=8, help="global batch size [8]")
+    p.add_argument("--image-size", type=positive, default=None, help="square input side (default: the variant's)")
+    p.add_argument("--epochs", type=positive, default=None, help="epochs [50]; with --resume: the new total")
+    p.add_argument("--batch", type=positive, default=8, help="global batch size [8]")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate [0.08 * batch / 64]")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--freeze-backbone", nargs="?", const="all", default=None, metavar="all|N",
@@ -52,7 +54,7 @@ def register(sub) -> None:
     e.add_argument("--score-threshold", type=float, default=0.001)
     e.add_argument("--max-detections", type=int, default=100)
     e.add_argument("--which", default="best", choices=["best", "last"])
-    e.add_argument("--batch", type=int, default=8)
+    e.add_argument("--batch", type=positive, default=8)
     e.set_defaults(func=_eval)
 
 

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from edgedet.argtypes import positive
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="check a dataset, show its statistics, or write the synthetic dataset",
@@ -49,9 +51,9 @@ def register(sub) -> None:
                         description="Shapes (circle, square, triangle, star, ring, cross) with textures and colours "
                                     "at many scales, with overlap and clutter on varied backgrounds.")
     y.add_argument("out", help="output folder (created)")
-    y.add_argument("--num-images", type=int, default=None, metavar="N",
+    y.add_argument("--num-images", type=positive, default=None, metavar="N",
                    help="total images, split 75/12.5/12.5 into train/val/test (default 800)")
-    y.add_argument("--image-size", type=int, default=256, metavar="S", help="square image side in px (default 256)")
+    y.add_argument("--image-size", type=positive, default=256, metavar="S", help="square image side in px (default 256)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     y.add_argument("--classes", default=None, metavar="A,B",
                    help="draw only these shapes (e.g. circle for a one-class set; default: all six)")

@@ -104,3 +104,18 @@ def test_qat_cli_end_to_end(tmp_path, synth, qhelpers, capsys, monkeypatch):
     diag = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
     assert diag["run_kind"] == "qat" and diag["float_ops"] == islands == []
     assert not diag["selective"]["offered"] and min(diag["outputs"].values()) > 0.99
+
+
+def test_qat_resume_refuses_options_it_cannot_change_and_counts_must_be_positive(tmp_path, capsys):
+    from edgedet.cli import main
+
+    assert main(["quantize", "qat", "--resume", str(tmp_path), "--lr", "5", "--batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch, --lr cannot change them (--epochs can set a new total)" in err and "\n" not in err.strip()
+    for argv in (["quantize", "qat", "--weights", "w", "--out", "o", "--epochs", "0"],
+                 ["quantize", "ptq", "--weights", "w", "--data", "d", "--calib-count", "0"],
+                 ["train", "--data", "d", "--out", "o", "--epochs", "0"],
+                 ["pipeline", "--out", "o", "--synth-images", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "is below 1" in capsys.readouterr().err, argv
