@@ -144,7 +144,7 @@ def parse_profile(path) -> DeviceProfile:
     try:
         with open(path, "rb") as f:
             d = _toml.load(f)
-    except _toml.TOMLDecodeError as exc:
+    except (_toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML ({exc})") from exc
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read ({exc})") from exc
@@ -207,6 +207,15 @@ def load_profile(name: str) -> DeviceProfile:
     return parse_profile(files[name])
 
 
-def load_all() -> list[DeviceProfile]:
-    """Every profile, validated."""
-    return [load_profile(n) for n in list_profiles()]
+def load_all(errors: list[str] | None = None) -> list[DeviceProfile]:
+    """Every profile, validated. With ``errors``, a broken profile's one-line error goes there and
+    the others are still returned (one bad user file must not hide the built-in ones)."""
+    out = []
+    for n in list_profiles():
+        try:
+            out.append(load_profile(n))
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -16,7 +17,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgedet.devices import load_all, load_profile  # noqa: PLC0415
 
-    profiles = [load_profile(args.name)] if args.name else load_all()
+    broken: list[str] = []
+    profiles = [load_profile(args.name)] if args.name else load_all(broken)
+    for err in broken:
+        print(f"edgedet: warning: {err}; left out", file=sys.stderr)
     if args.json:
         print(json.dumps([p.to_dict() for p in profiles], indent=1))
         return 0

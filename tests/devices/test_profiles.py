@@ -87,3 +87,16 @@ def test_devices_cli():
     assert r.returncode == 0 and "coral-usb" in r.stdout and "usb:0" in r.stdout
     r = subprocess.run([sys.executable, "-m", "edgedet", "devices", "coral-usbb"], capture_output=True, text=True)
     assert r.returncode == 2 and "did you mean 'coral-usb'" in r.stderr
+
+
+def test_a_broken_user_profile_is_named_and_the_others_still_listed(tmp_path, monkeypatch, capsys):
+    from edgedet.cli import main
+
+    (tmp_path / "mine.toml").write_bytes(b'name = "mine"\ndescription = "\xff\xfe not utf-8"\n')
+    monkeypatch.setenv("EDGEDET_DEVICES", str(tmp_path))
+    assert main(["devices"]) == 0
+    captured = capsys.readouterr()
+    assert "mine.toml: not valid TOML" in captured.err and "left out" in captured.err
+    assert "raspberry-pi-4" in captured.out and "coral-usb" in captured.out
+    assert main(["devices", "mine"]) == 2
+    assert "mine.toml: not valid TOML" in capsys.readouterr().err
