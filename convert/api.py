@@ -145,6 +145,20 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
     return done
 
 
+def _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split) -> list[str]:
+    """Options given that none of these targets uses: said once each, never silently ignored."""
+    notes = []
+    if nms and any(t.family != "tflite" for t in ts):
+        notes.append("--nms applies to TFLite targets only; ONNX/OpenVINO artifacts keep raw outputs")
+    if nms_score is not None and not nms:
+        notes.append("--nms-score applies only with --nms; it is not used")
+    if io_dtype != "uint8" and not any(t.name in ("tflite-int8", "edgetpu") for t in ts):
+        notes.append(f"--io {io_dtype} applies to full-integer TFLite (tflite-int8, edgetpu); it is not used")
+    if max_drop is None and (val_data or val_split != "val"):
+        notes.append("--val-data and --val-split apply only with --max-drop; they are not used")
+    return notes
+
+
 def convert(targets: list[str], weights: str | None = None, from_onnx: str | None = None, calib_data: str | None = None,
             calib_count: int = 300, nms: bool = False, out_dir: str | None = None, io_dtype: str = "uint8",
             log: Callable[[str], None] = print, nms_score: float | None = None, max_drop: float | None = None,
@@ -181,8 +195,10 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
     if nms_score is not None and not 0.0 < nms_score < 1.0:
         raise ConfigError(f"--nms-score must be in (0, 1), got {nms_score}")
-    if nms and any(t.family != "tflite" for t in ts):
-        log("note: --nms applies to TFLite targets only; ONNX/OpenVINO artifacts keep raw outputs")
+    if calib_data and not os.path.exists(calib_data):
+        raise ConfigError(f"--calib-data {calib_data}: no such dataset, image folder or list")
+    for note in _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split):
+        log(f"note: {note}")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgedet.convert.source import load_onnx_source, load_run_source

@@ -65,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
 
         refuse_integer_only([], load_profile(args.device).delegate, args.device)
     targets = _targets(args)
-    if args.nms and not any(t.startswith("tflite") or t == "edgetpu" for t in targets):
-        log("note: --nms applies to TFLite targets only; these files keep the raw outputs")
     start = time.perf_counter()
     arts, source = convert(
         targets, weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,

@@ -110,3 +110,19 @@ def test_cli_is_import_light():
     code = "import sys, edgedet.convert.cli, edgedet.convert.registry; print(any(m.split('.')[0] in ('tensorflow', 'openvino', 'onnx2tf', 'tf2onnx', 'tf_keras') for m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False"
+
+
+def test_options_no_target_uses_are_said_and_missing_calibration_data_refused(tmp_path, capsys):
+    from edgedet.cli import main
+    from edgedet.convert.api import _unused_options
+    from edgedet.convert.registry import resolve_targets
+
+    onnx = resolve_targets(["onnx"])
+    notes = _unused_options(onnx, nms=False, nms_score=0.3, io_dtype="int8", max_drop=None, val_data="d", val_split="val")
+    assert [n.split()[0] for n in notes] == ["--nms-score", "--io", "--val-data"]
+    assert _unused_options(resolve_targets(["tflite-int8"]), True, 0.3, "int8", 1.0, "d", "test") == []
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"kind": "float"}')
+    assert main(["convert", "--weights", str(run), "--target", "tflite-int8", "--calib-data", str(tmp_path / "nope")]) == 2
+    assert "no such dataset, image folder or list" in capsys.readouterr().err
