@@ -173,6 +173,9 @@ def plan(args) -> list[Stage]:
 
         args.model = peek_variant(init)  # file names and the report follow the checkpoint's variant
         start = ["--init", init]
+    from edgedet.model.config import get_config
+
+    get_config(args.model, image_size=size_args[1] if size_args else None)  # a bad variant or size: now, not after data
     train_cmd = _edgedet(
         "train", "--data", data, "--model", args.model, *size_args, "--epochs", preset["epochs"],
         "--batch", preset["batch"], *start, *preset["train_args"],
@@ -342,8 +345,8 @@ def _fmt(seconds: float) -> str:
 
 def run_pipeline(args) -> int:
     out = Path(args.out)
+    stages = plan(args)  # checks the arguments before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    stages = plan(args)
     t0 = time.time()
     for i, stage in enumerate(stages, 1):
         _chain_inputs(stages[: i])

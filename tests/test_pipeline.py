@@ -84,6 +84,11 @@ def test_pipeline_bad_input_one_line_errors(tmp_path):
     r = subprocess.run(base + ["--device", "raspbery-pi-4"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "raspberry-pi-4" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    for bad, message in ((["--model", "bogus"], "unknown model variant 'bogus'"),
+                         (["--image-size", "100"], "--image-size 100 is impossible for lite0")):
+        r = subprocess.run(base + bad, env=ENV, capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r").exists()  # refused before any stage wrote anything
 
 
 def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, capsys):
