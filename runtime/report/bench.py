@@ -47,7 +47,7 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
     ``invoke_p50``, ``invoke_p90``, ``e2e_p50``, ``e2e_p90``, ``pre_p50``, ``post_p50`` (ms),
     ``ratio_e2e`` and ``ratio_invoke`` (median / the first row's median), ``error`` (or None).
     """
-    from edgedet.runtime.detector import Detector
+    from edgedet.runtime.detector import Detector, backend_for
     from edgedet.runtime.report.validate import _device_for, resolve_thresholds
 
     prof, _ = resolve_thresholds(device)
@@ -59,6 +59,8 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
             row = {"model": str(path), "name": os.path.basename(str(path).rstrip("/")), "threads": thr,
                    "backend": None, "device": None, "init_ms": None, "runs": 0, "error": None}
             try:
+                if prof is not None:
+                    prof.device_for(backend_for(path))  # an accelerator profile runs its own backend's files only
                 t0 = time.perf_counter()
                 det = Detector.from_file(path, device=dev, threads=thr)
                 row["init_ms"] = (time.perf_counter() - t0) * 1e3

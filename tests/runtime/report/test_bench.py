@@ -47,3 +47,11 @@ def test_bench_cli_json(rt_models, tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and rows[0]["runs"] == 3
     assert "e2e vs first" in capsys.readouterr().out
+
+
+def test_an_accelerator_profile_runs_only_its_own_backends_files(tmp_path):
+    from edgedet.runtime.report.bench import bench
+
+    (tmp_path / "m.onnx").write_bytes(b"not read: refused before loading")
+    rows = bench([str(tmp_path / "m.onnx")], device="coral-usb", runs=1, warmup=0, progress=False)
+    assert "device profile 'coral-usb' runs litert models on usb:0; this file needs onnxruntime" in rows[0]["error"]
