@@ -114,6 +114,9 @@ def load_onnx_source(path: str) -> Source:
 
     if not os.path.isfile(path):
         raise ModelFileError(f"--from {path}: no such ONNX file")
+    if not path.lower().endswith(".onnx"):
+        raise ModelFileError(f"--from {path}: not an .onnx file (--from imports ONNX detectors; "
+                             "edgedet's own files come from --weights RUN)")
     try:
         meta = read_metadata(path)
     except ModelFileError:

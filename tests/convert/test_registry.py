@@ -126,3 +126,11 @@ def test_options_no_target_uses_are_said_and_missing_calibration_data_refused(tm
     (run / "run.json").write_text('{"kind": "float"}')
     assert main(["convert", "--weights", str(run), "--target", "tflite-int8", "--calib-data", str(tmp_path / "nope")]) == 2
     assert "no such dataset, image folder or list" in capsys.readouterr().err
+
+
+def test_from_takes_only_onnx_files(tmp_path, capsys):
+    from edgedet.cli import main
+
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    assert main(["convert", "--from", str(tmp_path / "m.tflite"), "--target", "onnx"]) == 2
+    assert "not an .onnx file" in capsys.readouterr().err
