@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 VERBOSE_ENV = "EDGEDET_VERBOSE"
 
@@ -59,6 +60,10 @@ def toolchain_output(verbose: bool):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Python-side "WARNING:tensorflow:..."
+    # onnxruntime's quantizer logs through the root logger ("WARNING:root:Axis 1 is out-of-range");
+    # edgedet itself prints its warnings, never logs them
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
     filt = _StderrFilter.install()
     _ACTIVE[:] = [filt] if filt is not None else []
     try:
