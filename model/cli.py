@@ -91,6 +91,10 @@ def run_info(args) -> int:
     from edgedet.model.config import variant_names
 
     if args.model is None:
+        if args.image_size is not None:
+            from edgedet.errors import ConfigError
+
+            raise ConfigError("--image-size needs a MODEL (each variant has its own sizes); e.g. edgedet info lite0 --image-size 320")
         rows = [info_dict(n, args.num_classes) for n in variant_names()]
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -107,8 +111,8 @@ def run_info(args) -> int:
         print(json.dumps(d, indent=2))
         return 0
     print(f"model:       efficientdet-{d['name']} (backbone {d['backbone']}, {d['activation']}, {d['fusion']} fusion)")
-    print(f"input:       {d['image_size']}x{d['image_size']}x3, normalised (pixel - {d['mean'][0]:.1f}..) / "
-          f"{d['std'][0]:.1f}.. per channel")
+    mean, std = ", ".join(f"{v:g}" for v in d["mean"]), ", ".join(f"{v:g}" for v in d["std"])
+    print(f"input:       {d['image_size']}x{d['image_size']}x3, normalised (pixel - [{mean}]) / [{std}] per RGB channel")
     print(f"classes:     {d['num_classes']}")
     print(f"params:      {d['params']:,} ({_m(d['params'])}; trainable {d['trainable_params']:,} = "
           f"{_m(d['trainable_params'])}, the figure papers quote)")

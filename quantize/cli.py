@@ -79,7 +79,7 @@ def _add_diagnose(qs) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--batch", type=positive, default=8)
     d.add_argument("--debug-images", type=positive, default=32, help="images for per-tensor statistics [32]")
-    d.add_argument("--split", default="test", help="split the mAP is measured on [test]")
+    d.add_argument("--split", default="test", choices=("train", "val", "test"), help="split the mAP is measured on [test]")
     d.add_argument("--eval-limit", type=positive, default=None, metavar="N", help="evaluate on at most N images")
     d.add_argument("--no-eval", action="store_true", help="skip the mAP evaluation (per-tensor table only)")
     d.add_argument("--json", action="store_true", help="print the diagnosis JSON")
@@ -95,7 +95,7 @@ def _add_choose(qs) -> None:
     c.add_argument("--ptq", required=True, metavar="PTQ_DIR", help="folder of the float run's PTQ int8 exports")
     c.add_argument("--names", required=True, help="comma-separated file (or OpenVINO folder) names to compare")
     c.add_argument("--data", required=True, help="dataset")
-    c.add_argument("--split", default="val", help="split to compare on [val]")
+    c.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to compare on [val]")
     c.add_argument("--out", required=True, help="folder for the shipped models and choice.json")
     c.set_defaults(func=_choose)
 

@@ -170,6 +170,8 @@ def ptq(run_dir: str, data: str, out_dir: str | None = None, modes=MODES, count:
     from edgedet.runs import read_run_json
 
     modes = list(dict.fromkeys(modes))
+    if not modes:
+        raise ConfigError(f"--modes: give at least one of {', '.join(MODES)}")
     for m in modes:
         if m not in MODES:
             raise ConfigError(f"--modes: unknown mode {m!r}{did_you_mean(m, MODES)}; choose from {', '.join(MODES)}")
