@@ -1,6 +1,7 @@
 """``edgedet validate`` and ``edgedet bench`` (import-light: everything heavy loads in the handlers)."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -100,6 +101,10 @@ def _bench(args) -> int:
 
     from edgedet.runtime.report.bench import bench, bench_table
 
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        from edgedet.errors import ConfigError
+
+        raise ConfigError(f"--json {args.json}: its folder does not exist")
     rows = bench(args.models, threads=args.threads, device=args.device, runs=args.runs, warmup=args.warmup,
                  image=args.image, progress=sys.stderr.isatty())
     print(bench_table(rows))
