@@ -7,7 +7,9 @@ validation split (never the test split the report uses). Ties go to QAT, whose r
 trained. ``edgedet quantize choose`` writes the winners under ``--out`` with ``choice.json``::
 
     {"kind": "edgedet-int8-choice", "version": 1, "data", "split", "images",
-     "targets": {"tflite-int8": {"shipped": "qat"|"ptq", "why", "path", "AP": {"qat": .., "ptq": ..}}}}
+     "targets": {"lite0_tflite-int8.tflite": {"shipped": "qat"|"ptq", "why", "path", "AP": {"qat": .., "ptq": ..}}}}
+
+keyed by the file name the two folders share.
 
 AP values are in points (0..100).
 """
@@ -41,9 +43,11 @@ def decide(ap_qat: float | None, ap_ptq: float | None) -> tuple[str, str]:
         return "qat", "the PTQ model could not be evaluated"
     if ap_qat is None:
         return "ptq", "the QAT model could not be evaluated"
+    d = next((d for d in range(2, 7) if round(ap_qat, d) != round(ap_ptq, d)), 6)  # digits that tell them apart
     if ap_qat >= ap_ptq:
-        return "qat", f"QAT AP {ap_qat:.2f} >= PTQ {ap_ptq:.2f} on the validation split"
-    return "ptq", f"QAT AP {ap_qat:.2f} < PTQ {ap_ptq:.2f} on the validation split (QAT lost {ap_ptq - ap_qat:.2f} points)"
+        return "qat", f"QAT AP {ap_qat:.{d}f} >= PTQ {ap_ptq:.{d}f} on the validation split"
+    return "ptq", (f"QAT AP {ap_qat:.{d}f} < PTQ {ap_ptq:.{d}f} on the validation split "
+                   f"(QAT lost {ap_ptq - ap_qat:.{d}f} points)")
 
 
 def _copy(src: str, dst: str) -> None:
@@ -73,6 +77,12 @@ def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, sp
 
     from edgedet.runtime.metadata import read_metadata
 
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("--names: give the int8 file names to choose between")
+    absent = [n for n in names if not any(os.path.exists(os.path.join(d, n)) for d in (qat_dir, ptq_dir))]
+    if absent:
+        raise ConfigError(f"--names {absent[0]}: in neither {qat_dir} nor {ptq_dir}")
     meta = next((m for m in (read_metadata(os.path.join(d, n)) for n in names for d in (qat_dir, ptq_dir)
                              if os.path.exists(os.path.join(d, n))) if m is not None), None)
     if meta is None:

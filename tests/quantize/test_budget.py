@@ -184,6 +184,21 @@ def test_guard_decides_by_validation_ap():
     assert decide(None, 40.0)[0] == "ptq" and decide(40.0, None)[0] == "qat"
     with pytest.raises(ConfigError):
         decide(None, None)
+    # tiny APs keep the digits that tell them apart: never "0.01 < 0.01"
+    assert decide(0.0077, 0.0136)[1] == "QAT AP 0.008 < PTQ 0.014 on the validation split (QAT lost 0.006 points)"
+
+
+def test_choose_refuses_names_in_neither_folder_before_copying(tmp_path):
+    from edgedet.quantize.guard import choose
+
+    (tmp_path / "q").mkdir()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "q" / "a.tflite").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--names missing.tflite: in neither"):
+        choose(str(tmp_path / "q"), str(tmp_path / "p"), ["a.tflite", "missing.tflite"], "d", str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="--names: give"):
+        choose(str(tmp_path / "q"), str(tmp_path / "p"), ["", ""], "d", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
