@@ -163,6 +163,8 @@ def parse_profile(path) -> DeviceProfile:
     if delegate in ("edgetpu", "nnapi", "xnnpack", "gpu") and backend != "litert":
         raise ConfigError(f"{where}: field 'delegate' {delegate!r} needs backend 'litert'")
     device = _need(d, "device", str, where, lambda v: bool(v.strip()))
+    if delegate == "edgetpu" and "edgetpu" not in targets:
+        raise ConfigError(f"{where}: field 'targets' lacks 'edgetpu', the only files the edgetpu delegate runs")
     if TARGET_BACKEND[targets[0]] != backend:
         raise ConfigError(f"{where}: field 'targets' starts with {targets[0]!r}, which backend {backend!r} does not run")
     # A CPU profile may list targets of other backends (each runs on that backend's CPU path);
@@ -185,7 +187,7 @@ def parse_profile(path) -> DeviceProfile:
         raise ConfigError(f"{tw}: field 'latency_source' must be str, got {source!r}")
     if "latency_ms" in th or not source.startswith("unmeasured"):
         # Missing is an error unless the source says the board is unmeasured (then no budget).
-        lat = float(_need(th, "latency_ms", (int, float), tw, lambda v: v > 0, " (must be > 0)"))
+        lat = float(_need(th, "latency_ms", (int, float), tw, lambda v: 0 < v < float("inf"), " (a number of ms > 0)"))
     else:
         lat = None
     return DeviceProfile(name=name, description=desc, targets=tuple(targets), backend=backend, delegate=delegate,

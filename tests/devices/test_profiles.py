@@ -48,6 +48,8 @@ GOOD = (PROFILE_DIR / "raspberry-pi-5.toml").read_text()
     (lambda s: s.replace("input_size = 320", "input_size = 300"), "input_size"),
     (lambda s: s.replace('"tflite-int8"', '"tflite-int4"'), "targets"),
     (lambda s: s.replace("max_map_drop = 0.02", "max_map_drop = 2"), "max_map_drop"),
+    (lambda s: s.replace("[thresholds]", "[thresholds]\nlatency_ms = inf"), "latency_ms"),
+    (lambda s: s.replace('delegate = "xnnpack"', 'delegate = "edgetpu"'), "targets"),
     (lambda s: s.replace('latency_source = "unmeasured', 'latency_source = "measured'), "latency_ms"),
     (lambda s: s.replace("latency_source", "latency_sauce"), "latency_sauce"),
     (lambda s: s.replace('delegate = "xnnpack"', 'delegat = "xnnpack"'), "delegat"),
