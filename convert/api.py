@@ -195,6 +195,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         check_needs(ts, read_run_json(weights).get("kind", "float"), calib_data)
     if nms_score is not None and not 0.0 < nms_score < 1.0:
         raise ConfigError(f"--nms-score must be in (0, 1), got {nms_score}")
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir}: is a file; --out takes the folder the artifacts go into")
     if calib_data and not os.path.exists(calib_data):
         raise ConfigError(f"--calib-data {calib_data}: no such dataset, image folder or list")
     for note in _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split):

@@ -110,6 +110,8 @@ def calibration_batches(samples, cfg, count: int | None = None, batch: int = 8, 
 class QATTrainer(Trainer):
     """The trainer with the model swapped for the QAT version of a float run (always float32)."""
 
+    KIND = "qat"
+
     def __init__(self, opts, source_run, train_bn: bool = False, resume: bool = False, log=None, epochs: int | None = None):
         super().__init__(opts, resume=resume, log=log, epochs=epochs)
         self.source_run = str(source_run)
@@ -185,7 +187,7 @@ class QATTrainer(Trainer):
         """run.json says "qat" from its first write on: a kill at any point leaves a QAT run."""
         info = self.source_info
         return {
-            "kind": "qat",
+            "kind": self.KIND,
             "source_run": os.path.abspath(self.source_run),
             "source_weights_sha256": info.weights_sha256,
             "source_metrics": dict(info.metrics or {}),

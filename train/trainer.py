@@ -36,6 +36,8 @@ class ClusterLost(EdgedetError):
 class Trainer(RunFiles):
     """Builds everything for one run and trains it. See :func:`train`."""
 
+    KIND = "float"  # run.json's "kind" of the runs this trainer makes
+
     def __init__(self, opts: TrainOptions, resume: bool = False, log=None, epochs: int | None = None):
         self.opts, self.resume, self.epochs_override = opts, resume, epochs
         self.out = Path(opts.out)
@@ -179,7 +181,9 @@ class Trainer(RunFiles):
         existing = self.out / ckpt.RUN_JSON
         if not self.resume and existing.exists():
             if self.opts.strategy != "multiworker":
-                raise ConfigError(f"--out {self.out}: already holds a run (use --resume {self.out} or another --out)")
+                kind = ckpt.read_run_json(self.out).get("kind", "float")
+                hint = f"use --resume {self.out} or another --out" if kind == self.KIND else f"a {kind} run: give another --out"
+                raise ConfigError(f"--out {self.out}: already holds a run ({hint})")
             # A multi-worker command is re-run as it was after a worker stopped: continue the run.
             was = {k: v for k, v in (ckpt.read_run_json(self.out).get("train") or {}).items() if k not in _RERUN_IGNORES}
             now = {k: v for k, v in json.loads(json.dumps(self.opts.to_dict())).items() if k not in _RERUN_IGNORES}

@@ -134,3 +134,14 @@ def test_from_takes_only_onnx_files(tmp_path, capsys):
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
     assert main(["convert", "--from", str(tmp_path / "m.tflite"), "--target", "onnx"]) == 2
     assert "not an .onnx file" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
+    from edgedet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"kind": "float"}')
+    (tmp_path / "afile").write_text("x")
+    assert main(["convert", "--weights", str(run), "--target", "onnx", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
