@@ -62,13 +62,16 @@ def toolchain_output(verbose: bool):
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Python-side "WARNING:tensorflow:..."
     # onnxruntime's quantizer logs through the root logger ("WARNING:root:Axis 1 is out-of-range");
     # edgedet itself prints its warnings, never logs them
-    logging.getLogger().setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)
     filt = _StderrFilter.install()
     _ACTIVE[:] = [filt] if filt is not None else []
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
+            yield
     finally:
+        root.setLevel(level)
         _ACTIVE.clear()
         if filt is not None:
             filt.close()
