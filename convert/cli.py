@@ -64,10 +64,9 @@ def run(args: argparse.Namespace) -> int:
         from edgedet.quantize.budget import refuse_integer_only
 
         refuse_integer_only([], load_profile(args.device).delegate, args.device)
-    targets = _targets(args)
     start = time.perf_counter()
     arts, source = convert(
-        targets, weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,
+        _targets(args), weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,
         calib_count=args.calib_count, nms=args.nms, out_dir=args.out, io_dtype=args.io, log=log,
         nms_score=args.nms_score, max_drop=args.max_drop, val_data=args.val_data, val_split=args.val_split,
     )

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from edgedet.errors import ModelFileError
+from edgedet.files import model_kind
 from edgedet.runtime.metadata import ModelMeta
 
 
@@ -114,7 +115,11 @@ def load_onnx_source(path: str) -> Source:
 
     if not os.path.isfile(path):
         raise ModelFileError(f"--from {path}: no such ONNX file")
-    if not path.lower().endswith(".onnx"):
+    try:
+        kind = model_kind(path)
+    except ModelFileError:
+        kind = None
+    if kind != "onnx":
         raise ModelFileError(f"--from {path}: not an .onnx file (--from imports ONNX detectors; "
                              "edgedet's own files come from --weights RUN)")
     try:

@@ -34,9 +34,9 @@ class ThresholdMissed(EdgedetError):
     exit_code = 1
 
 
-def did_you_mean(word: str, choices) -> str:
-    """Return ' (did you mean X?)' for the closest choice, or ''."""
+def did_you_mean(word: str, choices, cutoff: float = 0.5) -> str:
+    """Return ' (did you mean X?)' for the closest choice (similarity >= ``cutoff``), or ''."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -54,18 +54,16 @@ def _detector(args):
     size = args.image_size
     if size is not None:
         size = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
-    given = [f for f, v in (("--image-size", size), ("--mean", args.mean), ("--std", args.std),
-                            ("--anchor-scale", args.anchor_scale)) if v is not None]
-    if given:
-        from edgedet.runtime.metadata import read_metadata  # noqa: PLC0415
-
-        if os.path.isfile(args.model) and read_metadata(args.model) is not None:
-            print(f"edgedet: note: {', '.join(given)} ignored: {args.model} carries its own metadata", file=sys.stderr)
-    return Detector.from_file(
+    det = Detector.from_file(
         args.model, device=args.device, threads=args.threads, fallback=args.fallback, labels=args.labels,
         image_size=size, mean=args.mean, std=args.std, anchor_scale=args.anchor_scale, score_threshold=args.score, iou_threshold=args.iou,
         max_detections=args.max_det, nms=args.nms, soft=args.soft_nms,
     )
+    given = [f for f, v in (("--image-size", size), ("--mean", args.mean), ("--std", args.std),
+                            ("--anchor-scale", args.anchor_scale)) if v is not None]
+    if given and det.own_metadata:
+        print(f"edgedet: note: {', '.join(given)} ignored: {args.model} carries its own metadata", file=sys.stderr)
+    return det
 
 
 def _expand(inputs) -> list[tuple[str, str]]:
@@ -124,7 +122,7 @@ def _save_image(path: str, rgb) -> None:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+        Image.fromarray(rgb).save(tmp)
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from edgedet.errors import ConfigError, ModelFileError
+from edgedet.errors import ConfigError, ModelFileError, did_you_mean
 from edgedet.files import model_kind
 from edgedet.runtime.anchors import AnchorConfig
 from edgedet.runtime.detections import Detections
@@ -79,6 +79,7 @@ class Detector:
         self.labels = tuple(meta.labels)
         self.last_timing = {"pre": 0.0, "invoke": 0.0, "post": 0.0}
         self.last_image_hw: tuple[int, int] | None = None  # original (H, W) of the last detect()
+        self.own_metadata = True  # the file carries edgedet metadata (from_file says otherwise)
         self.load_seconds = 0.0
         self.input = InputPlan(backend.inputs[0], meta, raw_pixels=raw_pixels)
         if meta.outputs == "nms":
@@ -131,8 +132,9 @@ class Detector:
         from edgedet.runtime.backends.base import open_backend  # noqa: PLC0415
 
         backend = open_backend(path, kind, device=device, threads=threads, fallback=fallback)
-        meta, raw_pixels = _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale)
+        meta, raw_pixels, own = _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale)
         det = cls(backend, meta, path=path, raw_pixels=raw_pixels, **post)
+        det.own_metadata = own
         opencv()  # its import (~10 ms) belongs to loading, not to the first image's timings
         det.load_seconds = time.perf_counter() - t0
         return det
@@ -297,18 +299,17 @@ def _resolve_device(device, threads, kind):
     except ImportError:
         return device, threads
     if device not in list_profiles():
-        import difflib  # noqa: PLC0415
-
-        close = difflib.get_close_matches(device, list_profiles(), n=1, cutoff=0.8)
-        if close:  # a mistyped profile name, not a backend's device string
-            raise ConfigError(f"--device {device}: no such device profile (did you mean {close[0]!r}? see `edgedet devices`)")
+        hint = did_you_mean(device, list_profiles(), cutoff=0.8)
+        if hint:  # a mistyped profile name, not a backend's device string
+            raise ConfigError(f"--device {device}: no such device profile{hint}; see `edgedet devices`")
         return device, threads
     prof = load_profile(device)
     return prof.device_for(kind), threads if threads else prof.threads
 
 
-def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale=None) -> tuple[ModelMeta, bool]:
-    """Metadata from the file, completed/overridden by explicit arguments."""
+def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale=None) -> tuple[ModelMeta, bool, bool]:
+    """``(metadata, raw pixels, the file carries edgedet metadata)``: the file's, completed or
+    overridden by explicit arguments."""
     meta = read_metadata(path)
     file_labels = None
     if kind == "litert" and meta is None:
@@ -327,7 +328,7 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_sca
             if meta.labels and len(user_labels) != len(meta.labels):
                 raise ConfigError(f"{labels}: {len(user_labels)} names, but {path} has {len(meta.labels)} classes")
             meta.labels = user_labels
-        return meta, False
+        return meta, False, True
     outs = backend.outputs
     is_nms = len(outs) == 4 and kind == "litert" and any(len(o.shape) == 3 and o.shape[-1] == 4 for o in outs)
     names = user_labels or file_labels
@@ -341,7 +342,7 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_sca
             raise ModelFileError(f"{path}: float-input model without edgedet metadata; pass --mean and --std")
         meta = ModelMeta(labels=names, input_size=(int(h), int(w)), outputs="nms", resize="stretch",
                          mean=_triple(mean, 0.0), std=_triple(std, 1.0), target="tflite-nms")
-        return meta, raw_pixels
+        return meta, raw_pixels, False
     missing = [n for n, v in (("--labels", names), ("--image-size", image_size), ("--mean", mean), ("--std", std),
                               ("--anchor-scale", anchor_scale)) if v is None]
     if missing:
@@ -350,7 +351,7 @@ def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_sca
     layout = "NCHW" if len(inp.shape) == 4 and inp.shape[1] == 3 and inp.shape[-1] != 3 else "NHWC"
     anchors = AnchorConfig(anchor_scale=float(anchor_scale)).to_dict()
     return ModelMeta(labels=names, input_size=size, layout=layout, mean=_triple(mean, 0.0), std=_triple(std, 1.0),
-                     anchors=anchors), False
+                     anchors=anchors), False, False
 
 
 def _triple(v, default) -> tuple[float, float, float]:

@@ -18,6 +18,7 @@ budget, slower, or as fast but larger.
 """
 from __future__ import annotations
 
+from edgedet.errors import ConfigError
 from edgedet.files import fmt_size
 
 TIE_FRACTION = 0.05  # latencies within 5 % of the fastest are a tie
@@ -59,15 +60,17 @@ def _other_backend(device: str | None):
         prof = load_profile(device)
     except Exception:  # noqa: BLE001 - a report read back without the profile: no such rule
         return lambda m: None
-    if prof.device.lower() == "cpu":
-        return lambda m: None  # a CPU profile runs every backend's files
 
     def reason(m: dict) -> str | None:
         try:
             backend = backend_for(m["path"])
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a bad suffix is the model's own failure, reported elsewhere
             return None
-        return None if backend == prof.backend else f"{prof.name} runs {prof.backend} files on {prof.device}; this is a {backend} file"
+        try:
+            prof.device_for(backend)  # a CPU profile runs every backend's files
+        except ConfigError as exc:
+            return f"a {backend} file: {exc}"
+        return None
 
     return reason
 
