@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -72,10 +73,12 @@ def import_onnx(path: str, meta=None):
         kw["batch_size"] = 1
     buf = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="edgedet-onnx2tf-") as out:
+        # onnx2tf saves its simplified graph back over the file it was given: give it a copy.
+        work = _private_copy(path, g, out)
         try:
             with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
                 model = onnx2tf.convert(
-                    input_onnx_file_path=path, output_folder_path=out, disable_model_save=True,
+                    input_onnx_file_path=work, output_folder_path=out, disable_model_save=True,
                     non_verbose=True, verbosity="error", **kw,
                 )
         except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on failure
@@ -85,6 +88,24 @@ def import_onnx(path: str, meta=None):
         raise ToolchainError(f"onnx2tf could not convert {path}: it returned no model")
     _track_captured_variables(model)
     return model
+
+
+def _private_copy(path: str, graph, folder: str) -> str:
+    """Copy ``path`` and any external-data files its initializers name into ``folder``."""
+    import onnx  # noqa: PLC0415
+
+    src_dir = os.path.dirname(os.path.abspath(path))
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and not os.path.isfile(os.path.join(src_dir, loc)):
+                raise ToolchainError(f"--from {path}: its external data file {loc} is missing beside it")
+            if loc and not os.path.exists(os.path.join(folder, loc)):
+                os.makedirs(os.path.dirname(os.path.join(folder, loc)) or folder, exist_ok=True)
+                shutil.copyfile(os.path.join(src_dir, loc), os.path.join(folder, loc))
+    work = os.path.join(folder, "source-" + os.path.basename(path))
+    shutil.copyfile(path, work)
+    return work
 
 
 def _track_captured_variables(model) -> None:

@@ -106,8 +106,10 @@ def test_from_onnx_to_tflite_matches_its_source(exports, bccd_images, calib_dir,
 
     src = tmp_path / "model.onnx"
     shutil.copyfile(exports["paths"]["onnx"], src)
+    before = src.read_bytes()
     arts, source = convert(["tflite-fp32", "tflite-int8"], from_onnx=str(src), calib_data=calib_dir, calib_count=8,
                            out_dir=str(tmp_path / "out"), log=lambda m: None)
+    assert src.read_bytes() == before  # onnx2tf works on a copy: the user's file is never rewritten
     paths = {a.target: a.path for a in arts}
     assert paths["tflite-fp32"].endswith("model_tflite-fp32.tflite")
     x = cv.normalised(bccd_images[0])
