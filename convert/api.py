@@ -37,7 +37,8 @@ class Context:
     calib_count: int = 300
     io_dtype: str = "uint8"
     nms: bool = False
-    nms_options: dict = field(default_factory=lambda: {"max_detections": 100, "score_threshold": 0.05, "iou_threshold": 0.5})
+    nms_options: dict = field(default_factory=lambda: {"max_detections": 100, "score_threshold": 0.05, "iou_threshold": 0.5,
+                                                          "per_class": False})
     log: Callable[[str], None] = print
     work_dir: str = ""
     max_drop: float | None = None  # int8 AP budget in points (edgedet.quantize.budget)
@@ -145,13 +146,15 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
     return done
 
 
-def _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split) -> list[str]:
+def _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split, nms_per_class=False) -> list[str]:
     """Options given that none of these targets uses: said once each, never silently ignored."""
     notes = []
     if nms and any(t.family != "tflite" for t in ts):
         notes.append("--nms applies to TFLite targets only; ONNX/OpenVINO artifacts keep raw outputs")
     if nms_score is not None and not nms:
         notes.append("--nms-score applies only with --nms; it is not used")
+    if nms_per_class and not nms:
+        notes.append("--nms-per-class applies only with --nms; it is not used")
     if io_dtype != "uint8" and not any(t.name in ("tflite-int8", "edgetpu") for t in ts):
         notes.append(f"--io {io_dtype} applies to full-integer TFLite (tflite-int8, edgetpu); it is not used")
     if max_drop is None and (val_data or val_split != "val"):
@@ -162,10 +165,12 @@ def _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split)
 def convert(targets: list[str], weights: str | None = None, from_onnx: str | None = None, calib_data: str | None = None,
             calib_count: int = 300, nms: bool = False, out_dir: str | None = None, io_dtype: str = "uint8",
             log: Callable[[str], None] = print, nms_score: float | None = None, max_drop: float | None = None,
-            val_data: str | None = None, val_split: str = "val") -> tuple[list[Artifact], object]:
+            val_data: str | None = None, val_split: str = "val",
+            nms_per_class: bool = False) -> tuple[list[Artifact], object]:
     """Convert a run (``weights``) or an ONNX file (``from_onnx``) to every target.
 
     ``nms_score``: the score threshold baked into a ``--nms`` model (default 0.05).
+    ``nms_per_class``: the ``--nms`` op suppresses per class (:func:`edgedet.convert.nms.nms_signature`).
     ``max_drop``: tflite-int8 keeps the fewest layers in float that hold the AP drop on ``val_data``'s
     ``val_split`` within this many points (:mod:`edgedet.quantize.budget`).
 
@@ -199,7 +204,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         raise ConfigError(f"--out {out_dir}: is a file; --out takes the folder the artifacts go into")
     if calib_data and not os.path.exists(calib_data):
         raise ConfigError(f"--calib-data {calib_data}: no such dataset, image folder or list")
-    for note in _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split):
+    for note in _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split, nms_per_class):
         log(f"note: {note}")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -216,6 +221,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         ctx.max_drop, ctx.val_data, ctx.val_split = max_drop, val_data, val_split
         if nms_score is not None:
             ctx.nms_options["score_threshold"] = float(nms_score)
+        ctx.nms_options["per_class"] = bool(nms_per_class)
         arts = run_targets(ctx, ts, out_dir, source.stem)
     return arts, source
 

@@ -31,6 +31,10 @@ def register(sub) -> None:
     p.add_argument("--io", choices=("uint8", "int8"), default="uint8", help="input/output type of full-integer TFLite (default uint8)")
     p.add_argument("--nms", action="store_true", help="TFLite: embed TFLite_Detection_PostProcess (4 standard outputs) instead of raw outputs")
     p.add_argument("--nms-score", type=float, metavar="P", help="--nms: score threshold baked into the model (default 0.05, low enough for mAP; every anchor above it enters the op's NMS, so a deployment threshold such as 0.3 runs faster: Lite0@320 int8 24 ms vs 38 ms)")
+    p.add_argument("--nms-per-class", action="store_true",
+                   help="--nms: suppress overlapping boxes per class, as the runtime does (the raw file's detections, "
+                        "slower invoke); by default TFLite's quick mode keeps each box's best class and suppresses "
+                        "across classes (docs/mobile.md)")
     p.add_argument("--max-drop", type=float, metavar="P",
                    help="tflite-int8 / openvino-int8: keep the fewest layers in float that hold the AP drop on --val-data within P points")
     p.add_argument("--val-data", metavar="DATA", help="--max-drop: dataset whose --val-split measures the AP drop")
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     arts, source = convert(
         _targets(args), weights=args.weights, from_onnx=args.from_onnx, calib_data=args.calib_data,
         calib_count=args.calib_count, nms=args.nms, out_dir=args.out, io_dtype=args.io, log=log,
-        nms_score=args.nms_score, max_drop=args.max_drop, val_data=args.val_data, val_split=args.val_split,
+        nms_score=args.nms_score, nms_per_class=args.nms_per_class, max_drop=args.max_drop, val_data=args.val_data,
+        val_split=args.val_split,
     )
     log(f"{'done':<16} {time.perf_counter() - start:6.1f} s  {len(arts)} artifact(s)")
     from edgedet.runs import IN_PIPELINE_ENV

@@ -22,14 +22,20 @@ import numpy as np
 from edgedet.runtime.outputs import NMS_OUTPUT_NAMES
 
 
-def nms_signature(num_classes: int, max_detections: int, score_threshold: float, iou_threshold: float) -> str:
-    """The ``experimental_implements`` string the converter turns into the custom op."""
+def nms_signature(num_classes: int, max_detections: int, score_threshold: float, iou_threshold: float,
+                  per_class: bool = False) -> str:
+    """The ``experimental_implements`` string the converter turns into the custom op.
+
+    ``per_class``: the op's "regular" NMS, one suppression per class (the runtime's default, so
+    the raw file's detections); otherwise its quick mode, which gives each anchor its best class
+    and suppresses across classes (the runtime's ``nms="global"``).
+    """
     attrs = [
         'name: "TFLite_Detection_PostProcess"',
         f'attr {{ key: "max_detections" value {{ i: {int(max_detections)} }} }}',
         'attr { key: "max_classes_per_detection" value { i: 1 } }',
         f'attr {{ key: "detections_per_class" value {{ i: {int(max_detections)} }} }}',
-        'attr { key: "use_regular_nms" value { b: false } }',
+        f'attr {{ key: "use_regular_nms" value {{ b: {str(bool(per_class)).lower()} }} }}',
         f'attr {{ key: "nms_score_threshold" value {{ f: {float(score_threshold):f} }} }}',
         f'attr {{ key: "nms_iou_threshold" value {{ f: {float(iou_threshold):f} }} }}',
         'attr { key: "y_scale" value { f: 1.0 } }',
@@ -51,7 +57,7 @@ def normalized_anchors(input_size, anchor_config) -> np.ndarray:
 
 
 def with_nms(model, input_size, anchor_config, num_classes: int, max_detections: int = 100,
-             score_threshold: float = 0.05, iou_threshold: float = 0.5):
+             score_threshold: float = 0.05, iou_threshold: float = 0.5, per_class: bool = False):
     """Append sigmoid + ``TFLite_Detection_PostProcess`` to an edgedet model.
 
     Args:
@@ -67,7 +73,7 @@ def with_nms(model, input_size, anchor_config, num_classes: int, max_detections:
 
     anchors = normalized_anchors(input_size, anchor_config)
     nlev = len(model.outputs) // 2
-    signature = nms_signature(num_classes, max_detections, score_threshold, iou_threshold)
+    signature = nms_signature(num_classes, max_detections, score_threshold, iou_threshold, per_class)
 
     @tf.function(experimental_implements=signature)
     def detection_postprocess(box_encodings, class_predictions, anchor_boxes):

@@ -77,6 +77,12 @@ def model_entry(name: str, path: str, role: str, fmt: str, evaluation: dict, lat
     return e
 
 
+def across_classes(entry: dict) -> bool:
+    """True for a file whose in-graph NMS (``convert --nms`` without ``--nms-per-class``) suppresses across classes."""
+    nms = entry.get("nms")
+    return bool(nms) and not nms.get("per_class", False)
+
+
 def latency_value(entry: dict, metric: str) -> float | None:
     part, _, key = metric.partition(".")
     return ((entry.get("latency") or {}).get(part) or {}).get(key)

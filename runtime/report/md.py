@@ -6,6 +6,7 @@ the same numbers (``report_html`` renders the same tables).
 from __future__ import annotations
 
 from edgedet.files import fmt_size
+from edgedet.runtime.report.build import across_classes
 from edgedet.runtime.report.stats import fmt_ms, fmt_pct
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -32,6 +33,8 @@ def _vs_twin(m: dict) -> str:
     for a mixed int8 model from ``convert --max-drop`` (its latency columns show what they cost)."""
     d = ((m.get("vs_twin") or {}).get("delta") or {}).get("AP")
     note = "" if d is None else f" (quantization {fmt_pct(d, 2, signed=True)} vs its float twin)"
+    if across_classes(m):
+        note += " (in-graph NMS across classes)"
     floats = ((m.get("quantization") or {}).get("budget") or {}).get("float_layers")
     return note + (f" ({len(floats)} layer{'s' if len(floats) != 1 else ''} float)" if floats else "")
 

@@ -75,6 +75,7 @@ _MODEL = {
         "file_size_bytes": _INT,
         "sha256": _STR,
         "macs": _INT,
+        "nms": {"type": ["object", "null"]},
         "metrics": _METRICS,
         "delta": _METRICS,
         "per_class": {"type": ["object", "null"], "additionalProperties": _PER_CLASS_ROW},

@@ -20,7 +20,7 @@ from edgedet.extras import require
 from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
-from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.report.build import across_classes, assemble, failed_entry, latency_block, model_entry, write_report
 from edgedet.runtime.report.stats import gmacs_per_second
 from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis, output_table
 from edgedet.runtime.report.worker import run_worker
@@ -174,6 +174,8 @@ def _entry(name, path, role, result, npz, samples, class_names) -> dict:
         "quantization": meta.get("quantization"), "file_size_bytes": result.get("file_size_bytes"),
         "sha256": model_sha256(path),
         "macs": meta.get("macs"),
+        # a file with the post-processing op in its graph: its settings (NMS mode, baked threshold)
+        "nms": (meta.get("extra") or {}).get("nms") if meta.get("outputs") == "nms" else None,
         "provenance": result.get("provenance") or {"backend": None, "backend_version": None, "delegate": None,
                                                    "threads": None, "device": None},
     }
@@ -273,11 +275,14 @@ def qat_twins(models: list[str]) -> list[str]:
 
 
 def add_twin_deltas(entries: list[dict], twins: list[str]) -> None:
-    """Give each QAT model's entry ``vs_twin``: its AP minus its float twin's (the quantization loss)."""
+    """Give each QAT model's entry ``vs_twin``: its AP minus its float twin's (the quantization loss).
+
+    Not for a file whose in-graph NMS suppresses across classes: the twin runs the runtime's
+    per-class NMS, so that difference is not quantization alone."""
     by_run = {e["path"]: e for e in entries if e["role"] == "twin"}
     for e in entries:
         src = ((e.get("quantization") or {}).get("method") == "qat" and e["role"] == "candidate"
-               and by_run.get(_source_run(e)))
+               and not across_classes(e) and by_run.get(_source_run(e)))
         if src and src.get("metrics") and e.get("metrics"):
             from edgedet.runtime.report.evaluate import SUMMARY_KEYS
             from edgedet.runtime.report.stats import delta

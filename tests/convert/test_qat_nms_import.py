@@ -68,16 +68,24 @@ def test_nms_tflite_matches_runtime_decoding(tiny_run, exports, bccd_images, tmp
     assert [t.name for t in g.outputs] == ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
     meta = read_metadata(art.path)
     assert meta.outputs == "nms" and meta.extra["nms"]["max_detections"] == 100
+    assert meta.extra["nms"]["per_class"] is False
     nms_det = Detector.from_file(art.path, score_threshold=0.3)
-    # TFLite's fast NMS keeps the best class per anchor and suppresses across classes: global NMS
-    raw_det = Detector.from_file(exports["paths"]["tflite-fp32"], score_threshold=0.3, nms="global")
-    for img in bccd_images[:2]:
-        a, b = nms_det.detect(img), raw_det.detect(img)
-        assert len(a.scores) > 0
-        k = min(len(a.scores), len(b.scores), 10)
-        np.testing.assert_allclose(a.scores[:k], b.scores[:k], atol=1e-4)
-        np.testing.assert_array_equal(a.classes[:k], b.classes[:k])
-        assert np.diag(iou_matrix(a.boxes[:k], b.boxes[:k])).min() >= 0.99
+    # TFLite's quick NMS keeps the best class per anchor and suppresses across classes: global NMS.
+    # --nms-per-class runs its regular NMS, one suppression per class: the runtime's default.
+    (art_pc,), _ = convert(["tflite-fp32"], weights=str(tiny_run), nms=True, nms_per_class=True,
+                           out_dir=str(tmp_path / "pc"), log=lambda m: None)
+    assert read_metadata(art_pc.path).extra["nms"]["per_class"] is True
+    pairs = [(nms_det, Detector.from_file(exports["paths"]["tflite-fp32"], score_threshold=0.3, nms="global")),
+             (Detector.from_file(art_pc.path, score_threshold=0.3),
+              Detector.from_file(exports["paths"]["tflite-fp32"], score_threshold=0.3))]
+    for in_graph, raw_det in pairs:
+        for img in bccd_images[:2]:
+            a, b = in_graph.detect(img), raw_det.detect(img)
+            assert len(a.scores) > 0
+            k = min(len(a.scores), len(b.scores), 10)
+            np.testing.assert_allclose(a.scores[:k], b.scores[:k], atol=1e-4)
+            np.testing.assert_array_equal(a.classes[:k], b.classes[:k])
+            assert np.diag(iou_matrix(a.boxes[:k], b.boxes[:k])).min() >= 0.99
     # --nms-score bakes the threshold in: one between the 3rd and 4th score leaves 3 detections.
     # (Slots past num_detections hold leftovers, not zeros: apps must read the count.)
     from ai_edge_litert.interpreter import Interpreter

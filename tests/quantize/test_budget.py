@@ -165,11 +165,17 @@ def test_validate_reports_the_float_twin_of_a_qat_file(float_run, synth, qhelper
     data = json.loads((qat_run / "run.json").read_text())
     (qat_run / "run.json").write_text(json.dumps(dict(data, source_run=str(float_run))))
     arts, _ = convert(["tflite-int8"], weights=str(qat_run), out_dir=str(tmp_path / "export"), log=lambda m: None)
-    report = validate([arts[0].path], str(synth), str(tmp_path / "report"), limit=1, html=False, progress=False,
-                      log=lambda m: None)  # no float baseline: one worker less; the twin needs none
+    # An --nms file suppresses across classes, where the twin suppresses per class: that
+    # difference is not quantization, so it gets no vs_twin, and the report says why.
+    nms_arts, _ = convert(["tflite-int8"], weights=str(qat_run), nms=True, out_dir=str(tmp_path / "nms"),
+                          log=lambda m: None)
+    report = validate([arts[0].path, nms_arts[0].path], str(synth), str(tmp_path / "report"), limit=1, html=False,
+                      progress=False, log=lambda m: None)  # no float baseline: one worker less; the twin needs none
     roles = [m["role"] for m in report["models"]]
-    assert roles == ["twin", "candidate"], roles
-    twin, qat = report["models"]
+    assert roles == ["twin", "candidate", "candidate"], roles
+    twin, qat, nms = report["models"]
+    assert nms["nms"]["per_class"] is False and "vs_twin" not in nms and qat["nms"] is None
+    assert nms["name"] + " (in-graph NMS across classes)" in (tmp_path / "report" / "report.md").read_text()
     assert twin["name"] == "float twin (qat)" and twin["status"] == "pass" and twin["quantization"]["method"] == "none"
     assert qat["vs_twin"]["twin"] == twin["name"]
     assert qat["vs_twin"]["delta"]["AP"] == pytest.approx(qat["metrics"]["AP"] - twin["metrics"]["AP"])
