@@ -48,6 +48,17 @@ def missing_module_message(module: str, what: str | None = None) -> str:
     return f"{who} the Python module {top!r}, which is not installed: {install_hint(top)}"
 
 
+def has_modules(*modules: str) -> bool:
+    """True when every one of ``modules`` can be imported (looked up, not imported)."""
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
 def require(*modules: str, what: str, alternative: str = "") -> None:
     """Raise :class:`ToolchainError` naming the extra when any of ``modules`` cannot be imported.
 
@@ -55,9 +66,5 @@ def require(*modules: str, what: str, alternative: str = "") -> None:
     and plots), so a missing evaluator fails in a second instead of after the last model.
     """
     for name in modules:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+        if not has_modules(name):
             raise ToolchainError(missing_module_message(name, what) + (f"; or {alternative}" if alternative else ""))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedet.errors import ConfigError, DataError, ModelFileError
-from edgedet.extras import require
+from edgedet.extras import has_modules, require
 from edgedet.files import model_kind
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
@@ -257,8 +257,11 @@ def _names(paths: list[str]) -> list[str]:
     return names
 
 
-def qat_twins(models: list[str]) -> list[str]:
-    """The QAT run folders the models were exported from (metadata ``extra.source``), each once."""
+def qat_twins(models: list[str], log=print) -> list[str]:
+    """The QAT run folders the models were exported from (metadata ``extra.source``), each once.
+
+    The twin is an extra row the user did not ask for: where TensorFlow is not installed (a
+    device install) it is left out with a note instead of failing the report."""
     from edgedet.runtime.metadata import read_metadata
 
     runs = []
@@ -271,6 +274,9 @@ def qat_twins(models: list[str]) -> list[str]:
         run = src.get("run")
         if src.get("kind") == "qat" and run and is_run_dir(run) and run not in runs:
             runs.append(run)
+    if runs and not has_modules("tensorflow", "tf_keras"):
+        log(f"note: no float twin row for {', '.join(runs)}: running a Keras run needs pip install \"edgedet[train]\"")
+        return []
     return runs
 
 
@@ -318,10 +324,10 @@ def _diagnosis_map(diagnosis: list[str] | None) -> dict[str, str]:
     return diag_map
 
 
-def _jobs(models: list[str], baseline: str | None) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+def _jobs(models: list[str], baseline: str | None, log=print) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """The (role, path) jobs in report order, their row names and the QAT runs' float twins:
     the baseline, each QAT run's float twin (extra training vs quantization loss), the models."""
-    twins = qat_twins(models)
+    twins = qat_twins(models, log)
     jobs = ([("baseline", baseline)] if baseline else []) + [("twin", run) for run in twins]
     jobs += [("candidate", m) for m in models]
     names = _names([p for _, p in jobs])
@@ -380,7 +386,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         run_classes = run_class_names(baseline)
     diag_map = _diagnosis_map(diagnosis)
     samples, class_names = load_samples(data, split, limit, classes=run_classes)
-    jobs, names, twins = _jobs(models, baseline)
+    jobs, names, twins = _jobs(models, baseline, log)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))

@@ -62,13 +62,13 @@ def run_job(job: dict, result: dict) -> dict:
     """Run one model on the job's images, filling ``result`` as it goes (so a failure part-way
     still reports provenance and how far it got)."""
     out_dir = job["out"]
-    result.update({"ok": False, "error": None, "images_done": 0, "file_size_bytes": file_size(job["model"])})
+    size = job.get("file_size_bytes")  # a run's weights file, set by the caller; else the file
+    result.update({"ok": False, "error": None, "images_done": 0,
+                   "file_size_bytes": size if size is not None else file_size(job["model"])})
     t0 = time.perf_counter()
     det, eval_fn = _load_detector(job)
     result["init_ms"] = (time.perf_counter() - t0) * 1e3
     result.update(_describe(det))
-    if job.get("file_size_bytes") is not None:
-        result["file_size_bytes"] = job["file_size_bytes"]
     deploy = {k: getattr(det, k) for k in ("score_threshold", "iou_threshold", "max_detections", "nms")}
     evalpost = job["eval_post"]
     times = {"pre": [], "invoke": [], "post": [], "end_to_end": []}

@@ -321,3 +321,25 @@ def test_row_names_disambiguate_colliding_file_names():
                   "r/4_convert/float/lite0_onnx.onnx", "a/x.tflite", "a/x.tflite"])
     assert got == ["float/lite0_tflite-int8.tflite", "qat/lite0_tflite-int8.tflite", "lite0_onnx.onnx",
                    "a/x.tflite", "a/x.tflite #2"]
+
+
+def test_the_float_twin_is_left_out_with_a_note_where_tensorflow_is_missing(rt_models, tmp_path, monkeypatch):
+    """A device install (no TensorFlow) that can see the QAT run folder: no twin row it cannot run."""
+    import sys
+
+    from edgedet.runtime.metadata import embed_tflite, read_metadata
+    from edgedet.runtime.report.validate import qat_twins
+
+    run = tmp_path / "qat"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    model = tmp_path / "int8.tflite"
+    shutil.copyfile(rt_models.tflite("fp32"), model)
+    meta = read_metadata(str(model))
+    meta.extra["source"] = {"kind": "qat", "run": str(run)}
+    embed_tflite(str(model), meta)
+    assert qat_twins([str(model)], log=lambda m: None) == [str(run)]
+    notes = []
+    monkeypatch.setitem(sys.modules, "tf_keras", None)  # what a runtime-only install looks like to find_spec
+    assert qat_twins([str(model)], log=notes.append) == []
+    assert len(notes) == 1 and str(run) in notes[0] and "edgedet[train]" in notes[0]
