@@ -19,20 +19,6 @@ from typing import Callable
 
 from edgedet.errors import ConfigError, ToolchainError, did_you_mean
 
-# module to import -> what to pip install when it is missing
-_PIP = {
-    "tensorflow": "tensorflow>=2.20,<2.21 tf-keras>=2.20,<2.21",
-    "tf_keras": "tf-keras>=2.20,<2.21",
-    "tf2onnx": "tf2onnx>=1.17,<1.18",
-    "onnx": "onnx>=1.16",
-    "onnxruntime": "onnxruntime>=1.20",
-    "openvino": "openvino>=2025.0",
-    "nncf": "nncf>=2.14",
-    "onnx2tf": "onnx2tf>=1.26 onnx-graphsurgeon sng4onnx",
-    "tensorflow_model_optimization": "tensorflow-model-optimization==0.8.1",
-}
-
-
 @dataclass(frozen=True)
 class Target:
     """One export target.
@@ -80,8 +66,14 @@ class Target:
         """Raise a one-line :class:`ToolchainError` naming what to pip install."""
         missing = self.missing_toolchain()
         if missing:
-            pkgs = " ".join(_PIP.get(m, m) for m in missing)
-            raise ToolchainError(f"target {self.name} needs {', '.join(missing)}: pip install {pkgs}  (or: pip install 'edgedet[convert]')")
+            from edgedet.extras import OPTIONAL_MODULES
+
+            # the extras that bring them (pyproject's pins, one source of truth), in a pasteable line
+            extras = sorted({OPTIONAL_MODULES[m][1] for m in missing if m in OPTIONAL_MODULES})
+            others = [m for m in missing if m not in OPTIONAL_MODULES]
+            how = " ".join(([f'"edgedet[{",".join(extras)}]"'] if extras else []) + others)
+            raise ToolchainError(f"target {self.name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                                 f"not installed: pip install {how}")
 
     def load(self) -> Callable:
         mod, fn = self.func.split(":")

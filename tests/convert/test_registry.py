@@ -66,7 +66,7 @@ def test_missing_toolchain_names_pip_package(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", fake)
     with pytest.raises(ToolchainError) as e:
         registry.get_target("openvino-fp32").check_toolchain()
-    assert "pip install openvino" in str(e.value) and "\n" not in str(e.value)
+    assert 'pip install "edgedet[convert]"' in str(e.value) and "\n" not in str(e.value)
     # convert() checks toolchains before loading anything (the run folder need not exist)
     with pytest.raises(ToolchainError, match="openvino"):
         convert(["onnx", "openvino-fp16"], weights="/nonexistent/run")
