@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedet.argtypes import positive
-from edgedet.errors import ConfigError, DataError, EdgedetError
+from edgedet.errors import ConfigError, DataError, EdgedetError, ToolchainError
 from edgedet.files import atomic_write_text, discard, install, sweep_stale_temps, temp_name
 
 STAGES = ("data", "train", "qat", "convert", "validate")
@@ -346,6 +346,7 @@ def _fmt(seconds: float) -> str:
 def run_pipeline(args) -> int:
     out = Path(args.out)
     stages = plan(args)  # checks the arguments before anything is written
+    check_toolchains(next(s for s in stages if s.name == "convert").inputs["targets"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for i, stage in enumerate(stages, 1):
@@ -369,15 +370,32 @@ def run_pipeline(args) -> int:
             if stage.name == "validate" and rc == 1 and (stage.folder / "report.json").exists():
                 continue
             if rc != 0:
-                err = getattr(_run_child, "last_error", "") or f"exit code {rc}"
+                # the child's own error line was just shown: point at it rather than repeat it
+                err = "its error is above" if getattr(_run_child, "last_error", "") else f"exit code {rc}"
                 raise EdgedetError(
-                    f"stage {stage.name} failed ({err.replace('edgedet: error: ', '')}); "
+                    f"stage {stage.name} failed ({err}); "
                     f"completed stages are kept, log: {stage.folder / 'stage.log'}; re-run the same command to resume"
                 )
         stage.write_manifest(time.time() - ts)
         print(f"{head} done in {_fmt(time.time() - ts)}", flush=True)
     print(f"pipeline finished in {_fmt(time.time() - t0)}")
     return _print_summary(stages[-1].folder)
+
+
+# What the stages import besides the export toolchains: training, QAT, evaluation, the plots.
+STAGE_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "pycocotools", "matplotlib", "yaml", "PIL")
+
+
+def check_toolchains(targets: list[str]) -> None:
+    """Every module any stage needs, before the first stage writes anything: one line, one install."""
+    from edgedet.convert.registry import get_target
+    from edgedet.extras import has_modules
+
+    need = list(STAGE_MODULES) + [m for t in targets for m in get_target(t).requires]
+    missing = list(dict.fromkeys(m for m in need if not has_modules(m)))
+    if missing:
+        raise ToolchainError(f"edgedet pipeline needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                             f'not installed: pip install "edgedet[all]"')
 
 
 def _set_aside_if_changed(stage: Stage) -> None:

@@ -109,7 +109,9 @@ def _setup_env() -> None:
 
 def _qat(args) -> int:
     from edgedet.errors import ConfigError
+    from edgedet.extras import require
 
+    require("tensorflow", "tf_keras", "tensorflow_model_optimization", what="edgedet quantize qat")  # before --out is made
     _setup_env()
     from edgedet.quantize.qat import qat, resume_qat
     from edgedet.train.distribute import apply_arguments

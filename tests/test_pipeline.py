@@ -91,6 +91,26 @@ def test_pipeline_bad_input_one_line_errors(tmp_path):
     assert not (tmp_path / "r").exists()  # refused before any stage wrote anything
 
 
+def test_a_missing_toolchain_is_one_line_before_any_stage(tmp_path, monkeypatch, capsys):
+    """A runtime-only install: every module the stages need is checked first, with one install line."""
+    from edgedet.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)  # not importable, as there
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    assert main(["pipeline", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "tensorflow_model_optimization, pycocotools" in err and 'pip install "edgedet[all]"' in err
+    assert not (tmp_path / "r").exists()
+    # train and QAT check theirs before making --out
+    monkeypatch.setitem(sys.modules, "tf_keras", None)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "t")]) == 2
+    assert "edgedet train needs the Python module 'tf_keras'" in capsys.readouterr().err
+    assert main(["quantize", "qat", "--weights", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "q")]) == 2
+    assert "edgedet quantize qat needs the Python module 'tf_keras'" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "q").exists()
+
+
 def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, capsys):
     from edgedet.pipeline import Stage, _set_aside_if_changed, _with_resume
 

@@ -81,8 +81,10 @@ def _absolute(value: str | None) -> str | None:
 
 def _train(args) -> int:
     from edgedet.errors import ConfigError
+    from edgedet.extras import require
     from edgedet.train.distribute import apply_arguments
 
+    require("tensorflow", "tf_keras", what="edgedet train")  # before --out is made
     apply_arguments(args)
     if args.resume:
         from edgedet.train.trainer import resume_options, train
