@@ -181,6 +181,8 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         ConfigError: unknown target, missing calibration/QAT for int8, bad options.
         ToolchainError: a target's toolchain is not installed (names the pip package).
     """
+    from edgedet.train.layouts import split_format
+
     if bool(weights) == bool(from_onnx):
         raise ConfigError("give exactly one of --weights RUN or --from model.onnx")
     if io_dtype not in IO_CHOICES:
@@ -202,7 +204,7 @@ def convert(targets: list[str], weights: str | None = None, from_onnx: str | Non
         raise ConfigError(f"--nms-score must be in (0, 1), got {nms_score}")
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir}: is a file; --out takes the folder the artifacts go into")
-    if calib_data and not os.path.exists(calib_data):
+    if calib_data and not os.path.exists(split_format(calib_data)[1]):
         raise ConfigError(f"--calib-data {calib_data}: no such dataset, image folder or list")
     for note in _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split, nms_per_class):
         log(f"note: {note}")

@@ -207,10 +207,14 @@ def _data_stage(args, out: Path) -> tuple[Path, Stage]:
         data = out / "1_data" / "synth"
         data_inputs = {"dataset": "builtin-synth", "images": args.synth_images}
     else:
-        data = Path(args.data).resolve()
-        if not data.exists():
+        from edgedet.train.layouts import split_format
+
+        fmt, raw = split_format(args.data)
+        real = Path(raw).resolve()
+        if not real.exists():
             raise DataError(f"{args.data}: dataset path does not exist")
-        data_inputs = {"dataset": str(data), "fingerprint": dataset_fingerprint(data)}
+        data = Path(f"{fmt}:{real}") if fmt else real  # the stages read the format prefix
+        data_inputs = {"dataset": str(data), "fingerprint": dataset_fingerprint(real)}
     d_data = out / "1_data"
     data_cmds = []
     if builtin:

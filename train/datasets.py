@@ -199,7 +199,8 @@ def load_dataset(path: str | os.PathLike, format: str | None = None, *,
 
     Args:
         path: a dataset folder (its layout is found by :func:`edgedet.train.layouts.detect_layout`),
-            a COCO ``.json`` or a YOLO data ``.yaml``.
+            a COCO ``.json`` or a YOLO data ``.yaml``; ``voc:PATH`` (``coco:``, ``yolo:``) names the
+            format where the folder holds two.
         format: "coco", "voc" or "yolo" to consider only that format's layouts.
         classes: the class list (names, a comma-separated string or a file with one name per
             line). COCO and YOLO with a YAML carry their own list; VOC defaults to ``labels.txt``
@@ -217,8 +218,10 @@ def load_dataset(path: str | os.PathLike, format: str | None = None, *,
         DataError: path missing, unknown format, an ambiguous or unrecognised folder, missing
             image folder, no images or no boxes at all, or a class list that contradicts itself.
     """
-    from edgedet.train.layouts import detect_layout
+    from edgedet.train.layouts import detect_layout, split_format
 
+    if not format:
+        format, path = split_format(path)
     fmt = format.lower() if format else None
     if fmt is not None and fmt not in FORMATS:
         from edgedet.errors import did_you_mean

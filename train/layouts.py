@@ -202,6 +202,20 @@ class _Finder:
         return False
 
 
+def split_format(spec: str | os.PathLike) -> tuple[str | None, str]:
+    """``"voc:PATH"`` -> ``("voc", "PATH")``; anything else -> ``(None, spec)``.
+
+    The prefix names the format wherever a command takes a dataset path, for a folder that
+    holds two formats' files (LabelImg saves VOC and YOLO side by side). A path that exists
+    as written is never split.
+    """
+    s = os.fspath(spec)
+    kind, sep, rest = s.partition(":")
+    if sep and rest and kind.lower() in ("coco", "voc", "yolo") and not os.path.exists(s):
+        return kind.lower(), rest
+    return None, s
+
+
 def detect_layout(path: str | os.PathLike, fmt: str | None = None) -> Layout:
     """The layout at ``path`` (a folder, a COCO ``.json`` or a YOLO data ``.yaml``).
 
@@ -228,7 +242,7 @@ def detect_layout(path: str | os.PathLike, fmt: str | None = None) -> Layout:
     if len(found) > 1:
         what = " and ".join(f"{lay.name}" for lay in found)
         raise DataError(f"{p}: ambiguous dataset folder: it holds both {what}; point at one of them "
-                        f"or pass --format {'/'.join(lay.kind for lay in found)}")
+                        f"or name the format: {' or '.join(f'{lay.kind}:{p}' for lay in found)}")
     if found:
         return found[0]
     subs = _subdirs(p)

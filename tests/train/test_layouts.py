@@ -77,6 +77,9 @@ def test_ambiguous_and_unrecognised_folders(tmp_path):
     with pytest.raises(DataError, match=r"ambiguous dataset folder: .*VOC XML beside the images and YOLO image \+ .txt"):
         load_dataset(both)
     assert load_dataset(both, format="yolo").source_format == "yolo"
+    # commands without --format (train, eval, validate, pipeline ...) take the format as a prefix
+    assert load_dataset(f"voc:{both}").source_format == "voc"
+    assert load_dataset(f"yolo:{both}").source_format == "yolo"
     imgs = tmp_path / "only_images"
     lf.image(imgs / "images" / "a.jpg", (8, 8))
     with pytest.raises(DataError, match=r"no dataset found \(looked for VOC XML .*closest: 1 images but no annotations"):
