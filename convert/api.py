@@ -233,6 +233,11 @@ def validate_command(arts: list[Artifact], source, device: str | None = None) ->
     import shlex
 
     base = source.path if source.kind != "onnx" else None
+    if source.kind == "qat":  # the float run it was fine-tuned from is the baseline; the twin comes by itself
+        from edgedet.runs import read_run_json
+
+        float_run = read_run_json(source.path).get("source_run")
+        base = float_run if float_run and os.path.isdir(float_run) else None
     data = source.dataset or "DATASET"
     parts = ["edgedet", "validate"]
     if base:

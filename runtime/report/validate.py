@@ -136,7 +136,7 @@ def _device_for(path: str, prof, threads):
     except Exception:  # noqa: BLE001 - the worker reports the bad suffix as the model's error
         return None, threads
     if kind == prof.backend:
-        return prof.name, threads
+        return prof.path or prof.name, threads  # the file itself: a --device PATH profile's name is not findable
     return None, threads or prof.threads
 
 
@@ -257,6 +257,14 @@ def _names(paths: list[str]) -> list[str]:
     return names
 
 
+def _run_kind(run: str) -> str | None:
+    try:
+        with open(os.path.join(run, "run.json")) as f:
+            return json.load(f).get("kind")
+    except (OSError, ValueError):
+        return None
+
+
 def qat_twins(models: list[str], log=print) -> list[str]:
     """The QAT run folders the models were exported from (metadata ``extra.source``), each once.
 
@@ -333,7 +341,8 @@ def _jobs(models: list[str], baseline: str | None, log=print) -> tuple[list[tupl
     names = _names([p for _, p in jobs])
     for k, (role, path) in enumerate(jobs):
         if role == "twin" or (role == "baseline" and is_run_dir(path)):
-            names[k] = f"{'float' if role == 'baseline' else 'float twin'} ({os.path.basename(path.rstrip('/'))})"
+            kind = "float twin" if role == "twin" else "QAT, fake-quantized" if _run_kind(path) == "qat" else "float"
+            names[k] = f"{kind} ({os.path.basename(path.rstrip('/'))})"
     return jobs, names, twins
 
 

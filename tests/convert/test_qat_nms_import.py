@@ -43,6 +43,15 @@ def test_qat_run_converts_without_calibration(qat_exports, bccd_images, cv):
     q = read_metadata(paths["tflite-int8"]).quantization
     assert q["float_ops"] == [] and q["input"]["dtype"] == "uint8"
     assert read_metadata(paths["onnx-int8"]).quantization["quantized_convs"] > 0
+    # the suggested validate line compares against the float run the QAT run came from
+    import json
+    import types
+
+    from edgedet.convert.api import validate_command
+
+    float_run = json.loads((qrun / "run.json").read_text())["source_run"]
+    line = validate_command([], types.SimpleNamespace(kind="qat", path=str(qrun), dataset="D"))
+    assert f"--baseline {float_run} " in line and str(qrun) not in line
 
 
 def test_float_target_from_qat_run_is_a_clear_error(qat_exports, tmp_path):
