@@ -155,8 +155,12 @@ def _unused_options(ts, nms, nms_score, io_dtype, max_drop, val_data, val_split,
         notes.append("--nms-score applies only with --nms; it is not used")
     if nms_per_class and not nms:
         notes.append("--nms-per-class applies only with --nms; it is not used")
-    if io_dtype != "uint8" and not any(t.name in ("tflite-int8", "edgetpu") for t in ts):
+    full_integer = any(t.name in ("tflite-int8", "edgetpu") for t in ts)
+    if io_dtype != "uint8" and not full_integer:
         notes.append(f"--io {io_dtype} applies to full-integer TFLite (tflite-int8, edgetpu); it is not used")
+    elif io_dtype == "int8" and nms:
+        notes.append("--io int8 --nms: MediaPipe and the TFLite Task Library take only uint8 or float input, "
+                     "so they will not open this file (the edgedet runtime does); keep the default --io uint8 for them")
     if max_drop is None and (val_data or val_split != "val"):
         notes.append("--val-data and --val-split apply only with --max-drop; they are not used")
     return notes

@@ -120,7 +120,10 @@ def test_options_no_target_uses_are_said_and_missing_calibration_data_refused(tm
     onnx = resolve_targets(["onnx"])
     notes = _unused_options(onnx, nms=False, nms_score=0.3, io_dtype="int8", max_drop=None, val_data="d", val_split="val")
     assert [n.split()[0] for n in notes] == ["--nms-score", "--io", "--val-data"]
-    assert _unused_options(resolve_targets(["tflite-int8"]), True, 0.3, "int8", 1.0, "d", "test") == []
+    assert _unused_options(resolve_targets(["tflite-int8"]), False, None, "int8", 1.0, "d", "test") == []
+    notes = _unused_options(resolve_targets(["tflite-int8"]), True, 0.3, "int8", 1.0, "d", "test", nms_per_class=True)
+    assert len(notes) == 1 and "MediaPipe" in notes[0]  # an int8-input --nms file: MediaPipe will not open it
+    assert _unused_options(onnx, False, None, "uint8", None, None, "val", nms_per_class=True)[0].startswith("--nms-per-class")
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text('{"kind": "float"}')
