@@ -15,7 +15,8 @@ def register(sub) -> None:
         description="Print parameters, MACs (1 MAC = 1 multiply-add of a conv/dense), input size, anchor "
         "count and BiFPN/head sizes of an EfficientDet variant. Without MODEL, list all variants.",
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help="variant, e.g. d0, lite0 (omit to list all)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="variant, e.g. d0, lite0 (omit to list all), or an "
+                   "exported model file / run folder: what it carries (labels, input, normalisation, quantization, NMS)")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes (default 90)")
     p.add_argument("--image-size", type=int, default=None, help="input size (multiple of 128, or 64 for Lite)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -88,8 +89,12 @@ def _m(n: int) -> str:
 
 
 def run_info(args) -> int:
+    import os
+
     from edgedet.model.config import variant_names
 
+    if args.model is not None and os.path.exists(args.model):
+        return file_info(args.model, args.json)
     if args.model is None:
         if args.image_size is not None:
             from edgedet.errors import ConfigError
@@ -116,11 +121,46 @@ def run_info(args) -> int:
     print(f"classes:     {d['num_classes']}")
     print(f"params:      {d['params']:,} ({_m(d['params'])}; trainable {d['trainable_params']:,} = "
           f"{_m(d['trainable_params'])}, the figure papers quote)")
-    print(f"MACs:        {d['macs']:,} ({d['macs'] / 1e9:.2f} B multiply-adds, counted from {d['counted_from']})")
+    how = "the built tf_keras graph" if d["counted_from"] == "keras" else "the layer formulas"
+    print(f"MACs:        {d['macs']:,} ({d['macs'] / 1e9:.2f} B multiply-adds, counted from {how})")
     print(f"anchors:     {d['anchors']:,} ({d['anchors_per_position']} per position, scale {d['anchor_scale']}, "
           f"levels P3-P7 {' '.join(f'{h}x{w}' for h, w in d['feature_sizes'])})")
     print(f"BiFPN:       {d['fpn_layers']} layers x {d['fpn_width']} channels")
     print(f"heads:       {d['head_layers']} separable convs (class + box, shared over P3-P7)")
+    return 0
+
+
+def file_info(path: str, as_json: bool) -> int:
+    """What an exported model file (its metadata) or a run folder (its run.json) says about itself."""
+    import os
+
+    from edgedet.errors import ModelFileError
+
+    if os.path.isfile(os.path.join(path, "run.json")):
+        with open(os.path.join(path, "run.json")) as f:
+            run = json.load(f)
+        facts = {"run": path, "kind": run.get("kind"), "model": run.get("variant"), "input": run.get("image_size"),
+                 "classes": run.get("class_names"), "dataset": run.get("dataset"),
+                 "best val": (run.get("best") or {}).get("metrics"), "status": run.get("status")}
+    else:
+        from edgedet.runtime.metadata import read_metadata
+
+        meta = read_metadata(path)
+        if meta is None:
+            raise ModelFileError(f"{path}: carries no edgedet metadata (not exported by edgedet convert)")
+        facts = {"file": path, "model": meta.model, "target": meta.target, "input": list(meta.input_size),
+                 "classes": meta.labels, "normalisation": f"(pixel - {list(meta.mean)}) / {list(meta.std)}",
+                 "resize": meta.resize, "outputs": meta.outputs, "nms": meta.extra.get("nms"),
+                 "quantization": meta.quantization.get("method"), "float baseline": meta.baseline,
+                 "macs": meta.macs}
+    if as_json:
+        print(json.dumps(facts, indent=2, default=str))
+        return 0
+    for k, v in facts.items():
+        if isinstance(v, dict) and "AP" in v:  # metrics: the headline three, in AP points
+            v = ", ".join(f"{m} {100 * v[m]:.2f}" for m in ("AP", "AP50", "AP75") if v.get(m) is not None)
+        if v not in (None, "", [], {}):
+            print(f"{k + ':':16}{', '.join(map(str, v)) if isinstance(v, list) else v}")
     return 0
 
 
@@ -131,7 +171,11 @@ def run_import(args) -> int:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from edgedet.model.automl_import import import_run
 
-    names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    names = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
+    if names is not None and (not all(names) or len(set(names)) != len(names)):
+        from edgedet.errors import ConfigError
+
+        raise ConfigError(f"--classes {args.classes!r}: give distinct, non-empty names, comma-separated")
     data = import_run(args.path, args.out, class_names=names, image_size=args.image_size,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     src = data["imported"]

@@ -120,7 +120,9 @@ def resolve_classes(classes: Sequence[str] | str | os.PathLike | None) -> list[s
     if isinstance(classes, (str, os.PathLike)):
         if os.path.isfile(classes):
             return read_class_file(classes)
-        classes = [c.strip() for c in str(classes).split(",") if c.strip()]
+        given, classes = str(classes), [c.strip() for c in str(classes).split(",")]
+        if not all(classes):
+            raise DataError(f"class list {given!r}: an empty name (give names separated by single commas)")
     names = list(classes)
     if len(set(names)) != len(names):
         raise DataError(f"class list {names}: a class is listed twice")

@@ -352,3 +352,13 @@ def test_a_class_named_like_its_own_supercategory_stays_a_class(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(doc))
     ds = load_dataset(tmp_path / "train.json")
     assert ds.class_names == ["person", "rider"] and not ds.notes
+
+
+def test_a_class_list_with_an_empty_or_repeated_name_is_refused():
+    from edgedet.train.datasets import resolve_classes
+
+    assert resolve_classes("RBC, WBC,Platelets") == ["RBC", "WBC", "Platelets"]
+    with pytest.raises(DataError, match="an empty name"):
+        resolve_classes("RBC,,WBC")
+    with pytest.raises(DataError, match="listed twice"):
+        resolve_classes("RBC,RBC")
