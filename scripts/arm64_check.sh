@@ -12,15 +12,26 @@
 #   DATA   dataset (COCO .json or folder, VOC folder, YOLO .yaml); copied into the root
 #   FP32   the float baseline file; MODEL... the files to compare with it (int8, fp16, ...)
 #   -r     where the arm64 root lives (default /var/tmp/edgedet-arm64; reused when present)
-#   -c     the Arm CPU qemu emulates (default cortex-a76, the Raspberry Pi 5's; cortex-a72 is the Pi 4's;
-#          "max" adds i8mm/SVE/SME, which XNNPACK would use but no Raspberry Pi has)
+#   -c     the Arm CPU qemu emulates: cortex-a76 (default, the Raspberry Pi 5's) or cortex-a72 (the Pi 4's);
+#          the root gets an Arm view of that CPU for XNNPACK (qemu's "max" has no such view and no Pi
+#          has its i8mm/SVE/SME, so it is not offered)
 #   -s     split to validate on (default test); -l: only the first N images (default 20)
 #   EDGEDET  the command for this machine's side (default: edgedet); it needs edgedet[device]
 #
 # Accuracy from the arm64 side is real (the same XNNPACK arm64 kernels a Raspberry Pi runs, within
 # what qemu emulates); its timings are qemu's and mean nothing. Latency comes only from a board.
-set -euo pipefail
+set -eEuo pipefail
+STEP="arguments"
+# Any failing command stops the script with the line, the step and the command (once: the copy of
+# this trap in a $(...) subshell stays quiet, the parent reports).
+on_err() {
+  local rc=$? line=$1
+  [ "$BASH_SUBSHELL" -eq 0 ] || return 0
+  echo "arm64_check: failed (exit $rc) at line $line, step: $STEP: $BASH_COMMAND" >&2
+}
+trap 'on_err $LINENO' ERR
 
+usage() { sed -n '2,/^set -eEuo/p' "$0" | sed '$d'; }
 ROOT=/var/tmp/edgedet-arm64
 CPU=cortex-a76
 SPLIT=test
@@ -33,21 +44,23 @@ while getopts "r:c:s:l:h" opt; do
     c) CPU=$OPTARG ;;
     s) SPLIT=$OPTARG ;;
     l) LIMIT=$OPTARG ;;
-    *) sed -n '2,23p' "$0"; exit 2 ;;
+    *) usage; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-if [ $# -lt 4 ]; then sed -n '2,23p' "$0"; exit 2; fi
+if [ $# -lt 4 ]; then usage; exit 2; fi
 OUT=$(realpath -m "$1"); DATA=$(realpath "$2"); shift 2
 MODELS=()
 for m in "$@"; do MODELS+=("$(realpath "$m")"); done
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "arm64_check: $*" >&2; exit 1; }
+STEP="checks"
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and chroot need it)"
 for tool in debootstrap qemu-aarch64-static update-binfmts; do
   command -v "$tool" >/dev/null || die "$tool missing: apt-get install qemu-user-static binfmt-support debootstrap"
 done
+case $CPU in cortex-a76|cortex-a72) ;; *) die "-c $CPU: no Arm CPU view for it (use cortex-a76 or cortex-a72)" ;; esac
 [ -e "$DATA" ] || die "$DATA: no such dataset"
 for m in "${MODELS[@]}"; do [ -f "$m" ] || die "$m: no such model file"; done
 
@@ -58,6 +71,7 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
 fi
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "binfmt_misc has no qemu-aarch64 entry (update-binfmts --enable qemu-aarch64 failed)"
 
+STEP="arm64 root"
 if [ ! -x "$ROOT/usr/bin/python3" ]; then
   echo "== debootstrap arm64 bookworm into $ROOT (20-40 min under qemu)"
   debootstrap --arch=arm64 --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$ROOT" "$MIRROR"
@@ -97,6 +111,7 @@ mount --bind "$VIEW/cpu" "$ROOT/sys/devices/system/cpu" && MOUNTS+=("$ROOT/sys/d
 mount --bind "$VIEW/cpuinfo" "$ROOT/proc/cpuinfo" && MOUNTS+=("$ROOT/proc/cpuinfo")
 
 WORK=/opt/edgedet-check
+STEP="wheel and copies"
 # The venv is kept between runs (pip under qemu is slow); everything else is copied afresh.
 rm -rf "$ROOT$WORK"/{dist,data,models,report-arm64} && mkdir -p "$ROOT$WORK/models" "$OUT"
 echo "== wheel from $REPO"
@@ -110,14 +125,21 @@ for m in "${MODELS[@]}"; do
   sub=$(basename "$(dirname "$m")"); mkdir -p "$ROOT$WORK/models/$sub"
   cp "$m" "$ROOT$WORK/models/$sub/"; NAMES+=("$WORK/models/$sub/$(basename "$m")")
 done
-IMAGE=$(find "$ROOT$WORK/data" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | head -1)
+# sed reads to the end (head would close the pipe early: sort dies of SIGPIPE, and pipefail stops the script)
+IMAGE=$(find "$ROOT$WORK/data" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort | sed -n 1p)
+[ -n "$IMAGE" ] || die "$DATA: no .jpg/.jpeg/.png image in it"
 IMAGE=${IMAGE#"$ROOT"}
 
 in_root() {
   chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/opt/edgedet-check/venv/bin:/usr/bin:/bin LANG=C.UTF-8 \
     QEMU_CPU="$CPU" "$@"
 }
+# edgedet exit 1 = a threshold missed (the report is written); anything else is a failure.
+allow_missed() { local rc=0; "$@" || rc=$?; [ "$rc" -le 1 ] || return "$rc"; }
+# The arm64 side runs in this shell (not in a pipeline), so set -e and the ERR trap see every step;
+# tee copies its output into OUT/arm64.log.
 {
+  STEP="arm64 side: install (log: $OUT/arm64.log)"
   echo "== arm64 root: $(in_root uname -m), $(in_root python3 --version), qemu CPU $CPU"
   [ -x "$ROOT$WORK/venv/bin/python3" ] || in_root python3 -m venv "$WORK/venv"
   in_root pip install -q --disable-pip-version-check "$WORK/dist/$WHEEL[device]"
@@ -125,20 +147,29 @@ in_root() {
   in_root python3 -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('tensorflow', 'tf_keras')))" \
     || die "TensorFlow got installed by edgedet[device]"
   in_root pip list --format=freeze | grep -iE '^(edgedet|ai-edge-litert|numpy|pillow|pycocotools|matplotlib|pyyaml)=='
+  # --verbose keeps LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU." lines: the
+  # evidence that XNNPACK ran (the CLI hides toolchain log lines without it).
   echo "== detect"
-  in_root edgedet detect --model "${NAMES[1]}" "$IMAGE" --score 0.3
+  STEP="arm64 side: detect (log: $OUT/arm64.log)"
+  in_root edgedet --verbose detect --model "${NAMES[1]}" "$IMAGE" --score 0.3
   echo "== validate (arm64)"
-  in_root edgedet validate --baseline "${NAMES[0]}" --models "${NAMES[@]:1}" --data "$DATA_IN" --split "$SPLIT" \
-    --limit "$LIMIT" --out "$WORK/report-arm64" || true   # exit 1 = a threshold missed; the report is written
+  STEP="arm64 side: validate (log: $OUT/arm64.log)"
+  allow_missed in_root edgedet --verbose validate --baseline "${NAMES[0]}" --models "${NAMES[@]:1}" \
+    --data "$DATA_IN" --split "$SPLIT" --limit "$LIMIT" --out "$WORK/report-arm64"
   echo "== bench (arm64; qemu timings)"
-  in_root edgedet bench --models "${NAMES[@]}" --runs 5 --warmup 1
-} 2>&1 | tee "$OUT/arm64.log" || die "the arm64 side failed; see $OUT/arm64.log"
+  STEP="arm64 side: bench (log: $OUT/arm64.log)"
+  in_root edgedet --verbose bench --models "${NAMES[@]}" --runs 5 --warmup 1
+} > >(tee "$OUT/arm64.log") 2>&1
+wait $! 2>/dev/null || true   # tee has written the whole log (bash 5.1+ can wait for it)
+STEP="copy the arm64 report"
 rm -rf "$OUT/arm64" && cp -r "$ROOT$WORK/report-arm64" "$OUT/arm64"
 
 echo "== validate ($(uname -m), this machine)"
+STEP="validate on this machine"
 HOST_MODELS=(); for n in "${NAMES[@]}"; do HOST_MODELS+=("$ROOT$n"); done
-$EDGEDET validate --baseline "${HOST_MODELS[0]}" --models "${HOST_MODELS[@]:1}" --data "$ROOT$DATA_IN" \
-  --split "$SPLIT" --limit "$LIMIT" --out "$OUT/$(uname -m)" || true
+allow_missed $EDGEDET validate --baseline "${HOST_MODELS[0]}" --models "${HOST_MODELS[@]:1}" \
+  --data "$ROOT$DATA_IN" --split "$SPLIT" --limit "$LIMIT" --out "$OUT/$(uname -m)"
 echo "== merge"
+STEP="merge"
 $EDGEDET report merge "$OUT/$(uname -m)" "$OUT/arm64" --out "$OUT/merged"
 echo "arm64 check done: $OUT/merged/report.html"
