@@ -48,9 +48,16 @@ def _over_budget(entry: dict, max_drop) -> str | None:
     return f"AP dropped {-d * 100:.2f} points (allowed {max_drop * 100:.2f})"
 
 
+def _runtime_of(target: str) -> str:
+    """The runtime a target's files need (target names start with their format)."""
+    return "openvino" if target.startswith("openvino") else "onnxruntime" if target.startswith("onnx") else "litert"
+
+
 def _other_backend(device: str | None):
-    """``entry -> reason or None``: why an accelerator profile cannot run the entry's file
-    (another backend's format), e.g. an OpenVINO folder under ``coral-usb``."""
+    """``entry -> reason or None``: why the profile's device cannot run the entry's file: an
+    accelerator profile and another backend's format (an OpenVINO folder under ``coral-usb``),
+    or a runtime none of the profile's targets uses (an OpenVINO folder on ``raspberry-pi-4``,
+    measured on this host's CPU but not what the board runs)."""
     if not device:
         return lambda m: None
     try:
@@ -70,6 +77,9 @@ def _other_backend(device: str | None):
             prof.device_for(backend)  # a CPU profile runs every backend's files
         except ConfigError as exc:
             return f"a {backend} file: {exc}"
+        runtimes = {_runtime_of(t) for t in prof.targets}
+        if backend not in runtimes:
+            return f"a {backend} file; {prof.name}'s targets ({', '.join(prof.targets)}) run on {', '.join(sorted(runtimes))}"
         return None
 
     return reason

@@ -79,6 +79,12 @@ def test_nothing_is_shipped_unchecked_or_for_another_device():
     assert lost["m.onnx"][0] == "not for this device"
     # a CPU profile runs every backend's files on equal terms
     assert recommend(models, {"device": "x86-cpu", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})["path"] == "/run/m.xml"
+    # ... among the runtimes its targets use: a Pi has LiteRT, so the OpenVINO folder measured on
+    # this host's CPU is not what it would run
+    rec = recommend(models, {"device": "raspberry-pi-4", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})
+    assert rec["path"] == "/run/m_edgetpu.tflite"
+    lost = {o["name"]: (o["lost"], o["detail"]) for o in rec["others"]}
+    assert lost["m_openvino"][0] == "not for this device" and "run on litert" in lost["m_openvino"][1]
 
 
 def test_the_reason_says_when_even_the_fastest_misses_the_latency_budget():
