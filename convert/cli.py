@@ -5,6 +5,8 @@ Import-light: TensorFlow, tf2onnx, OpenVINO and onnx2tf load inside the handler.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from edgedet.argtypes import positive
 from edgedet.convert.registry import help_text, target_names
@@ -49,7 +51,22 @@ def _targets(args) -> list[str]:
         from edgedet.devices import load_profile
 
         prof = load_profile(args.device)
-        targets += [t for t in prof.targets if t not in targets]
+        listed = [t for t in prof.targets if t not in targets]
+        if args.weights and os.path.isfile(os.path.join(args.weights, "run.json")):
+            from edgedet.convert.registry import get_target
+            from edgedet.errors import ConfigError
+            from edgedet.runs import read_run_json
+
+            if read_run_json(args.weights).get("kind") == "qat":  # a QAT run exports the profile's int8 targets only
+                floats = [t for t in listed if get_target(t).needs != "calib|qat"]
+                listed = [t for t in listed if t not in floats]
+                if floats and not (listed or targets):
+                    raise ConfigError(f"--device {prof.name} lists only float targets ({', '.join(floats)}); "
+                                      f"a QAT run exports int8 ones: convert its float run (run.json source_run)")
+                if floats:
+                    print(f"[convert] note: --device {prof.name}: a QAT run exports its int8 targets "
+                          f"({', '.join(listed)}); convert the float run for {', '.join(floats)}", file=sys.stderr)
+        targets += listed
     return targets
 
 

@@ -148,3 +148,18 @@ def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["convert", "--weights", str(run), "--target", "onnx", "--out", str(tmp_path / "afile")]) == 2
     assert "--out" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_profile_on_a_qat_run_exports_its_int8_targets_with_a_note(tmp_path, capsys):
+    import argparse
+
+    from edgedet.convert.cli import _targets
+
+    run = tmp_path / "qat"
+    run.mkdir()
+    (run / "run.json").write_text('{"kind": "qat"}')
+    args = argparse.Namespace(target=[], device="x86-cpu", weights=str(run))
+    assert _targets(args) == ["tflite-int8", "openvino-int8"]
+    assert "convert the float run for tflite-fp32, onnx, openvino-fp32" in capsys.readouterr().err
+    (run / "run.json").write_text('{"kind": "float"}')
+    assert _targets(args) == ["tflite-fp32", "tflite-int8", "onnx", "openvino-fp32", "openvino-int8"]
