@@ -148,11 +148,13 @@ def check_dataset(ds: Dataset, policy: str = "skip", *, decode: bool = True,
     unknown = [i for i in issues if i.kind == "unknown_class"]
     if unknown:
         labels = sorted({i.label for i in unknown})
-        hint = did_you_mean(labels[0], ds.class_names) if labels else ""
+        hint = did_you_mean(labels[0], ds.class_names, cutoff=0.6) if labels else ""
         nfiles = len({i.file for i in unknown})
+        names = list(ds.class_names)
+        listed = ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "")
         raise DataCheckError(
             f"{ds.root}: class list disagrees with the labels: {len(unknown)} boxes in {nfiles} files have "
-            f"classes not in {list(ds.class_names)}: {', '.join(map(repr, labels[:5]))}{hint} (first: {unknown[0].file})",
+            f"classes not in [{listed}]: {', '.join(map(repr, labels[:5]))}{hint} (first: {unknown[0].file})",
             issues)
     if policy == "strict" and issues:
         raise DataCheckError(f"{ds.root}: {len(issues)} problems (--strict); first: {issues[0]}", issues)
