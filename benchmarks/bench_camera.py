@@ -47,7 +47,8 @@ def make_clip(path: Path, frames: int = 150, hold: int = 5) -> Path:
 
 
 def run_once(det, clip: Path, sequential: bool, save: str | None = None) -> tuple[dict, list]:
-    from edgedet.runtime.camera import FrameSource, run_camera
+    from edgedet.runtime.camera import run_camera
+    from edgedet.runtime.frames import FrameSource
 
     found: list = []
     stats = run_camera(det, FrameSource(str(clip)), headless=True, sequential=sequential, save=save,

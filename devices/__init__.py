@@ -199,9 +199,11 @@ def load_profile(name: str) -> DeviceProfile:
     """Load a profile by name (or a path to a ``.toml`` file).
 
     Raises:
-        ConfigError: unknown name (with "did you mean") or an invalid profile.
+        ConfigError: unknown name (with "did you mean"), no such file, or an invalid profile.
     """
-    if name.endswith(".toml") or os.sep in name:
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        if not os.path.isfile(name):
+            raise ConfigError(f"{name}: no such device profile file" + ("" if name.endswith(".toml") else " (profiles are .toml files)"))
         return parse_profile(name)
     files = _files()
     if name not in files:

@@ -21,17 +21,27 @@ MODEL_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
 
 
 def model_kind(path) -> str:
-    """``"tflite"``, ``"onnx"`` or ``"openvino"`` (an ``.xml`` or an OpenVINO folder) from a model path.
+    """``"tflite"``, ``"onnx"`` or ``"openvino"`` (an ``.xml``, or a folder holding one) from a model path.
 
     Raises:
-        ModelFileError: any other suffix.
+        ModelFileError: any other suffix, or a folder without an ``.xml`` (a training run folder
+            is named as one, since exporting it is what the user needs to do).
     """
     p = os.fspath(path).rstrip("/")
     kind = MODEL_SUFFIXES.get(os.path.splitext(p)[1].lower())
     if kind:
         return kind
     if os.path.isdir(p):
-        return "openvino"
+        try:
+            names = os.listdir(p)
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read this folder ({exc.strerror})") from exc
+        if any(n.endswith(".xml") for n in names):
+            return "openvino"
+        if "run.json" in names:
+            raise ModelFileError(f"{path}: a training run folder, not an exported model: "
+                                 f"export it with edgedet convert --weights {path} --target ...")
+        raise ModelFileError(f"{path}: not a model (an OpenVINO model is a folder with an .xml and .bin)")
     raise ModelFileError(f"{path}: unknown model suffix (expected .tflite, .onnx, .xml or an OpenVINO folder)")
 
 

@@ -1,7 +1,7 @@
 """Live camera / video demo: detect, draw boxes + FPS + inference ms, show and/or save.
 
-Sources: a camera index ("0"; picamera2 on a Raspberry Pi when installed, OpenCV otherwise),
-a video file, or a folder of images. OpenCV (``cv2``) and picamera2 are imported lazily.
+Sources (:mod:`edgedet.runtime.frames`): a camera index, a video file or a folder of images.
+OpenCV (``cv2``) is imported lazily.
 The loop ends cleanly on ``q``, Ctrl-C or the end of the stream, and skips dropped frames.
 Capture and pre-processing run one frame ahead on a second thread (``sequential=False``).
 """
@@ -18,127 +18,45 @@ import numpy as np
 
 from edgedet.errors import DataError, ToolchainError
 from edgedet.runtime.draw import draw_detections
+from edgedet.runtime.frames import _cv2
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".h264")
-MAX_DROPPED = 30  # consecutive failed reads before a live source counts as gone
+# The [camera] extra brings opencv-python-headless (no GUI libraries to install on a device);
+# a window needs the full build.
+NO_WINDOW = ("this OpenCV build has no window support (opencv-python-headless); for a window: "
+             "`pip uninstall opencv-python-headless && pip install opencv-python`, or use --headless --save out.mp4")
 
 
-def _cv2():
-    try:
-        import cv2  # noqa: PLC0415
-    except ImportError as exc:
-        raise ToolchainError('OpenCV is needed for video and cameras: `pip install "edgedet[camera]"`') from exc
+def _window_cv2():
+    """OpenCV for the demo window; refused when this build or this session cannot show one."""
+    cv2 = _cv2()
+    if not _has_gui(cv2):
+        raise ToolchainError(NO_WINDOW)
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
     return cv2
 
 
-class FrameSource:
-    """Iterates RGB uint8 frames; ``None`` marks a dropped frame (callers skip it).
+def _has_gui(cv2) -> bool:
+    """False when OpenCV's build information says ``GUI: NONE`` (the headless wheels); builds that
+    do not say are trusted, and ``_show`` words their failure the same way."""
+    import re  # noqa: PLC0415
 
-    Attributes:
-        fps: the source's frame rate when known (for the saved video), else 30.
-        name: what is being read.
-    """
+    try:
+        info = cv2.getBuildInformation()
+    except Exception:  # noqa: BLE001 - an odd build: let imshow decide
+        return True
+    found = re.search(r"^\s*GUI:\s*(\S+)", info, re.MULTILINE)
+    return not (found and found.group(1).upper() == "NONE")
 
-    def __init__(self, source: str | int):
-        self.name = str(source)
-        self.fps = 30.0
-        self._close = lambda: None
-        src = str(source)
-        if src.isdigit():
-            self._iter = self._camera(int(src))
-        elif os.path.isdir(src):
-            self._iter = self._folder(src)
-        elif os.path.isfile(src):
-            self._iter = self._video(src)
-        else:
-            raise DataError(f"--source {src}: not a camera index, video file or image folder")
 
-    def __iter__(self) -> Iterator[np.ndarray | None]:
-        return self._iter
-
-    def close(self) -> None:
-        self._close()
-
-    # -------------------------------------------------------------- sources
-
-    def _folder(self, folder: str):
-        from edgedet.runtime.preprocess import is_image_file, load_image  # noqa: PLC0415
-
-        files = sorted(f for f in os.listdir(folder) if is_image_file(f))
-        if not files:
-            raise DataError(f"--source {folder}: no images in this folder")
-        for f in files:
-            try:
-                yield load_image(os.path.join(folder, f))
-            except DataError as exc:
-                print(f"edgedet: warning: {exc}; skipped", file=sys.stderr)
-                yield None
-
-    def _video(self, path: str):
-        cv2 = _cv2()
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            raise DataError(f"{path}: cannot open as video")
-        self._close = cap.release
-        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0) or 30.0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        fails = 0
-        while True:
-            ok, frame = cap.read()
-            if ok and frame is not None:
-                fails = 0
-                yield frame[..., ::-1]  # BGR -> RGB (a view; the detector copies when resizing)
-                continue
-            pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
-            fails += 1
-            # a decode error mid-file is a dropped frame; at (or past) the end it is the end
-            if (total and pos >= total - 1) or fails > MAX_DROPPED:
-                break
-            yield None
-        cap.release()
-
-    def _camera(self, index: int):
-        pi = self._picamera2(index)
-        if pi is not None:
-            yield from pi
-            return
-        cv2 = _cv2()
-        cap = cv2.VideoCapture(index)
-        if not cap.isOpened():
-            raise DataError(f"--source {index}: no camera at this index")
-        self._close = cap.release
-        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0) or 30.0
-        fails = 0
-        while fails <= MAX_DROPPED:
-            ok, frame = cap.read()
-            if ok and frame is not None:
-                fails = 0
-                yield frame[..., ::-1]
-            else:
-                fails += 1
-                yield None
-        print(f"edgedet: camera {index} stopped delivering frames", file=sys.stderr)
-        cap.release()
-
-    def _picamera2(self, index: int):
-        try:
-            from picamera2 import Picamera2  # noqa: PLC0415
-        except ImportError:
-            return None
-        cam = Picamera2(index)
-        # "RGB888" in libcamera terms is B,G,R byte order in memory: flip to RGB.
-        cam.configure(cam.create_preview_configuration(main={"format": "RGB888", "size": (640, 480)}))
-        cam.start()
-        self._close = cam.stop
-
-        def frames():
-            while True:
-                try:
-                    yield cam.capture_array()[..., ::-1]
-                except RuntimeError:
-                    yield None
-
-        return frames()
+def check_opencv(source=None, headless: bool = True, save: str | None = None) -> None:
+    """Before the model loads: OpenCV (and its window) where the run will need them, i.e. for a
+    camera, a video file (``source`` None), a saved video or the window; a headless image folder
+    needs none."""
+    if not headless:
+        _window_cv2()
+    elif save or source is None or not os.path.isdir(str(source)):
+        _cv2()
 
 
 SAVE_SUFFIXES = (".mp4", ".avi")
@@ -354,9 +272,7 @@ def run_camera(detector, source, headless: bool = False, save: str | None = None
         per second of wall time over the whole run; stopped is "end", "q", "interrupt" or
         "max_frames"; saved is the video's path, or None when no frame was written.
     """
-    cv2 = None if headless else _cv2()
-    if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        raise ToolchainError("no display for the camera window; use --headless --save out.mp4")
+    cv2 = None if headless else _window_cv2()
     writer = _Writer(save, source) if save else None
     sink = _Frames(detector, writer, cv2, window, on_detections)
     items = _inline(source, detector.preprocess) if sequential else _Prefetch(source, detector.preprocess)
@@ -418,5 +334,7 @@ def _show(cv2, window: str, rgb: np.ndarray) -> bool:
         cv2.imshow(window, np.ascontiguousarray(rgb[..., ::-1]))
         key = cv2.waitKey(1) & 0xFF
     except cv2.error as exc:
+        if "not implemented" in str(exc).lower():  # built without GTK/Qt/Cocoa/Win32: the headless wheel
+            raise ToolchainError(NO_WINDOW) from exc
         raise ToolchainError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1][:120]}); use --headless --save out.mp4") from exc
     return key in (ord("q"), 27)

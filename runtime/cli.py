@@ -14,10 +14,12 @@ def _model_args(p: argparse.ArgumentParser, threads: str = "the profile's, else 
     p.add_argument("--device", help="device profile (see `edgedet devices`) or backend device: cpu, usb:0, pci:0, nnapi, GPU, NPU, AUTO")
     p.add_argument("--threads", type=positive, help=f"CPU threads (default: {threads})")
     p.add_argument("--fallback", choices=["cpu"], help="run on CPU when the delegate/device is missing (never silent otherwise)")
-    p.add_argument("--score", type=fraction, default=0.3, help="score threshold (default 0.3)")
-    p.add_argument("--iou", type=fraction, default=0.5, help="NMS IoU threshold (default 0.5)")
+    # No defaults in the parser for --score, --iou and --nms: an --nms file's in-graph NMS ignores
+    # them, and the user is told so only when they gave one (defaults: POST_DEFAULTS).
+    p.add_argument("--score", type=fraction, help="score threshold (default 0.3)")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--max-det", type=positive, default=100, help="detections per image (default 100)")
-    p.add_argument("--nms", choices=["class", "global"], default="class", help="per-class or class-agnostic NMS")
+    p.add_argument("--nms", choices=["class", "global"], help="per-class (default) or class-agnostic NMS")
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS")
     p.add_argument("--labels", help="labels file, one name per line (overrides/supplies the model's)")
     p.add_argument("--image-size", type=positive, nargs="+", metavar="N", help="input size H [W] for a model without metadata")
@@ -48,28 +50,56 @@ def register(sub) -> None:
     c.set_defaults(func=run_camera_cmd)
 
 
+POST_DEFAULTS = {"score": 0.3, "iou": 0.5, "nms": "class"}
+
+
 def _detector(args):
     from edgedet.runtime.detector import Detector  # noqa: PLC0415
 
     size = args.image_size
     if size is not None:
         size = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+    post = {k: POST_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in POST_DEFAULTS}
     det = Detector.from_file(
         args.model, device=args.device, threads=args.threads, fallback=args.fallback, labels=args.labels,
-        image_size=size, mean=args.mean, std=args.std, anchor_scale=args.anchor_scale, score_threshold=args.score, iou_threshold=args.iou,
-        max_detections=args.max_det, nms=args.nms, soft=args.soft_nms,
+        image_size=size, mean=args.mean, std=args.std, anchor_scale=args.anchor_scale, score_threshold=post["score"],
+        iou_threshold=post["iou"], max_detections=args.max_det, nms=post["nms"], soft=args.soft_nms,
     )
     given = [f for f, v in (("--image-size", size), ("--mean", args.mean), ("--std", args.std),
                             ("--anchor-scale", args.anchor_scale)) if v is not None]
     if given and det.own_metadata:
         print(f"edgedet: note: {', '.join(given)} ignored: {args.model} carries its own metadata", file=sys.stderr)
+    note = _in_graph_nms_note(args, det.meta)
+    if note:
+        print(f"edgedet: note: {note}", file=sys.stderr)
     return det
+
+
+def _in_graph_nms_note(args, meta) -> str | None:
+    """What an --nms file's in-graph NMS makes of the post-processing options the user gave: the
+    file's op already suppressed and thresholded, so they change nothing (and nothing said so)."""
+    if meta.outputs != "nms":
+        return None
+    baked = meta.extra.get("nms") or {}
+    floor = baked.get("score_threshold")
+    below = args.score is not None and floor is not None and args.score < floor
+    if not (below or args.iou is not None or args.nms is not None or args.soft_nms):
+        return None
+    how = []
+    if floor is not None:
+        how.append(f"score >= {floor:g}")
+    if baked.get("iou_threshold") is not None:
+        how.append(f"IoU {baked['iou_threshold']:g}")
+    if "per_class" in baked:
+        how.append("per class" if baked["per_class"] else "across classes")
+    return (f"{args.model}: in-graph NMS{' (' + ', '.join(how) + ')' if how else ''}: --iou, --nms and --soft-nms "
+            f"have no effect" + (f"; --score below {floor:g} changes nothing" if floor is not None else ""))
 
 
 def _expand(inputs) -> list[tuple[str, str]]:
     """``[(kind, path)]`` with kind "image" or "video"; folders expand to their images (sorted)."""
     from edgedet.errors import DataError  # noqa: PLC0415
-    from edgedet.runtime.camera import VIDEO_SUFFIXES  # noqa: PLC0415
+    from edgedet.runtime.frames import VIDEO_SUFFIXES  # noqa: PLC0415
     from edgedet.runtime.preprocess import is_image_file  # noqa: PLC0415
 
     out = []
@@ -83,8 +113,10 @@ def _expand(inputs) -> list[tuple[str, str]]:
             if not os.path.isfile(path):
                 raise DataError(f"{path}: no such video file")
             out.append(("video", path))
+        elif not os.path.exists(path):  # said before the model loads, not after
+            raise DataError(f"{path}: no such {'image ' if is_image_file(path) else ''}file")
         else:
-            out.append(("image", path))  # load_image reports missing/non-image files
+            out.append(("image", path))  # load_image reports non-image files
     return out
 
 
@@ -130,6 +162,10 @@ def run_detect(args: argparse.Namespace) -> int:
 
     items = _expand(args.inputs)
     targets = _save_targets(args.save, items)
+    if any(kind == "video" for kind, _ in items):
+        from edgedet.runtime.camera import check_opencv  # noqa: PLC0415
+
+        check_opencv()  # videos are read with OpenCV: say it is missing before loading the model
     det = _detector(args)
     info = det.describe()
     if not args.json:
@@ -173,7 +209,8 @@ def _detect_image(det, path: str, out: str | None, args) -> dict:
 
 
 def _detect_video(det, path: str, out: str | None, args) -> dict:
-    from edgedet.runtime.camera import FrameSource, run_camera  # noqa: PLC0415
+    from edgedet.runtime.camera import run_camera  # noqa: PLC0415
+    from edgedet.runtime.frames import FrameSource  # noqa: PLC0415
 
     stats = run_camera(det, FrameSource(path), headless=True, save=out)
     if not args.json:
@@ -185,7 +222,8 @@ def _detect_video(det, path: str, out: str | None, args) -> dict:
 
 
 def run_camera_cmd(args: argparse.Namespace) -> int:
-    from edgedet.runtime.camera import FrameSource, run_camera  # noqa: PLC0415
+    from edgedet.runtime.camera import check_opencv, run_camera  # noqa: PLC0415
+    from edgedet.runtime.frames import FrameSource  # noqa: PLC0415
 
     if args.headless and not args.save:
         print("edgedet: note: --headless without --save shows and saves nothing; printing stats only", file=sys.stderr)
@@ -197,8 +235,10 @@ def run_camera_cmd(args: argparse.Namespace) -> int:
         from edgedet.runtime.camera import check_save_path  # noqa: PLC0415
 
         check_save_path(args.save)
-    det = _detector(args)
+    # The source (it opens nothing until the first frame) and OpenCV are checked before the model loads.
     source = FrameSource(args.source)
+    check_opencv(args.source, args.headless, args.save)
+    det = _detector(args)
     stats = run_camera(det, source, headless=args.headless, save=args.save, max_frames=args.max_frames,
                        sequential=args.sequential)
     print(f"camera: {stats['frames']} frames, {stats['dropped']} dropped, {stats['fps']} FPS ({stats['mode']}), "

@@ -103,8 +103,9 @@ class Detector:
 
         Args:
             path: ``.tflite``, ``.onnx``, OpenVINO ``.xml`` or its folder.
-            device: a device profile name (``edgedet devices``) or a backend device string
-                ("cpu", "usb:0", "pci:0", "nnapi", "GPU", "NPU", "AUTO").
+            device: a device profile (a name from ``edgedet devices``, the path of a ``.toml``, or
+                a loaded ``DeviceProfile``) or a backend device string ("cpu", "usb:0", "pci:0",
+                "nnapi", "GPU", "NPU", "AUTO").
             threads: CPU threads (overrides the profile's).
             fallback: "cpu" to run on CPU when the requested delegate/device is missing, fails, or
                 would run nothing (an Edge TPU file not compiled); ``backend.device`` says so.
@@ -209,8 +210,11 @@ class Detector:
         # Files converted by TF2 name their outputs StatefulPartitionedCall:N in an order that
         # differs between versions; classes are whole numbers and scores are not, so the first
         # output with a fractional value settles which is which.
+        # Only rows below the count are written; the padding past it is uninitialised memory
+        # (garbage such as -2e31 or NaN in dynamic-range files), which says nothing about the order.
         bi, ci, si, ni = self._nms_idx
-        c, s = np.asarray(outputs[ci]), np.asarray(outputs[si])
+        counts = np.reshape(np.asarray(outputs[ni], np.float64), (-1,))
+        c, s = _written_rows(outputs[ci], counts), _written_rows(outputs[si], counts)
         c_frac, s_frac = bool(np.any(c != np.round(c))), bool(np.any(s != np.round(s)))
         if c_frac != s_frac:
             if c_frac:
@@ -291,13 +295,20 @@ def prepare_image(image, plan: InputPlan, meta: ModelMeta) -> tuple[np.ndarray, 
 
 
 def _resolve_device(device, threads, kind):
-    """A device profile name -> (backend device string, threads); other strings pass through."""
+    """A device profile (its name, the path of its ``.toml``, or a loaded ``DeviceProfile``) ->
+    (backend device string, threads); other strings pass through."""
     if not device:
         return None, threads
+    if hasattr(device, "device_for"):  # a DeviceProfile already loaded (validate, bench)
+        return device.device_for(kind), threads if threads else device.threads
+    device = os.fspath(device)
     try:
         from edgedet.devices import list_profiles, load_profile  # noqa: PLC0415
     except ImportError:
         return device, threads
+    if device.endswith(".toml") or "/" in device or os.sep in device:
+        prof = load_profile(device)  # its own one-line error for a missing file or a bad field
+        return prof.device_for(kind), threads if threads else prof.threads
     if device not in list_profiles():
         hint = did_you_mean(device, list_profiles(), cutoff=0.8)
         if hint:  # a mistyped profile name, not a backend's device string
@@ -305,6 +316,16 @@ def _resolve_device(device, threads, kind):
         return device, threads
     prof = load_profile(device)
     return prof.device_for(kind), threads if threads else prof.threads
+
+
+def _written_rows(a, counts: np.ndarray) -> np.ndarray:
+    """The values of a ``(B, K)`` NMS output in the first ``count`` rows of each batch item, flat."""
+    a = np.asarray(a)
+    if a.ndim != 2:
+        return np.zeros((0,), np.float32)
+    counts = np.nan_to_num(counts, nan=0.0, posinf=0.0, neginf=0.0)
+    parts = [a[b, :int(np.clip(counts[b], 0, a.shape[1]))] for b in range(min(len(counts), len(a)))]
+    return np.concatenate(parts) if parts else np.zeros((0,), a.dtype)
 
 
 def _resolve_meta(path, kind, backend, labels, image_size, mean, std, anchor_scale=None) -> tuple[ModelMeta, bool, bool]:

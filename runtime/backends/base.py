@@ -34,7 +34,8 @@ class Backend:
     """Base class. Subclasses load a model file and run one input batch.
 
     Attributes:
-        name: backend id ("litert", "onnxruntime", "openvino").
+        name: backend id ("litert", "tflite-runtime" for LiteRT's interpreter from tflite_runtime,
+            "onnxruntime", "openvino").
         version: the runtime library's version string.
         device: the device that actually runs the model (e.g. "CPU", "edgetpu:usb:0", "GPU.0").
         delegate: delegate name or ``None``.

@@ -99,6 +99,8 @@ class LiteRTBackend(Backend):
                  strip_boundary: bool = True):
         Interpreter, load_delegate, module, version = _interpreter_module()
         self.module, self.version, self.threads = module, version, threads
+        if module == "tflite_runtime":  # reports and merged reports name what ran, with its own version
+            self.name = "tflite-runtime"
         delegate, options = parse_device(device)
         requested = f"edgetpu:{options.get('device', 'auto')}" if delegate == "edgetpu" else delegate.upper()
         self.delegate, self.device = None, "CPU"
@@ -170,13 +172,14 @@ class LiteRTBackend(Backend):
                 _dlopen(lib)
                 return load_delegate(lib, options)
             except (ValueError, OSError, RuntimeError) as exc:
-                errors.append(_short(exc))
+                msg = _short(exc)  # dlopen's text already starts with the library's name
+                errors.append(msg if lib in msg else f"{lib}: {msg}")
         what = (
-            "the NNAPI delegate library (libnnapi_delegate.so, Android only; build it from LiteRT or use the Android app)"
+            "the NNAPI delegate library (Android only; build it from LiteRT or use the Android app)"
             if delegate == "nnapi"
-            else "the LiteRT GPU delegate library (libtensorflowlite_gpu_delegate.so, built from LiteRT)"
+            else "the LiteRT GPU delegate library (built from LiteRT)"
         )
-        raise ToolchainError(f"{delegate} delegate could not be loaded ({errors[-1]}): install {what}")
+        raise ToolchainError(f"{delegate} delegate could not be loaded ({'; '.join(errors)}): install {what}")
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         it = self.interpreter

@@ -122,7 +122,7 @@ def _kernels(report: dict) -> str:
         text = f"{p['backend']} {p.get('backend_version') or '?'}"
         if p.get("delegate"):
             text += f" + {p['delegate']}"
-        elif p["backend"] == "litert":
+        elif p["backend"] in ("litert", "tflite-runtime"):
             text += " + XNNPACK (its default CPU delegate)"
         if text not in seen:
             seen.append(text)

@@ -158,7 +158,8 @@ def test_camera_survives_dropped_frames_and_interrupt(rt_models, tmp_path):
 
 def test_pipelined_loop_gives_the_sequential_detections(rt_models, tmp_path, capsys):
     """Reading + pre-processing the next frame during invoke changes nothing in the results."""
-    from edgedet.runtime.camera import FrameSource, run_camera
+    from edgedet.runtime.camera import run_camera
+    from edgedet.runtime.frames import FrameSource
     from edgedet.runtime.detector import Detector
 
     video = tmp_path / "clip.avi"
