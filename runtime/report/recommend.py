@@ -48,11 +48,6 @@ def _over_budget(entry: dict, max_drop) -> str | None:
     return f"AP dropped {-d * 100:.2f} points (allowed {max_drop * 100:.2f})"
 
 
-def _runtime_of(target: str) -> str:
-    """The runtime a target's files need (target names start with their format)."""
-    return "openvino" if target.startswith("openvino") else "onnxruntime" if target.startswith("onnx") else "litert"
-
-
 def _other_backend(device: str | None):
     """``entry -> reason or None``: why the profile's device cannot run the entry's file: an
     accelerator profile and another backend's format (an OpenVINO folder under ``coral-usb``),
@@ -61,7 +56,7 @@ def _other_backend(device: str | None):
     if not device:
         return lambda m: None
     try:
-        from edgedet.devices import load_profile  # noqa: PLC0415
+        from edgedet.devices import TARGET_BACKEND, load_profile  # noqa: PLC0415
         from edgedet.runtime.detector import backend_for  # noqa: PLC0415
 
         prof = load_profile(device)
@@ -77,7 +72,7 @@ def _other_backend(device: str | None):
             prof.device_for(backend)  # a CPU profile runs every backend's files
         except ConfigError as exc:
             return f"a {backend} file: {exc}"
-        runtimes = {_runtime_of(t) for t in prof.targets}
+        runtimes = {TARGET_BACKEND[t] for t in prof.targets}
         if backend not in runtimes:
             return f"a {backend} file; {prof.name}'s targets ({', '.join(prof.targets)}) run on {', '.join(sorted(runtimes))}"
         return None
