@@ -16,6 +16,8 @@ Schema (every field is checked; an error names the file and the field)::
     device = "cpu"                   # backend device string: cpu, usb:0, pci:0, nnapi, CPU, GPU, NPU, AUTO
     threads = 4                      # optional, CPU threads
     input_size = 320                 # preferred network input (multiple of 64 for Lite models' heads)
+    arch = "aarch64"                 # optional: the device's CPU architecture (aarch64, x86_64, armv7l);
+                                     # validate notes a report made on another one
     [thresholds]
     max_map_drop = 0.02              # absolute AP@[.5:.95] drop vs float (AP in [0, 1])
     latency_ms = 40.0                # p50 end-to-end budget; omit it when no figure is published
@@ -45,7 +47,15 @@ TARGETS = (
     "onnx", "onnx-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
 )
 # Which backend runs each target's files.
+ARCHES = ("aarch64", "x86_64", "armv7l")
+# platform.machine() spellings of the same architectures
+_MACHINE = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64", "armv7": "armv7l"}
 TARGET_BACKEND = {t: ("litert" if t.startswith("tflite") or t == "edgetpu" else "onnxruntime" if t.startswith("onnx") else "openvino") for t in TARGETS}
+
+
+def arch_of(machine: str) -> str:
+    """``platform.machine()`` as one of :data:`ARCHES` where it is one of their spellings."""
+    return _MACHINE.get(machine.lower(), machine.lower())
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,16 @@ class DeviceProfile:
     threads: int | None = None
     path: str = ""
     latency_source: str = ""
+    arch: str = ""
     extra: dict = field(default_factory=dict)
+
+    def other_host(self, machine: str) -> str | None:
+        """A one-line note when ``machine`` (``platform.machine()``) is not this device's architecture."""
+        host = arch_of(machine)
+        if not self.arch or host == self.arch:
+            return None
+        return (f"profile {self.name} describes an {self.arch} device, and this host is {host}: accuracy and "
+                f"latency are this host's, not the device's (validate on the device: docs/device-validation.md)")
 
     @property
     def target(self) -> str:
@@ -92,7 +111,7 @@ class DeviceProfile:
         return {
             "name": self.name, "description": self.description, "targets": list(self.targets),
             "backend": self.backend, "delegate": self.delegate, "device": self.device, "threads": self.threads,
-            "input_size": self.input_size,
+            "input_size": self.input_size, "arch": self.arch or None,
             "thresholds": {"max_map_drop": self.max_map_drop, "latency_ms": self.latency_ms,
                            "latency_source": self.latency_source},
             "path": self.path,
@@ -148,7 +167,8 @@ def parse_profile(path) -> DeviceProfile:
         raise ConfigError(f"{where}: not valid TOML ({exc})") from exc
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read ({exc})") from exc
-    known = {"name", "description", "targets", "backend", "delegate", "device", "threads", "input_size", "thresholds"}
+    known = {"name", "description", "targets", "backend", "delegate", "device", "threads", "input_size", "arch",
+             "thresholds"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown field '{unknown[0]}'{did_you_mean(unknown[0], known)}")
@@ -176,6 +196,7 @@ def parse_profile(path) -> DeviceProfile:
     if threads is not None:
         threads = _need(d, "threads", int, where, lambda v: 1 <= v <= 256, " (1..256)")
     size = _need(d, "input_size", int, where, lambda v: 64 <= v <= 2048 and v % 64 == 0, " (a multiple of 64 in 64..2048)")
+    arch = _need(d, "arch", str, where, lambda v: v in ARCHES, f" (choose {', '.join(ARCHES)})") if "arch" in d else ""
     th = _need(d, "thresholds", dict, where)
     tw = f"{where} [thresholds]"
     for k in th:
@@ -192,7 +213,7 @@ def parse_profile(path) -> DeviceProfile:
         lat = None
     return DeviceProfile(name=name, description=desc, targets=tuple(targets), backend=backend, delegate=delegate,
                          device=device, threads=threads, input_size=size, max_map_drop=drop, latency_ms=lat, path=where,
-                         latency_source=source)
+                         latency_source=source, arch=arch)
 
 
 def load_profile(name: str) -> DeviceProfile:

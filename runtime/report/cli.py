@@ -127,5 +127,7 @@ def _merge(args) -> int:
     print(md_table(*accuracy_table(merged)))
     if merged["left_out"]:
         print(f"\nleft out (host-only Keras rows, no file a device runs): {', '.join(merged['left_out'])}")
+    for w in merged["warnings"]:
+        print(f"warning: {w}")
     print(f"\n{len(merged['models'])} models on {len(merged['devices'])} devices -> {paths['html']}")
     return 0

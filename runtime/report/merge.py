@@ -193,6 +193,7 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
         })
     ds = dict(reports[0]["dataset"])
     ds["paths"] = [r["dataset"]["path"] for r in reports]
+    warnings = _host_warnings(reports, labels)
     return {
         "kind": MERGED_KIND, "version": MERGED_VERSION,
         "tool": {"name": "edgedet", "version": __version__},
@@ -201,8 +202,31 @@ def merge_reports(paths: list[str], names: list[str] | None = None) -> dict:
         "devices": [_device_entry(n, r) for n, r in zip(labels, reports)],
         "models": models,
         "left_out": left_out,
+        "warnings": warnings,
         "sources": [r["_source"] for r in reports],
     }
+
+
+def _host_warnings(reports: list[dict], labels: list[str]) -> list[str]:
+    """Reports that cannot be what their column says: made on another architecture than their
+    device profile's, or two columns from the same kind of host (differences then are run to run)."""
+    out, seen = [], {}
+    for label, r in zip(labels, reports):
+        h, dev = r.get("host") or {}, r["thresholds"].get("device")
+        try:
+            from edgedet.devices import arch_of, load_profile  # noqa: PLC0415
+
+            prof = load_profile(dev) if dev else None
+        except Exception:  # noqa: BLE001 - a profile this machine does not have: nothing to compare
+            prof = None
+        if prof is not None and prof.arch and h.get("machine") and arch_of(h["machine"]) != prof.arch:
+            out.append(f"{label}: made on {arch_of(h['machine'])}, where profile {dev} describes an {prof.arch} device")
+        key = (h.get("machine"), h.get("cpu_model"), tuple(h.get("cpu_features") or ()), h.get("emulation"))
+        if key in seen:
+            out.append(f"{seen[key]} and {label} ran on the same kind of host ({h.get('machine')}, {h.get('cpu_model')}): "
+                       "their differences are run to run, not between devices")
+        seen.setdefault(key, label)
+    return out
 
 
 def write_merged(merged: dict, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -99,7 +99,8 @@ def _intro(merged: dict) -> list[str]:
             f"(fingerprint `{(ds.get('fingerprint') or '')[:12]}`; the same images and labels on every device)",
             f"Devices: {', '.join(d['name'] for d in merged['devices'])}; models matched by file sha256"
             + (f"; left out (host-only Keras rows): {', '.join(merged['left_out'])}" if merged.get("left_out") else ""),
-            f"Created {merged['created']} by edgedet {merged['tool']['version']}"]
+            f"Created {merged['created']} by edgedet {merged['tool']['version']}"] + [
+            f"⚠️ {w}" for w in merged.get("warnings") or []]
 
 
 def render_merged_md(merged: dict) -> str:

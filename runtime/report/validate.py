@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -381,6 +382,9 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     if html:
         require("matplotlib", what="report.html", alternative="pass --no-html")
     prof, th = resolve_thresholds(device, max_ap_drop, latency_budget_ms, latency_metric)
+    elsewhere = prof.other_host(platform.machine()) if prof is not None else None
+    if elsewhere:
+        log(f"note: {elsewhere}")
     if baseline and not os.path.exists(baseline):
         raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
     if baseline and os.path.isdir(baseline) and not is_run_dir(baseline) and is_run_dir(os.path.join(baseline, "2_train")):

@@ -171,3 +171,31 @@ def test_merge_refuses_the_same_report_twice_and_writing_over_an_input(tmp_path,
     assert main(["report", "merge", str(x86), str(arm), "--names", "pi", "pi", "--out", str(tmp_path / "m")]) == 2
     assert "'pi' given twice" in capsys.readouterr().err
     assert arm.read_bytes() == before and not (tmp_path / "m").exists()
+
+
+def test_merge_warns_when_a_column_cannot_be_its_device(tmp_path, capsys):
+    """A 'raspberry-pi-4' report made on x86-64, and two columns from the same kind of host."""
+    x86 = device_report(tmp_path / "x86", "x86_64", 2.0, 3.0)
+    fake = device_report(tmp_path / "fake-pi", "x86_64", 2.0, 3.0)
+    report = json.loads(fake.read_text())
+    report["thresholds"]["device"] = "raspberry-pi-4"
+    fake.write_text(json.dumps(report))
+    assert main(["report", "merge", str(x86), str(fake), "--out", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out
+    merged = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert merged["warnings"][0] == "raspberry-pi-4: made on x86_64, where profile raspberry-pi-4 describes an aarch64 device"
+    assert "ran on the same kind of host (x86_64, x86_64 CPU)" in merged["warnings"][1]
+    assert f"warning: {merged['warnings'][0]}" in printed
+    assert merged["warnings"][0] in (tmp_path / "m" / "report.md").read_text()
+    arm = device_report(tmp_path / "pi", "aarch64", 6.0, 40.0)  # a real pair: nothing to say
+    assert main(["report", "merge", str(x86), str(arm), "--out", str(tmp_path / "m2")]) == 0
+    assert json.loads((tmp_path / "m2" / "report.json").read_text())["warnings"] == []
+
+
+def test_validate_notes_a_profile_for_another_architecture():
+    from edgedet.devices import load_profile
+
+    pi = load_profile("raspberry-pi-4")
+    assert pi.arch == "aarch64" and pi.other_host("aarch64") is None and pi.other_host("arm64") is None
+    assert "describes an aarch64 device, and this host is x86_64" in pi.other_host("x86_64")
+    assert load_profile("coral-usb").other_host("x86_64") is None  # a USB stick: any host
