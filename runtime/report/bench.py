@@ -7,7 +7,6 @@ happened to run last. Reports medians and ratios against the first configuration
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -48,15 +47,15 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
     ``ratio_e2e`` and ``ratio_invoke`` (median / the first row's median), ``error`` (or None).
     """
     from edgedet.runtime.detector import Detector, backend_for
-    from edgedet.runtime.report.validate import _device_for, resolve_thresholds
+    from edgedet.runtime.report.validate import _device_for, resolve_thresholds, row_names
 
     prof, _ = resolve_thresholds(device)
     img = _test_image(image)
     configs = []
-    for path in models:
+    for path, name in zip(models, row_names(models)):  # parent/file where exports share a file name
         for t in threads or [None]:
             dev, thr = _device_for(path, prof, t)
-            row = {"model": str(path), "name": os.path.basename(str(path).rstrip("/")), "threads": thr,
+            row = {"model": str(path), "name": name, "threads": thr,
                    "backend": None, "device": None, "init_ms": None, "runs": 0, "error": None}
             try:
                 if prof is not None:

@@ -243,7 +243,7 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, d
     return None
 
 
-def _names(paths: list[str]) -> list[str]:
+def row_names(paths: list[str]) -> list[str]:
     """Row names: the file name, or ``parent/file`` where file names collide (e.g. the
     ``float/`` PTQ and ``qat/`` QAT exports are both ``lite0_tflite-int8.tflite``)."""
     base = [os.path.basename(str(p).rstrip("/")) or str(p) for p in paths]
@@ -339,7 +339,7 @@ def _jobs(models: list[str], baseline: str | None, log=print) -> tuple[list[tupl
     twins = qat_twins(models, log)
     jobs = ([("baseline", baseline)] if baseline else []) + [("twin", run) for run in twins]
     jobs += [("candidate", m) for m in models]
-    names = _names([p for _, p in jobs])
+    names = row_names([p for _, p in jobs])
     for k, (role, path) in enumerate(jobs):
         if role == "twin" or (role == "baseline" and is_run_dir(path)):
             kind = "float twin" if role == "twin" else "QAT, fake-quantized" if _run_kind(path) == "qat" else "float"

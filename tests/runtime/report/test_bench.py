@@ -55,3 +55,14 @@ def test_an_accelerator_profile_runs_only_its_own_backends_files(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"not read: refused before loading")
     rows = bench([str(tmp_path / "m.onnx")], device="coral-usb", runs=1, warmup=0, progress=False)
     assert "device profile 'coral-usb' runs litert models on usb:0; this file needs onnxruntime" in rows[0]["error"]
+
+
+def test_exports_that_share_a_file_name_get_their_folder_in_the_row_name(rt_models, tmp_path):
+    import shutil
+
+    for sub in ("float", "qat"):
+        (tmp_path / sub).mkdir()
+        shutil.copyfile(rt_models.tflite("fp32"), tmp_path / sub / "m_tflite-int8.tflite")
+    rows = bench([str(tmp_path / "float" / "m_tflite-int8.tflite"), str(tmp_path / "qat" / "m_tflite-int8.tflite")],
+                 runs=2, warmup=1, progress=False)
+    assert [r["name"] for r in rows] == ["float/m_tflite-int8.tflite", "qat/m_tflite-int8.tflite"]
