@@ -5,7 +5,6 @@ Import-light: TensorFlow, tf2onnx, OpenVINO and onnx2tf load inside the handler.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from edgedet.argtypes import positive
@@ -52,10 +51,11 @@ def _targets(args) -> list[str]:
 
         prof = load_profile(args.device)
         listed = [t for t in prof.targets if t not in targets]
-        if args.weights and os.path.isfile(os.path.join(args.weights, "run.json")):
+        from edgedet.runs import is_run_dir, read_run_json
+
+        if args.weights and is_run_dir(args.weights):
             from edgedet.convert.registry import get_target
             from edgedet.errors import ConfigError
-            from edgedet.runs import read_run_json
 
             if read_run_json(args.weights).get("kind") == "qat":  # a QAT run exports the profile's int8 targets only
                 floats = [t for t in listed if get_target(t).needs != "calib|qat"]

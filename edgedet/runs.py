@@ -90,6 +90,11 @@ class RunInfo:
     data: dict = field(default_factory=dict)
 
 
+def is_run_dir(path) -> bool:
+    """A folder holding a run.json (a training or QAT run)."""
+    return Path(path).is_dir() and (Path(path) / RUN_JSON).is_file()
+
+
 def read_run_json(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / RUN_JSON

@@ -132,13 +132,12 @@ def run_info(args) -> int:
 
 def file_info(path: str, as_json: bool) -> int:
     """What an exported model file (its metadata) or a run folder (its run.json) says about itself."""
-    import os
-
     from edgedet.errors import ModelFileError
 
-    if os.path.isfile(os.path.join(path, "run.json")):
-        with open(os.path.join(path, "run.json")) as f:
-            run = json.load(f)
+    from edgedet.runs import is_run_dir, read_run_json
+
+    if is_run_dir(path):
+        run = read_run_json(path)
         facts = {"run": path, "kind": run.get("kind"), "model": run.get("variant"), "input": run.get("image_size"),
                  "classes": run.get("class_names"), "dataset": run.get("dataset"),
                  "best val": (run.get("best") or {}).get("metrics"), "status": run.get("status")}

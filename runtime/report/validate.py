@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedet.errors import ConfigError, DataError, ModelFileError
+from edgedet.errors import ConfigError, DataError, ModelFileError, ToolchainError
 from edgedet.extras import has_modules, require
 from edgedet.files import model_kind
+from edgedet.runs import is_run_dir
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
-from edgedet.runtime.report.build import across_classes, assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
+from edgedet.runtime.report.twins import add_twin_deltas, qat_twins, run_kind
 from edgedet.runtime.report.stats import gmacs_per_second
 from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis, output_table
 from edgedet.runtime.report.worker import run_worker
@@ -37,10 +39,6 @@ def model_format(path: str) -> str:
         return model_kind(path)
     except ModelFileError:
         return "unknown"
-
-
-def is_run_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "run.json"))
 
 
 def model_sha256(path: str) -> str | None:
@@ -243,6 +241,27 @@ def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, d
     return None
 
 
+# The modules that run each kind of model file (any one of them).
+_RUNS = {"tflite": ("ai_edge_litert", "tflite_runtime"), "onnx": ("onnxruntime",), "openvino": ("openvino",)}
+
+
+def check_runnable(models: list[str], baseline: str | None) -> None:
+    """Before the first model runs: every file is a model kind, and its runtime is installed
+    (a baseline over the whole split can take minutes on a board)."""
+    from edgedet.extras import install_hint
+
+    files = ([baseline] if baseline and not is_run_dir(baseline) else []) + list(models)
+    for k, path in enumerate(files):
+        flag = "--baseline" if k == 0 and path == baseline else "--models"
+        try:
+            kind = model_kind(path)
+        except ModelFileError as exc:
+            raise ConfigError(f"{flag} {exc}") from None
+        if not any(has_modules(m) for m in _RUNS[kind]):
+            raise ToolchainError(f"{flag} {path}: running it needs {_RUNS[kind][0]}, which is not installed: "
+                                 f"{install_hint(_RUNS[kind][0])}")
+
+
 def row_names(paths: list[str]) -> list[str]:
     """Row names: the file name, or ``parent/file`` where file names collide (e.g. the
     ``float/`` PTQ and ``qat/`` QAT exports are both ``lite0_tflite-int8.tflite``)."""
@@ -256,64 +275,6 @@ def row_names(paths: list[str]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         names.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
     return names
-
-
-def _run_kind(run: str) -> str | None:
-    try:
-        with open(os.path.join(run, "run.json")) as f:
-            return json.load(f).get("kind")
-    except (OSError, ValueError):
-        return None
-
-
-def qat_twins(models: list[str], log=print) -> list[str]:
-    """The QAT run folders the models were exported from (metadata ``extra.source``), each once.
-
-    The twin is an extra row the user did not ask for: where TensorFlow is not installed (a
-    device install) it is left out with a note instead of failing the report."""
-    from edgedet.runtime.metadata import read_metadata
-
-    runs = []
-    for m in models:
-        try:
-            meta = read_metadata(m)
-        except Exception:  # noqa: BLE001 - an unreadable file is reported by its own worker
-            meta = None
-        src = (meta.extra.get("source") or {}) if meta is not None else {}
-        run = src.get("run")
-        if src.get("kind") == "qat" and run and is_run_dir(run) and run not in runs:
-            runs.append(run)
-    if runs and not has_modules("tensorflow", "tf_keras"):
-        log(f"note: no float twin row for {', '.join(runs)}: running a Keras run needs pip install \"edgedet[train]\"")
-        return []
-    return runs
-
-
-def add_twin_deltas(entries: list[dict], twins: list[str]) -> None:
-    """Give each QAT model's entry ``vs_twin``: its AP minus its float twin's (the quantization loss).
-
-    Not for a file whose in-graph NMS suppresses across classes: the twin runs the runtime's
-    per-class NMS, so that difference is not quantization alone."""
-    by_run = {e["path"]: e for e in entries if e["role"] == "twin"}
-    for e in entries:
-        src = ((e.get("quantization") or {}).get("method") == "qat" and e["role"] == "candidate"
-               and not across_classes(e) and by_run.get(_source_run(e)))
-        if src and src.get("metrics") and e.get("metrics"):
-            from edgedet.runtime.report.evaluate import SUMMARY_KEYS
-            from edgedet.runtime.report.stats import delta
-
-            e["vs_twin"] = {"twin": src["name"],
-                            "delta": {k: delta(e["metrics"][k], src["metrics"][k]) for k in SUMMARY_KEYS}}
-
-
-def _source_run(entry: dict) -> str | None:
-    from edgedet.runtime.metadata import read_metadata
-
-    try:
-        meta = read_metadata(entry["path"])
-    except Exception:  # noqa: BLE001
-        return None
-    return (meta.extra.get("source") or {}).get("run") if meta is not None else None
 
 
 def _diagnosis_map(diagnosis: list[str] | None) -> dict[str, str]:
@@ -342,7 +303,7 @@ def _jobs(models: list[str], baseline: str | None, log=print) -> tuple[list[tupl
     names = row_names([p for _, p in jobs])
     for k, (role, path) in enumerate(jobs):
         if role == "twin" or (role == "baseline" and is_run_dir(path)):
-            kind = "float twin" if role == "twin" else "QAT, fake-quantized" if _run_kind(path) == "qat" else "float"
+            kind = "float twin" if role == "twin" else "QAT, fake-quantized" if run_kind(path) == "qat" else "float"
             names[k] = f"{kind} ({os.path.basename(path.rstrip('/'))})"
     return jobs, names, twins
 
@@ -392,6 +353,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     missing = [m for m in models if not os.path.exists(m)]
     if missing:
         raise ConfigError(f"--models {missing[0]}: no such model file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    check_runnable(models, baseline)
     run_classes = None
     if baseline and is_run_dir(baseline):
         from edgedet.runtime.report.keras import run_class_names

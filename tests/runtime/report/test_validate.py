@@ -315,9 +315,9 @@ def test_run_baseline_ap_equals_edgedet_eval_exactly(setup, tmp_path):
 
 
 def test_row_names_disambiguate_colliding_file_names():
-    from edgedet.runtime.report.validate import _names
+    from edgedet.runtime.report.validate import row_names
 
-    got = _names(["r/4_convert/float/lite0_tflite-int8.tflite", "r/4_convert/qat/lite0_tflite-int8.tflite",
+    got = row_names(["r/4_convert/float/lite0_tflite-int8.tflite", "r/4_convert/qat/lite0_tflite-int8.tflite",
                   "r/4_convert/float/lite0_onnx.onnx", "a/x.tflite", "a/x.tflite"])
     assert got == ["float/lite0_tflite-int8.tflite", "qat/lite0_tflite-int8.tflite", "lite0_onnx.onnx",
                    "a/x.tflite", "a/x.tflite #2"]
@@ -328,7 +328,7 @@ def test_the_float_twin_is_left_out_with_a_note_where_tensorflow_is_missing(rt_m
     import sys
 
     from edgedet.runtime.metadata import embed_tflite, read_metadata
-    from edgedet.runtime.report.validate import qat_twins
+    from edgedet.runtime.report.twins import qat_twins
 
     run = tmp_path / "qat"
     run.mkdir()
@@ -343,3 +343,20 @@ def test_the_float_twin_is_left_out_with_a_note_where_tensorflow_is_missing(rt_m
     monkeypatch.setitem(sys.modules, "tf_keras", None)  # what a runtime-only install looks like to find_spec
     assert qat_twins([str(model)], log=notes.append) == []
     assert len(notes) == 1 and str(run) in notes[0] and "edgedet[train]" in notes[0]
+
+
+def test_every_file_is_checked_before_the_first_model_runs(tmp_path, monkeypatch):
+    import sys
+
+    from edgedet.errors import ConfigError, ToolchainError
+    from edgedet.runtime.report.validate import check_runnable
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ConfigError, match=r"--baseline .*data: not a model"):
+        check_runnable([], str(data))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # a device install without it
+    with pytest.raises(ToolchainError, match=r"--models .*m.onnx: running it needs onnxruntime"):
+        check_runnable([str(onnx)], None)
