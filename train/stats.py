@@ -93,7 +93,8 @@ def training_warnings(ds: Dataset, image_size: int | None = None) -> list[str]:
         small = [s for s in ds.samples() if max(s.width, s.height) * SMALL_IMAGE_FACTOR < image_size]
         if small:
             tiny = min(small, key=lambda s: s.width * s.height)
-            out.append(f"{len(small)} images are more than {SMALL_IMAGE_FACTOR}x smaller than the {image_size} px "
+            out.append(f"{len(small)} image{'s are' if len(small) != 1 else ' is'} more than {SMALL_IMAGE_FACTOR}x "
+                       f"smaller than the {image_size} px "
                        f"model input (smallest {tiny.width}x{tiny.height}: {os.path.basename(tiny.image_path)})")
     return out
 

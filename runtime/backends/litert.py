@@ -50,6 +50,11 @@ def _interpreter_module():
         return mod.Interpreter, mod.load_delegate, "tflite_runtime", getattr(tflite_runtime, "__version__", "")
     except ImportError:
         pass
+    import platform  # noqa: PLC0415
+
+    if platform.machine().lower().startswith("armv7"):  # ai-edge-litert has no 32-bit Arm wheels
+        raise ToolchainError("no TFLite interpreter found: a 32-bit Arm OS has no ai-edge-litert wheels; use the 64-bit "
+                             "OS, or `pip install tflite-runtime \"numpy<2\"`")
     raise ToolchainError(
         'no TFLite interpreter found: `pip install "edgedet[runtime]"` (brings ai-edge-litert; '
         "`tflite-runtime` on older Raspberry Pi OS)"

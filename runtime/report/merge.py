@@ -80,8 +80,9 @@ def _check_same_files(reports: list[dict]) -> None:
             hashes[h] = m["name"]
         sets.append(hashes)
     for r, hashes in zip(reports[1:], sets[1:]):
-        only_a = [n for h, n in sets[0].items() if h not in hashes]
-        only_b = [n for h, n in hashes.items() if h not in sets[0]]
+        # the sha256 prefix tells apart files of the same name (a QAT and a PTQ lite0_tflite-int8.tflite)
+        only_a = [f"{n} ({h[:12]})" for h, n in sets[0].items() if h not in hashes]
+        only_b = [f"{n} ({h[:12]})" for h, n in hashes.items() if h not in sets[0]]
         if only_a or only_b:
             what = "; ".join(s for s in (
                 f"only in {reports[0]['_source']}: {', '.join(only_a)}" if only_a else "",

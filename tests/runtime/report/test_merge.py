@@ -100,7 +100,7 @@ def test_merge_refuses_other_files_and_datasets(tmp_path, capsys):
     assert main(["report", "merge", str(x86), str(other_file), "--out", str(tmp_path / "m1")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "reports of different files (matched by sha256)" in err
-    assert "only in" in err and "m_int8.tflite" in err
+    assert "only in" in err and "m_int8.tflite (bbbbbbbbbbbb)" in err and "m_int8.tflite (cccccccccccc)" in err
     samples, _ = _samples()
     samples[3].boxes = samples[3].boxes + 5.0  # same images, one image's labels moved
     other_data = device_report(tmp_path / "pi2", "aarch64", 2.0, 40.0, samples=samples)
