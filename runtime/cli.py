@@ -9,11 +9,14 @@ import sys
 from edgedet.argtypes import fraction, positive
 
 
+FALLBACK_HELP = "run on CPU when the delegate/device is missing (never silent otherwise)"
+
+
 def _model_args(p: argparse.ArgumentParser, threads: str = "the profile's, else the library's") -> None:
     p.add_argument("--model", required=True, help=".tflite, .onnx, OpenVINO .xml or folder")
     p.add_argument("--device", help="device profile (see `edgedet devices`) or backend device: cpu, usb:0, pci:0, nnapi, GPU, NPU, AUTO")
     p.add_argument("--threads", type=positive, help=f"CPU threads (default: {threads})")
-    p.add_argument("--fallback", choices=["cpu"], help="run on CPU when the delegate/device is missing (never silent otherwise)")
+    p.add_argument("--fallback", choices=["cpu"], help=FALLBACK_HELP)
     # No defaults in the parser for --score, --iou and --nms: an --nms file's in-graph NMS ignores
     # them, and the user is told so only when they gave one (defaults: POST_DEFAULTS).
     p.add_argument("--score", type=fraction, help="score threshold (default 0.3)")

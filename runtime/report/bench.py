@@ -39,7 +39,7 @@ def schedule(n_configs: int, rounds: int) -> list[int]:
 
 
 def bench(models: list[str], threads: list[int | None] | None = None, device: str | None = None, runs: int = 50,
-          warmup: int = 3, image: str | None = None, progress: bool = True) -> list[dict]:
+          warmup: int = 3, image: str | None = None, progress: bool = True, fallback: str | None = None) -> list[dict]:
     """Benchmark models; returns one row per (model, threads), the first being the reference.
 
     Row keys: ``model``, ``name``, ``threads``, ``backend``, ``device``, ``init_ms``, ``runs``,
@@ -61,7 +61,7 @@ def bench(models: list[str], threads: list[int | None] | None = None, device: st
                 if prof is not None:
                     prof.device_for(backend_for(path))  # an accelerator profile runs its own backend's files only
                 t0 = time.perf_counter()
-                det = Detector.from_file(path, device=dev, threads=thr)
+                det = Detector.from_file(path, device=dev, threads=thr, fallback=fallback)
                 row["init_ms"] = (time.perf_counter() - t0) * 1e3
                 d = det.describe()
                 row.update(backend=d.get("backend"), device=d.get("device"), threads=d.get("threads", thr))

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from edgedet.argtypes import at_least, positive
+from edgedet.runtime.cli import FALLBACK_HELP
 
 LATENCY_METRICS = ("end_to_end.p50", "end_to_end.p90", "end_to_end.p99", "invoke.p50", "invoke.p90", "invoke.p99")
 
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--device", metavar="PROFILE", help="device profile: thresholds, delegate and threads")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md/json/html")
     p.add_argument("--threads", type=positive, help="CPU threads for every model (overrides the profile)")
+    p.add_argument("--fallback", choices=["cpu"], help=FALLBACK_HELP + "; the report says where each model ran")
     p.add_argument("--runs", type=at_least(0), default=0, metavar="N",
                    help="at least N timed calls per model (images are cycled); default: one per image")
     p.add_argument("--diagnosis", action="append", metavar="[MODEL=]PATH",
@@ -47,6 +49,7 @@ def register(sub) -> None:
     b.add_argument("--models", nargs="+", required=True, metavar="FILE")
     b.add_argument("--threads", nargs="+", type=positive, metavar="N", help="thread counts to compare (each model x each)")
     b.add_argument("--device", metavar="PROFILE", help="device profile (delegate/threads for its format)")
+    b.add_argument("--fallback", choices=["cpu"], help=FALLBACK_HELP)
     b.add_argument("--runs", type=positive, default=50, metavar="N", help="timed runs per configuration (default 50)")
     b.add_argument("--warmup", type=at_least(0), default=3, metavar="N", help="untimed runs per configuration first")
     b.add_argument("--image", metavar="PATH", help="image to run on (default: a synthetic 640x480 frame)")
@@ -75,7 +78,7 @@ def _validate(args) -> int:
 
     report = validate(
         args.models, args.data, args.out, baseline=args.baseline, split=args.split, device=args.device,
-        threads=args.threads, runs=args.runs, diagnosis=args.diagnosis, max_ap_drop=args.max_ap_drop,
+        threads=args.threads, fallback=args.fallback, runs=args.runs, diagnosis=args.diagnosis, max_ap_drop=args.max_ap_drop,
         latency_budget_ms=args.latency_budget, latency_metric=args.latency_metric, limit=args.limit,
         timeout=args.timeout, html=not args.no_html, progress=sys.stderr.isatty(),
         command="edgedet " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
@@ -106,7 +109,7 @@ def _bench(args) -> int:
 
         raise ConfigError(f"--json {args.json}: its folder does not exist")
     rows = bench(args.models, threads=args.threads, device=args.device, runs=args.runs, warmup=args.warmup,
-                 image=args.image, progress=sys.stderr.isatty())
+                 image=args.image, progress=sys.stderr.isatty(), fallback=args.fallback)
     print(bench_table(rows))
     if args.json:
         from pathlib import Path

@@ -309,7 +309,7 @@ def _jobs(models: list[str], baseline: str | None, log=print) -> tuple[list[tupl
 
 
 def validate(models: list[str], data: str, out: str, baseline: str | None = None, split: str = "test",
-             device: str | None = None, threads: int | None = None, runs: int = 0,
+             device: str | None = None, threads: int | None = None, runs: int = 0, fallback: str | None = None,
              diagnosis: list[str] | None = None, max_ap_drop: float | None = None,
              latency_budget_ms: float | None = None, latency_metric: str | None = None,
              limit: int | None = None, timeout: float | None = None, html: bool = True,
@@ -324,6 +324,8 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
         baseline: training run folder (Keras float) or an fp32 model file; None: no deltas.
         device: device profile name: thresholds, and backend device/threads for its format.
         threads: CPU threads for every model (overrides the profile's).
+        fallback: "cpu" runs a model on the CPU where its delegate or device is missing
+            (``provenance.device`` records where it ran).
         runs: minimum timed calls per model (the images are cycled for the extra ones).
         diagnosis: quantize diagnosis JSON paths, ``PATH`` (every int8 model) or ``MODEL=PATH``.
         max_ap_drop, latency_budget_ms, latency_metric: override the profile's thresholds.
@@ -366,7 +368,7 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))
     base_job = {"images": [s.image_path for s in samples], "eval_post": EVAL_POSTPROCESS, "runs": runs,
-                "keep_outputs": KEEP_OUTPUTS, "progress": progress}
+                "keep_outputs": KEEP_OUTPUTS, "progress": progress, "fallback": fallback}
     entries, base_npz, kept = [], None, []
     try:
         for k, ((role, path), name) in enumerate(zip(jobs, names)):

@@ -55,7 +55,8 @@ def _load_detector(job: dict):
 
         model, info, meta = load_baseline(job["model"], twin=job["kind"] == "twin")
         return keras_detector(model, meta), lambda: eval_detections(model, info, job["images"], job["eval_post"])
-    return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads")), None
+    return Detector.from_file(job["model"], device=job.get("device"), threads=job.get("threads"),
+                              fallback=job.get("fallback")), None
 
 
 def run_job(job: dict, result: dict) -> dict:

@@ -66,3 +66,12 @@ def test_exports_that_share_a_file_name_get_their_folder_in_the_row_name(rt_mode
     rows = bench([str(tmp_path / "float" / "m_tflite-int8.tflite"), str(tmp_path / "qat" / "m_tflite-int8.tflite")],
                  runs=2, warmup=1, progress=False)
     assert [r["name"] for r in rows] == ["float/m_tflite-int8.tflite", "qat/m_tflite-int8.tflite"]
+
+
+def test_fallback_runs_an_accelerator_profile_on_the_cpu_and_says_so(rt_models):
+    """No Edge TPU here: without --fallback the row fails, with it the file runs on the CPU."""
+    path = rt_models.tflite("fp32")
+    bare = bench([path], device="coral-usb", runs=2, warmup=1, progress=False)
+    assert bare[0]["error"]
+    rows = bench([path], device="coral-usb", runs=2, warmup=1, progress=False, fallback="cpu")
+    assert rows[0]["error"] is None and rows[0]["runs"] == 2 and "cpu" in str(rows[0]["device"]).lower()
