@@ -108,9 +108,15 @@ def _expand(inputs) -> list[tuple[str, str]]:
     out = []
     for path in inputs:
         if os.path.isdir(path):
-            files = sorted(f for f in os.listdir(path) if is_image_file(f))
+            names = os.listdir(path)
+            files = sorted(f for f in names if is_image_file(f))
+            subs = [f for f in names if os.path.isdir(os.path.join(path, f))]
             if not files:
-                raise DataError(f"{path}: no images in this folder")
+                raise DataError(f"{path}: no images in this folder" + (f" (its {len(subs)} sub-folders are not searched: "
+                                                                     "give them as inputs)" if subs else ""))
+            if subs:
+                print(f"edgedet: note: {path}: {len(subs)} sub-folder{'s' if len(subs) != 1 else ''} not searched "
+                      f"(give {'them' if len(subs) != 1 else 'it'} as inputs)", file=sys.stderr)
             out += [("image", os.path.join(path, f)) for f in files]
         elif path.lower().endswith(VIDEO_SUFFIXES):
             if not os.path.isfile(path):

@@ -240,3 +240,17 @@ def test_nms_file_note_names_the_options_it_ignores():
     assert "IoU 0.5, per class)" in note("--nms", "global")
     meta.outputs = "raw"
     assert note("--iou", "0.6") is None
+
+
+def test_a_folder_says_which_sub_folders_it_did_not_search(tmp_path, capsys):
+    from PIL import Image
+
+    from edgedet.runtime.cli import _expand
+
+    (tmp_path / "day" / "more").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "day" / "a.jpg")
+    assert _expand([str(tmp_path / "day")]) == [("image", str(tmp_path / "day" / "a.jpg"))]
+    assert "1 sub-folder not searched (give it as inputs)" in capsys.readouterr().err
+    (tmp_path / "day" / "a.jpg").unlink()
+    with pytest.raises(Exception, match=r"no images in this folder \(its 1 sub-folders are not searched"):
+        _expand([str(tmp_path / "day")])
