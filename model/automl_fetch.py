@@ -57,6 +57,9 @@ def resolve(spec: str, log=None) -> tuple[Path, str]:
         return find_prefix(path, str(path)), path.resolve().name
     if Path(str(path) + ".index").is_file():
         return path, path.resolve().parent.name
+    if path.is_file() and (path.suffix == ".index" or ".data-" in path.name):  # a file of the checkpoint
+        raise ModelFileError(f"{spec}: a file of a checkpoint; give its folder ({path.parent}) "
+                             f"or its prefix ({path.parent / path.name.split('.')[0]})")
     known = ", ".join(OFFICIAL)
     raise ModelFileError(f"{spec}: no such checkpoint folder or .tgz/.tar.gz archive (official names: {known})")
 
@@ -151,8 +154,8 @@ def _fetch(url: str, dest: Path, log) -> None:
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
-        raise ModelFileError(f"cannot download {url} ({reason}); fetch it by hand and pass "
-                             f"--init automl:PATH/{dest.name}") from None
+        raise ModelFileError(f"cannot download {url} ({reason}); fetch it by hand and give its path: "
+                             f"edgedet import automl PATH/{dest.name}, or train --init automl:PATH/{dest.name}") from None
     os.replace(tmp, dest)
 
 

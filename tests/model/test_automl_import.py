@@ -246,6 +246,12 @@ def test_bad_init_and_not_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFileError, match="no TensorFlow checkpoint"):
         open_init(f"automl:{tmp_path / 'empty'}")
+    from edgedet.model.automl_fetch import resolve
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "model.index").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"model.index: a file of a checkpoint; give its folder .*or its prefix .*ck/model\)"):
+        resolve(str(tmp_path / "ck" / "model.index"))
 
 
 def test_pipeline_init_trains_from_the_checkpoint_variant(lite0_ckpt, tmp_path):
