@@ -72,13 +72,18 @@ class FrameSource:
                 print(f"edgedet: warning: {exc}; skipped", file=sys.stderr)
                 yield None
 
-    def _video(self, path: str):
+    def _open(self, what, error: str):
+        """``(cv2, capture)`` for a video path or camera index; its FPS (30 when unknown) and close."""
         cv2 = _cv2()
-        cap = cv2.VideoCapture(path)
+        cap = cv2.VideoCapture(what)
         if not cap.isOpened():
-            raise DataError(f"{path}: cannot open as video")
+            raise DataError(error)
         self._close = cap.release
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0) or 30.0
+        return cv2, cap
+
+    def _video(self, path: str):
+        cv2, cap = self._open(path, f"{path}: cannot open as video")
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fails = 0
         while True:
@@ -100,12 +105,7 @@ class FrameSource:
         if pi is not None:
             yield from pi
             return
-        cv2 = _cv2()
-        cap = cv2.VideoCapture(index)
-        if not cap.isOpened():
-            raise DataError(f"--source {index}: no camera at this index")
-        self._close = cap.release
-        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0) or 30.0
+        _, cap = self._open(index, f"--source {index}: no camera at this index")
         fails = 0
         while fails <= MAX_DROPPED:
             ok, frame = cap.read()
