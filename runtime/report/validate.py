@@ -246,10 +246,17 @@ _RUNS = {"tflite": ("ai_edge_litert", "tflite_runtime"), "onnx": ("onnxruntime",
 
 
 def check_runnable(models: list[str], baseline: str | None) -> None:
-    """Before the first model runs: every file is a model kind, and its runtime is installed
-    (a baseline over the whole split can take minutes on a board)."""
+    """Before the first model runs: every file exists, is a model kind, and its runtime is
+    installed (a baseline over the whole split can take minutes on a board)."""
     from edgedet.extras import install_hint
 
+    if baseline and not os.path.exists(baseline):
+        raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
+    if baseline and os.path.isdir(baseline) and not is_run_dir(baseline) and is_run_dir(os.path.join(baseline, "2_train")):
+        raise ConfigError(f"--baseline {baseline}: a pipeline folder; its float training run is {os.path.join(baseline, '2_train')}")
+    missing = [m for m in models if not os.path.exists(m)]
+    if missing:
+        raise ConfigError(f"--models {missing[0]}: no such model file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     files = ([baseline] if baseline and not is_run_dir(baseline) else []) + list(models)
     for k, path in enumerate(files):
         flag = "--baseline" if k == 0 and path == baseline else "--models"
@@ -348,13 +355,6 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     elsewhere = prof.other_host(platform.machine()) if prof is not None else None
     if elsewhere:
         log(f"note: {elsewhere}")
-    if baseline and not os.path.exists(baseline):
-        raise ConfigError(f"--baseline {baseline}: no such run folder or model file")
-    if baseline and os.path.isdir(baseline) and not is_run_dir(baseline) and is_run_dir(os.path.join(baseline, "2_train")):
-        raise ConfigError(f"--baseline {baseline}: a pipeline folder; its float training run is {os.path.join(baseline, '2_train')}")
-    missing = [m for m in models if not os.path.exists(m)]
-    if missing:
-        raise ConfigError(f"--models {missing[0]}: no such model file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     check_runnable(models, baseline)
     run_classes = None
     if baseline and is_run_dir(baseline):
