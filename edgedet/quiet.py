@@ -80,6 +80,11 @@ def toolchain_output(verbose: bool):
 _ACTIVE: list = []  # the installed filter, so a hard exit can drain it first
 
 
+def terminal_fd() -> int:
+    """The terminal's stderr: past the filter, for a process that may outlive this one's pump."""
+    return _ACTIVE[0].saved if _ACTIVE else 2
+
+
 def hard_exit(code: int, line: str = "") -> None:
     """Write ``line`` straight to the terminal's stderr and end the process now (``os._exit``).
 
@@ -89,7 +94,7 @@ def hard_exit(code: int, line: str = "") -> None:
     toolchain's last words) lands after ``line``.
     """
     data = line.encode("utf-8", "replace")
-    fd = _ACTIVE[0].saved if _ACTIVE else 2
+    fd = terminal_fd()
     if _ACTIVE:
         _ACTIVE[0].lock.acquire(timeout=1.0)
     with contextlib.suppress(Exception):

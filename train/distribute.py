@@ -153,6 +153,50 @@ def _watchdog(cluster: Cluster, timeout: float, formed: threading.Event) -> None
     hard_exit(2, f"edgedet: error: {_formation_error(cluster, timeout)}\n")
 
 
+# The outside watcher's margin over the in-process watchdog's deadline.
+BACKSTOP_S = 10.0
+
+
+def _outside_watchdog(cluster: Cluster, timeout: float):
+    """A small separate process that prints the formation error and kills this one if the cluster
+    has not formed ``timeout`` s from now; returns the function that tells it the cluster formed.
+
+    The backstop to :func:`_watchdog`: the chief waits for its workers inside TensorFlow's C++
+    with the GIL held, where no Python thread, signal handler or Ctrl-C runs (it sat silent for
+    minutes with nobody at a worker's address). A closed pipe is the "formed" signal, so the
+    watcher also ends when this process does.
+    """
+    import subprocess
+    import sys
+
+    from edgedet.quiet import terminal_fd
+
+    r, w = os.pipe()
+    spec = json.dumps({"jobs": cluster.jobs, "task_type": cluster.task_type, "index": cluster.index,
+                       "timeout": timeout, "pid": os.getpid(), "fd": r})
+    subprocess.Popen([sys.executable, "-c", "import sys; from edgedet.train.distribute import watch_main; "
+                      "watch_main(sys.argv[1])", spec], pass_fds=(r,), stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=terminal_fd(), start_new_session=True)
+    os.close(r)
+    return lambda: os.close(w)
+
+
+def watch_main(spec: str) -> None:
+    """The outside watcher's body (see :func:`_outside_watchdog`)."""
+    import select
+    import signal
+    import sys
+
+    d = json.loads(spec)
+    ready, _, _ = select.select([d["fd"]], [], [], d["timeout"])
+    if ready:  # formed, or the process ended: nothing to do
+        return
+    cluster = Cluster(d["jobs"], d["task_type"], d["index"])
+    sys.stderr.write(f"edgedet: error: {_formation_error(cluster, d['timeout'] - BACKSTOP_S)}\n")
+    sys.stderr.flush()
+    os.kill(d["pid"], signal.SIGKILL)
+
+
 def _join_cluster(cluster: Cluster, connect_timeout: float):
     import tensorflow as tf
     from tensorflow.python.eager import context
@@ -178,6 +222,7 @@ def _join_cluster(cluster: Cluster, connect_timeout: float):
             shutdown_barrier_timeout_in_ms=EXIT_WAIT_S * 1000)
     formed = threading.Event()
     threading.Thread(target=_watchdog, args=(cluster, connect_timeout, formed), daemon=True).start()
+    backstop = _outside_watchdog(cluster, connect_timeout + BACKSTOP_S)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # The first collective proves every worker is there (registration alone may not).
@@ -187,6 +232,7 @@ def _join_cluster(cluster: Cluster, connect_timeout: float):
         raise ConfigError(_formation_error(cluster, connect_timeout)) from None
     finally:
         formed.set()
+        backstop()
     return strategy
 
 

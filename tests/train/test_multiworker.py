@@ -162,3 +162,16 @@ def test_wrong_address_fails_within_a_minute_with_one_line(data, tmp_path):
     errors = [line for line in err.splitlines() if line.startswith("edgedet: error:")]
     assert len(errors) == 1 and f"cannot reach 127.0.0.1:{nobody}" in errors[0], err[-2000:]
     assert err.strip().splitlines()[-1] == errors[0]
+
+
+def test_a_chief_whose_worker_never_starts_ends_with_one_line(data, tmp_path):
+    """The chief waits inside TensorFlow with the GIL held: its outside watcher ends it."""
+    me, nobody = _free_ports(2)
+    t0 = time.time()
+    p = _worker(data, tmp_path / "run", [f"127.0.0.1:{me}", f"127.0.0.1:{nobody}"], 0, tmp_path / "tmp",
+                "--no-progress", "--connect-timeout", "5")
+    _, err = p.communicate(timeout=120)
+    took = time.time() - t0
+    assert p.returncode != 0 and took < 60, (p.returncode, took, err[-2000:])
+    errors = [line for line in err.splitlines() if line.startswith("edgedet: error:")]
+    assert len(errors) == 1 and f"cannot reach 127.0.0.1:{nobody} within 5 s" in errors[0], err[-2000:]
