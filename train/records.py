@@ -92,7 +92,9 @@ class RunFiles:
             "status": status,
             "best": best,
             "weights": weights,
-            "train": o.to_dict(),
+            "train": o.to_dict(),  # as asked (a resume repeats it)
+            # as run: --mixed-precision trains in float32 where no GPU is visible
+            "precision": "mixed_float16" if getattr(self, "mixed", False) else "float32",
         }
         if weights.get("best"):
             data["weights_sha256"] = ckpt.sha256_file(self.out / ckpt.BEST)

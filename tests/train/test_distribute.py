@@ -77,6 +77,12 @@ def test_mixed_precision_step_learns(tmp_path, monkeypatch):
     assert tr.model.get_layer("class_net_predict_pw").dtype_policy.name == "mixed_float16"
     assert all(v.dtype == "float32" for v in tr.model.weights)  # saved weights stay float32
     assert keras.mixed_precision.global_policy().name == "float32"  # later models (evaluation, export) are not float16
+    import json
+
+    tr.out.mkdir(parents=True, exist_ok=True)
+    tr._write_run_json(0, {}, "running")  # run.json says what ran, beside what was asked
+    run = json.loads((tr.out / "run.json").read_text())
+    assert run["precision"] == "mixed_float16" and run["train"]["mixed_precision"] is True
     cfg = tr.cfg
     images, targets = next(iter(make_dataset(tr.train_samples[:4], image_size=64, num_classes=cfg.num_classes,
                                              mean=cfg.mean, std=cfg.std, anchor_config=cfg.anchor_config,
