@@ -245,7 +245,12 @@ def cluster_error_reason(exc) -> str:
     if "heartbeat" in text and dead:
         return f"{', '.join(sorted(set(dead)))} stopped sending heartbeats"
     lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in text.splitlines()]
-    return next((line for line in lines if line), type(exc).__name__)[:300]
+    # TensorFlow opens with "Graph execution error:" and the node's Python stack; the cause
+    # (aborted collective, failed connection, missed heartbeat) comes after them.
+    lines = [ln for ln in lines if ln and not ln.endswith(":") and not ln.startswith(("File ", "Detected at node"))
+             and not re.match(r"^(\[\[|\S+\.py\b|line \d+)", ln)]
+    cause = re.compile(r"abort|heartbeat|unavailable|connect|closed|lost|deadline|timed? ?out|reset", re.I)
+    return next((ln for ln in lines if cause.search(ln)), lines[0] if lines else type(exc).__name__)[:300]
 
 
 @dataclass

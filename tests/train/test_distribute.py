@@ -93,3 +93,15 @@ def test_mixed_precision_step_learns(tmp_path, monkeypatch):
         tr._set_bn_momentum(i)
         losses.append(float(step(images, targets)["loss"]))
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+
+
+def test_the_lost_worker_reason_is_the_cause_not_tensorflows_header():
+    from edgedet.train.distribute import cluster_error_reason
+
+    text = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call last):\n"
+            '  File "/x/train/loop.py", line 88, in train_epoch\n\n'
+            "Collective ops is aborted by: failed to connect to all addresses; Connection refused\n"
+            "The error could be from a previous operation. Restart your program to reset.\n"
+            "\t [[{{node CollectiveReduceV2}}]] [Op:__inference_step_123]")
+    assert cluster_error_reason(RuntimeError(text)).startswith("Collective ops is aborted by: failed to connect")
+    assert cluster_error_reason(RuntimeError("Graph execution error:\n\nsomething odd")) == "something odd"
