@@ -217,7 +217,8 @@ def _host_warnings(reports: list[dict], labels: list[str]) -> list[str]:
         try:
             from edgedet.devices import arch_of, load_profile  # noqa: PLC0415
 
-            prof = load_profile(dev) if dev else None
+            where = r["thresholds"].get("device_file")
+            prof = load_profile(where if where and os.path.isfile(where) else dev) if dev else None
         except Exception:  # noqa: BLE001 - a profile this machine does not have: nothing to compare
             prof = None
         if prof is not None and prof.arch and h.get("machine") and arch_of(h["machine"]) != prof.arch:

@@ -59,7 +59,7 @@ def _other_backend(device: str | None):
         from edgedet.devices import TARGET_BACKEND, load_profile  # noqa: PLC0415
         from edgedet.runtime.detector import backend_for  # noqa: PLC0415
 
-        prof = load_profile(device)
+        prof = load_profile(device)  # the profile's file where the report names it: user profiles too
     except Exception:  # noqa: BLE001 - a report read back without the profile: no such rule
         return lambda m: None
 
@@ -97,7 +97,7 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
     metric = thresholds.get("latency_metric") or "end_to_end.p50"
     max_drop = thresholds.get("max_ap_drop")
     base_failed = any(m.get("role") == "baseline" and m.get("status") == "fail" for m in models)
-    elsewhere = _other_backend(thresholds.get("device"))
+    elsewhere = _other_backend(thresholds.get("device_file") or thresholds.get("device"))
     others, fit = [], []
     for m in models:
         if m.get("role") != "candidate":

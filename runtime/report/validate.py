@@ -112,7 +112,8 @@ def resolve_thresholds(device: str | None, max_ap_drop=None, latency_budget_ms=N
         from edgedet.devices import load_profile
 
         prof = load_profile(device)
-        th.update(device=prof.name, max_ap_drop=prof.max_map_drop, latency_budget_ms=prof.latency_ms)
+        th.update(device=prof.name, device_file=prof.path, max_ap_drop=prof.max_map_drop,
+                  latency_budget_ms=prof.latency_ms)
     if max_ap_drop is not None:
         if not 0 <= max_ap_drop <= 1:
             raise ConfigError(f"--max-ap-drop {max_ap_drop}: give an AP fraction in 0..1 (0.01 = one point)")

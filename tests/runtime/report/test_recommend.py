@@ -92,3 +92,19 @@ def test_the_reason_says_when_even_the_fastest_misses_the_latency_budget():
     rec = recommend(models, dict(TH, latency_budget_ms=20.0))
     assert rec["name"] == "int8.tflite" and "over the 20 ms latency budget" in rec["reason"]
     assert "latency budget" not in recommend(models, dict(TH, latency_budget_ms=40.0))["reason"]
+
+
+def test_a_user_profile_given_as_a_file_is_found_again(tmp_path):
+    """validate records the profile's file, so the rule also holds for a profile outside the search path."""
+    import shutil
+
+    from edgedet.devices import PROFILE_DIR
+
+    mine = tmp_path / "my-coral.toml"
+    shutil.copyfile(PROFILE_DIR / "coral-usb.toml", mine)
+    mine.write_text(mine.read_text().replace('name = "coral-usb"', 'name = "my-coral"'))
+    models = [_m("float", 80.0, 13_000_000, role="baseline"),
+              dict(_m("m_edgetpu.tflite", 30.0, 4_000_000), path="/run/m_edgetpu.tflite"),
+              dict(_m("m_openvino", 5.0, 4_000_000), path="/run/m.xml")]
+    th = {"device": "my-coral", "device_file": str(mine), "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"}
+    assert recommend(models, th)["path"] == "/run/m_edgetpu.tflite"
