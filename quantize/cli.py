@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from edgedet.argtypes import positive
@@ -137,8 +138,10 @@ def _qat(args) -> int:
     m = (best or {}).get("metrics") or {}
     if m:
         print(f"best epoch {best.get('epoch')}: val AP {m.get('AP', float('nan')):.4f} (QAT Keras model)")
-    out = args.resume or args.out
-    print(f"next: edgedet convert --weights {out} --target tflite-int8")
+    from edgedet.runs import IN_PIPELINE_ENV
+
+    if not os.environ.get(IN_PIPELINE_ENV):  # the pipeline runs convert itself
+        print(f"next: edgedet convert --weights {args.resume or args.out} --target tflite-int8")
     return 0
 
 
