@@ -85,13 +85,14 @@ def terminal_fd() -> int:
     return _ACTIVE[0].saved if _ACTIVE else 2
 
 
-def hard_exit(code: int, line: str = "") -> None:
+def hard_exit(code: int, line: str = "", cleanup=None) -> None:
     """Write ``line`` straight to the terminal's stderr and end the process now (``os._exit``).
 
     For a watchdog thread while the main thread is stuck in C++: the line goes past the stderr
     filter (whose pump may be behind) to the real file descriptor, and nothing else gets to run.
     It takes the filter's lock and keeps it, so no line the pump is still forwarding (a
-    toolchain's last words) lands after ``line``.
+    toolchain's last words) lands after ``line``. ``cleanup`` runs after the line is out (still
+    holding the lock, so another error line cannot slip in) and before the exit.
     """
     data = line.encode("utf-8", "replace")
     fd = terminal_fd()
@@ -101,6 +102,9 @@ def hard_exit(code: int, line: str = "") -> None:
         sys.stderr.flush()
         while data:
             data = data[os.write(fd, data):]
+    if cleanup is not None:
+        with contextlib.suppress(Exception):
+            cleanup()
     os._exit(code)
 
 

@@ -144,13 +144,20 @@ def _formation_error(cluster: Cluster, timeout: float) -> str:
             "(check the addresses and ports, and start every worker; --connect-timeout sets the wait)")
 
 
+_SCRATCH: list[Path] = []  # this process's worker scratch folders, removed even on a hard exit
+
+
 def _watchdog(cluster: Cluster, timeout: float, formed: threading.Event) -> None:
     """End the process with a one-line error if the cluster has not formed after ``timeout`` s."""
     if formed.wait(timeout):
         return
     from edgedet.quiet import hard_exit
 
-    hard_exit(2, f"edgedet: error: {_formation_error(cluster, timeout)}\n")
+    def remove_scratch():  # os._exit skips Role.close()
+        for folder in _SCRATCH:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    hard_exit(2, f"edgedet: error: {_formation_error(cluster, timeout)}\n", remove_scratch)
 
 
 # The outside watcher's margin over the in-process watchdog's deadline.
@@ -280,6 +287,7 @@ class Role:
             return cls(True, Path(run_dir), order.index(cluster.address), cluster.num_workers)
         # Other workers keep TensorBoard events etc. out of the chief's (possibly shared) run folder.
         scratch = Path(tempfile.mkdtemp(prefix=f"edgedet-worker{cluster.index}-"))
+        _SCRATCH.append(scratch)
         return cls(False, scratch, order.index(cluster.address), cluster.num_workers, scratch=True)
 
     def close(self) -> None:

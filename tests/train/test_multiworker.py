@@ -162,6 +162,7 @@ def test_wrong_address_fails_within_a_minute_with_one_line(data, tmp_path):
     errors = [line for line in err.splitlines() if line.startswith("edgedet: error:")]
     assert len(errors) == 1 and f"cannot reach 127.0.0.1:{nobody}" in errors[0], err[-2000:]
     assert err.strip().splitlines()[-1] == errors[0]
+    assert not list((tmp_path / "tmp").glob("edgedet-worker*"))  # its scratch folder goes too
 
 
 def test_a_chief_whose_worker_never_starts_ends_with_one_line(data, tmp_path):
