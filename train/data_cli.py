@@ -108,8 +108,13 @@ def _check(args) -> int:
             print(i)
         split_txt = ", ".join(f"{k} {v['images']}" for k, v in stats["splits"].items())
         nboxes = sum(v["boxes"] for v in stats["splits"].values())
-        print(f"{args.path} ({ds.layout or ds.source_format}): {sum(v['images'] for v in stats['splits'].values())} images "
-              f"({split_txt}), {nboxes} boxes, {len(ds.class_names)} classes; {summarize(issues)}; policy {args.policy}")
+        nimages = sum(v["images"] for v in stats["splits"].values())
+        kept = ""
+        if clean is not None:  # what training reads after the policy skipped or repaired
+            ki, kb = sum(len(v) for v in clean.splits.values()), sum(s.num_boxes for v in clean.splits.values() for s in v)
+            kept = f"; kept {ki} images, {kb} boxes" if (ki, kb) != (nimages, nboxes) else ""
+        print(f"{args.path} ({ds.layout or ds.source_format}): {nimages} images ({split_txt}), {nboxes} boxes, "
+              f"{len(ds.class_names)} classes; {summarize(issues)}{kept}; policy {args.policy}")
     if error is not None:
         raise error
     return 0

@@ -64,7 +64,7 @@ def test_bccd_cli(bccd, capsys):
     assert main(["data", "check", str(bccd)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == BCCD_LINES and len(out) == 3
-    assert "364 images" in out[2] and "2 issues" in out[2]
+    assert "364 images" in out[2] and "2 issues" in out[2] and "kept 364 images, 4886 boxes" in out[2]
     assert main(["data", "check", str(bccd), "--json", "--fix"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert [(i["file"], i["box"], i["reason"]) for i in rep["issues"]] == [
