@@ -29,8 +29,15 @@ STAGE_CLIS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other edgedet error (the usage block is --help's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgedet",
         description="EfficientDet from training to the device: train, quantize, convert, run, validate.",
     )

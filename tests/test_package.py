@@ -107,3 +107,13 @@ def test_stale_temporaries_of_dead_processes_are_swept(tmp_path):
     survivors = sorted(p.name for p in tmp_path.iterdir())
     assert busy.name in survivors and mine.name in survivors and "state.npz" in survivors
     assert (left.name not in survivors) == (left in gone)
+
+
+def test_an_argument_error_is_one_line(capsys):
+    from edgedet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--strategy", "foo"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("edgedet train: error: argument --strategy: invalid choice: 'foo'") and "--help" in err
