@@ -70,6 +70,10 @@ def _run(argv: list[str]) -> int:
     try:
         rc = args.func(args)
     except EdgedetError as exc:
+        if exc.exit_now:
+            from edgedet.quiet import hard_exit
+
+            hard_exit(exc.exit_code, f"edgedet: error: {exc}\n")
         print(f"edgedet: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ModuleNotFoundError as exc:

@@ -10,6 +10,7 @@ class EdgedetError(Exception):
     """A user-facing error with a one-line message."""
 
     exit_code = 2
+    exit_now = False  # end the process right after the line (see ClusterLost)
 
 
 class DataError(EdgedetError):
