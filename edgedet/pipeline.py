@@ -458,7 +458,10 @@ def _print_summary(report_dir: Path) -> int:
     ship = report.get("recommendation")
     if ship:
         print(f"{ship['name']}: {ship['reason']}")
-    print(f"file to ship: {ship['path']}" if ship else f"file to ship: none ({NO_FILE})")
+    if ship and ship.get("meets_latency_budget") is False:
+        print(f"file to ship: none meets the latency budget; the nearest: {ship['path']}")
+    else:
+        print(f"file to ship: {ship['path']}" if ship else f"file to ship: none ({NO_FILE})")
     return 1 if bad else 0
 
 

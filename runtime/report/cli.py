@@ -92,10 +92,9 @@ def _validate(args) -> int:
             print(f"❌ {m['name']}: {m['error']}")
     s = report["summary"]
     print(f"\n{s['passed']} passed, {s['missed']} missed, {s['failed']} failed -> {args.out}/report.{'md' if args.no_html else 'html'}")
-    from edgedet.runtime.report.recommend import NO_FILE
+    from edgedet.runtime.report.recommend import headline
 
-    ship = report.get("recommendation")
-    print(f"file to ship: {ship['path']} ({ship['reason']})" if ship else f"file to ship: none ({NO_FILE})")
+    print(f"file to ship: {headline(report.get('recommendation'), md=False)}")
     return s["exit_code"]
 
 

@@ -9,6 +9,7 @@ import html
 
 from edgedet.runtime.report import md
 from edgedet.runtime.report.plots import make_figures
+from edgedet.runtime.report.recommend import headline
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
@@ -120,6 +121,12 @@ def render_html(report: dict) -> str:
         "<p class='meta'>AP values are COCO AP × 100; Δ is against the float baseline, in points.</p>",
         "<h2>Summary</h2>", html_table(*md.summary_table(report), row_classes=status_cls),
     ]
+    if "recommendation" in report:  # the decision this page exists for, right under the summary
+        rec = report["recommendation"]
+        parts += ["<h2 id='ship'>File to ship</h2>", f"<p>{_e(headline(rec, md=False))}</p>"]
+        if rec and rec["others"]:
+            parts.append(html_table(["Model", "Lost because", "Detail"],
+                                    [[o["name"], o["lost"], o["detail"]] for o in rec["others"]]))
     probs = md.problems(report)
     if probs:
         parts.append("<h2>Problems</h2><ul>")

@@ -135,7 +135,15 @@ def thresholds_line(report: dict) -> str:
     if t.get("latency_budget_ms") is not None:
         parts.append(f"latency budget {t['latency_budget_ms']:g} ms ({t['latency_metric']})")
     where = f"device profile `{t['device']}`" if t.get("device") else "no device profile"
-    return f"{where}: " + (", ".join(parts) if parts else "no thresholds (every model that runs passes)")
+    line = f"{where}: " + (", ".join(parts) if parts else "no thresholds (every model that runs passes)")
+    machine = (report.get("host") or {}).get("machine")
+    if t.get("device_arch") and machine:
+        from edgedet.devices import arch_of  # noqa: PLC0415
+
+        if arch_of(machine) != t["device_arch"]:
+            line += (f" (⚠️ the profile describes an {t['device_arch']} device, measured on this {arch_of(machine)} "
+                     "host: the figures are the host's, not the device's)")
+    return line
 
 
 def host_line(report: dict) -> str:

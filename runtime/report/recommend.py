@@ -30,7 +30,7 @@ RECOMMENDATION_SCHEMA: dict = {
     "properties": {
         "name": {"type": "string"}, "path": {"type": "string"}, "metric": {"type": "string"},
         "latency_ms": {"type": "number"}, "file_size_bytes": {"type": ["integer", "null"]},
-        "reason": {"type": "string"},
+        "reason": {"type": "string"}, "meets_latency_budget": {"type": ["boolean", "null"]},
         "others": {"type": "array", "items": {
             "type": "object", "required": ["name", "path", "lost", "detail"],
             "properties": {"name": {"type": "string"}, "path": {"type": "string"},
@@ -75,6 +75,13 @@ def _other_backend(device: str | None):
         runtimes = {TARGET_BACKEND[t] for t in prof.targets}
         if backend not in runtimes:
             return f"a {backend} file; {prof.name}'s targets ({', '.join(prof.targets)}) run on {', '.join(sorted(runtimes))}"
+        if prof.device.lower() != "cpu":  # an accelerator runs only the files made for it
+            target = m.get("target")
+            if target and target not in prof.targets:
+                return f"a {target} file; {prof.name} runs {', '.join(prof.targets)} files"
+            ran = str(((m.get("provenance") or {}).get("device")) or "")
+            if ran.lower() == "cpu":
+                return f"ran on the CPU fallback, not on {prof.name}'s {prof.device}: its latency is not the device's"
         return None
 
     return reason
@@ -141,20 +148,31 @@ def recommend(models: list[dict], thresholds: dict, tie: float = TIE_FRACTION) -
     if len(tied) > 1:
         reason += f"; smallest of {len(tied)} files within {tie * 100:.0f} % of the fastest"
     budget = thresholds.get("latency_budget_ms")
-    if budget is not None and lat > budget:
-        reason += f"; over the {budget:g} ms latency budget"
+    meets = None if budget is None else bool(lat <= budget)
+    if meets is False:
+        reason += f"; over the {budget:g} ms latency budget, as every candidate within the accuracy budget is"
     order = {"slower": 0, "larger": 1, "over budget": 2, "not measured": 3, "not for this device": 4, "failed": 5}
     others.sort(key=lambda o: order[o[1]])
     return {"name": best["name"], "path": best["path"], "metric": metric, "latency_ms": float(lat),
-            "file_size_bytes": best.get("file_size_bytes"), "reason": reason,
+            "file_size_bytes": best.get("file_size_bytes"), "reason": reason, "meets_latency_budget": meets,
             "others": [{"name": m["name"], "path": m["path"], "lost": lost, "detail": detail} for m, lost, detail in others]}
+
+
+def headline(rec: dict | None, md: bool = True) -> str:
+    """The file-to-ship sentence: the file, or why there is none (one source for md, html, terminal)."""
+    if rec is None:
+        return f"None: {NO_FILE}."
+    path = f"**`{rec['path']}`**" if md else rec["path"]
+    if rec.get("meets_latency_budget") is False:
+        return f"None meets the latency budget; the nearest is {path} ({rec['name']}): {rec['reason']}."
+    return f"{path} ({rec['name']}): {rec['reason']}."
 
 
 def markdown(rec: dict | None) -> list[str]:
     """The report's "File to ship" section."""
+    lines = ["## File to ship", "", headline(rec), ""]
     if rec is None:
-        return ["## File to ship", "", f"None: {NO_FILE}.", ""]
-    lines = ["## File to ship", "", f"**`{rec['path']}`** ({rec['name']}): {rec['reason']}.", ""]
+        return lines
     if rec["others"]:
         lines += ["| Model | Lost because | Detail |", "|---|---|---|"]
         lines += [f"| {o['name']} | {o['lost']} | {o['detail'].replace('|', '/')} |" for o in rec["others"]]

@@ -111,7 +111,7 @@ REPORT_SCHEMA: dict = {
         "thresholds": {
             "type": "object",
             "required": ["device", "max_ap_drop", "latency_budget_ms", "latency_metric"],
-            "properties": {"device": _STR, "device_file": _STR, "max_ap_drop": _NUM, "latency_budget_ms": _NUM,
+            "properties": {"device": _STR, "device_file": _STR, "device_arch": _STR, "max_ap_drop": _NUM, "latency_budget_ms": _NUM,
                            "latency_metric": {"type": "string"}},
         },
         "host": {

@@ -112,7 +112,7 @@ def resolve_thresholds(device: str | None, max_ap_drop=None, latency_budget_ms=N
         from edgedet.devices import load_profile
 
         prof = load_profile(device)
-        th.update(device=prof.name, device_file=prof.path, max_ap_drop=prof.max_map_drop,
+        th.update(device=prof.name, device_file=prof.path, device_arch=prof.arch or None, max_ap_drop=prof.max_map_drop,
                   latency_budget_ms=prof.latency_ms)
     if max_ap_drop is not None:
         if not 0 <= max_ap_drop <= 1:

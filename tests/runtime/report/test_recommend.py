@@ -1,7 +1,7 @@
 """The file to ship: the fastest model within the accuracy budget, ties broken by smaller file."""
 from __future__ import annotations
 
-from edgedet.runtime.report.recommend import recommend
+from edgedet.runtime.report.recommend import headline, recommend
 from edgedet.runtime.report.schema import check_schema
 
 
@@ -91,7 +91,28 @@ def test_the_reason_says_when_even_the_fastest_misses_the_latency_budget():
     models = [_m("float", 80.0, 13_000_000, role="baseline"), _m("int8.tflite", 30.0, 4_000_000)]
     rec = recommend(models, dict(TH, latency_budget_ms=20.0))
     assert rec["name"] == "int8.tflite" and "over the 20 ms latency budget" in rec["reason"]
-    assert "latency budget" not in recommend(models, dict(TH, latency_budget_ms=40.0))["reason"]
+    assert rec["meets_latency_budget"] is False
+    assert headline(rec, md=False).startswith("None meets the latency budget; the nearest is /run/int8.tflite")
+    ok = recommend(models, dict(TH, latency_budget_ms=40.0))
+    assert "latency budget" not in ok["reason"] and ok["meets_latency_budget"] is True
+    assert headline(ok, md=False).startswith("/run/int8.tflite (int8.tflite): fastest within")
+    assert recommend(models, TH)["meets_latency_budget"] is None  # no budget set
+
+
+def test_an_accelerator_ships_only_its_own_files_run_on_it():
+    """Under coral-usb: a plain int8 file is not an Edge TPU file, and a file that ran on the CPU
+    fallback has the CPU's latency, not the Coral's."""
+    models = [_m("float", 80.0, 13_000_000, role="baseline"),
+              dict(_m("m_tflite-int8.tflite", 3.0, 4_000_000), path="/run/m_tflite-int8.tflite", target="tflite-int8"),
+              dict(_m("m_edgetpu.tflite", 5.0, 4_000_000), path="/run/m_edgetpu.tflite", target="edgetpu",
+                   provenance={"device": "cpu"}),
+              dict(_m("other_edgetpu.tflite", 9.0, 4_000_000), path="/run/other_edgetpu.tflite", target="edgetpu",
+                   provenance={"device": "edgetpu:usb:0"})]
+    rec = recommend(models, {"device": "coral-usb", "max_ap_drop": 0.03, "latency_metric": "end_to_end.p50"})
+    assert rec["path"] == "/run/other_edgetpu.tflite"
+    lost = {o["name"]: o["detail"] for o in rec["others"] if o["lost"] == "not for this device"}
+    assert "a tflite-int8 file; coral-usb runs edgetpu files" in lost["m_tflite-int8.tflite"]
+    assert "ran on the CPU fallback" in lost["m_edgetpu.tflite"]
 
 
 def test_a_user_profile_given_as_a_file_is_found_again(tmp_path):

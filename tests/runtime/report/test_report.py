@@ -181,3 +181,25 @@ def test_chromium_check_catches_a_broken_image(tmp_path):
     dom = render_in_chromium(paths["html"], tmp_path)
     status = dom[dom.index('id="render-status"'):].split(">")[0]
     assert 'data-ok="0"' in status and "fig-" in status
+
+
+def test_the_html_page_names_the_file_to_ship():
+    from edgedet.runtime.report.html import render_html
+
+    r = make_report()
+    page = render_html(r)
+    rec = r["recommendation"]
+    assert "<h2 id='ship'>File to ship</h2>" in page and rec["path"] in page
+    assert page.index("File to ship") < page.index("Per-class AP")  # right under the summary
+
+
+def test_a_device_profile_measured_on_another_architecture_is_flagged():
+    from edgedet.runtime.report.md import thresholds_line
+
+    r = make_report()
+    r["thresholds"].update(device="raspberry-pi-4", device_arch="aarch64")
+    r["host"]["machine"] = "x86_64"
+    assert ("the profile describes an aarch64 device, measured on this x86_64 host: the figures are the host's, "
+            "not the device's") in thresholds_line(r)
+    r["host"]["machine"] = "arm64"  # macOS' spelling of the same architecture
+    assert "⚠️" not in thresholds_line(r)
