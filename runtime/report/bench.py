@@ -127,3 +127,27 @@ def bench_table(rows: list[dict]) -> str:
                      fmt_ms(r["e2e_p90"]), fmt_ms(r["pre_p50"]), fmt_ms(r["post_p50"]), rat(r["ratio_e2e"]),
                      rat(r["ratio_invoke"]), str(r["runs"])])
     return md_table(header, body)
+
+
+RANK_RUNS = 30  # interleaved timed calls per candidate for the file-to-ship ranking
+_BENCH_KEY = {"end_to_end.p50": "e2e_p50", "end_to_end.p90": "e2e_p90", "invoke.p50": "invoke_p50",
+              "invoke.p90": "invoke_p90"}
+
+
+def rank_candidates(entries: list[dict], metric: str, device=None, threads=None, fallback=None, image=None) -> None:
+    """Give each candidate that ran ``rank_ms``: ``metric`` over interleaved runs of them all.
+
+    ``validate`` runs one model after another, each over the whole split, so on a busy machine
+    whatever else ran at the time decides which file looks faster (the named file changed between
+    identical runs). Interleaved, round by round, load hits every file alike, as in ``edgedet bench``.
+    The report's latency columns stay the per-image figures; only the ranking uses these.
+    """
+    key = _BENCH_KEY.get(metric)
+    ran = [e for e in entries if e["role"] == "candidate" and e["status"] != "fail" and e["format"] != "keras"]
+    if key is None or len(ran) < 2:
+        return
+    rows = bench([e["path"] for e in ran], threads=[threads] if threads else None, device=device, runs=RANK_RUNS,
+                 warmup=2, image=image, progress=False, fallback=fallback)
+    for e, row in zip(ran, rows):
+        if row["error"] is None and row.get(key) is not None:
+            e["rank_ms"] = float(row[key])

@@ -76,6 +76,7 @@ _MODEL = {
         "sha256": _STR,
         "macs": _INT,
         "nms": {"type": ["object", "null"]},
+        "rank_ms": _NUM,
         "metrics": _METRICS,
         "delta": _METRICS,
         "per_class": {"type": ["object", "null"], "additionalProperties": _PER_CLASS_ROW},

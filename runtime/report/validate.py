@@ -394,6 +394,10 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     add_twin_deltas(entries, twins)
+    from edgedet.runtime.report.bench import rank_candidates
+
+    rank_candidates(entries, th["latency_metric"], th.get("device_file") or device, threads, fallback,
+                    samples[0].image_path if samples else None)
     dataset = {"path": str(data), "split": split, "num_images": len(samples), "class_names": class_names,
                "fingerprint": dataset_fingerprint(samples, class_names)}
     if data_plot:

@@ -224,6 +224,8 @@ def test_broken_model_is_flagged_with_per_class_and_per_layer_damage(setup, tmp_
 
     good = by["good.tflite"]
     assert good["status"] == "pass" and good["delta"]["AP"] == pytest.approx(0.0, abs=1e-9)
+    # the candidates that ran were re-timed interleaved for the ranking; the failed one was not
+    assert good["rank_ms"] > 0 and by["test_blank-int8.tflite"]["rank_ms"] > 0 and "rank_ms" not in by["truncated.tflite"]
     assert all(r["rel_rmse"] == pytest.approx(0.0, abs=1e-6) for r in good["layer_errors"]["rows"])
 
     bad = by["test_blank-int8.tflite"]
