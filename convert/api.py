@@ -7,6 +7,7 @@ so a failed or interrupted export never leaves a half-written model behind.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -87,8 +88,8 @@ def check_budget(targets: list[Target], weights: str | None, max_drop: float, va
     from edgedet.quantize.budget import refuse_integer_only
 
     refuse_integer_only([t.name for t in targets])
-    if max_drop < 0:
-        raise ConfigError(f"--max-drop must be >= 0 AP points, got {max_drop}")
+    if not math.isfinite(max_drop) or max_drop < 0:
+        raise ConfigError(f"--max-drop must be a number of AP points >= 0, got {max_drop}")
     if not {"tflite-int8", "openvino-int8"} & {t.name for t in targets}:
         raise ConfigError("--max-drop applies to --target tflite-int8 and openvino-int8")
     if not val_data:
@@ -110,6 +111,7 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
     Raises:
         EdgedetError: (the first failure's class) naming every target that failed.
     """
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     done, failed = [], []
     for t in targets:
@@ -128,14 +130,17 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
             if not isinstance(exc, Exception):
                 raise
             failed.append((t, exc))
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            ctx.log(f"{t.name:<16} FAILED: {msg}")
+            if len(targets) > 1:  # with one target, the error line below says it all
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                ctx.log(f"{t.name:<16} FAILED: {msg}")
             continue
         sec = time.perf_counter() - start
         art = Artifact(t.name, final, sec, file_size(final) or 0)
         done.append(art)
         ctx.log(f"{t.name:<16} {sec:6.1f} s  {fmt_size(art.size):>9}  {final}")
     if failed:
+        if created and not done and not os.listdir(out_dir):  # nothing written: leave no empty --out
+            os.rmdir(out_dir)
         t, exc = failed[0]
         names = ", ".join(ft.name for ft, _ in failed)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -150,7 +150,8 @@ def file_info(path: str, as_json: bool) -> int:
         facts = {"file": path, "model": meta.model, "target": meta.target, "input": list(meta.input_size),
                  "classes": meta.labels, "normalisation": f"(pixel - {list(meta.mean)}) / {list(meta.std)}",
                  "resize": meta.resize, "outputs": meta.outputs, "nms": meta.extra.get("nms"),
-                 "quantization": meta.quantization.get("method"), "float baseline": meta.baseline,
+                 "quantization": meta.quantization if as_json else _quantization_line(meta.quantization),
+                 "float baseline": meta.baseline,
                  "macs": meta.macs}
     if as_json:
         print(json.dumps(facts, indent=2, default=str))
@@ -161,6 +162,21 @@ def file_info(path: str, as_json: bool) -> int:
         if v not in (None, "", [], {}):
             print(f"{k + ':':16}{', '.join(map(str, v)) if isinstance(v, list) else v}")
     return 0
+
+
+def _quantization_line(q: dict) -> str:
+    """``ptq, uint8 in/out; 1 layer float (block2b_activation#6) for an AP drop of 0.06 within 0.5``."""
+    parts = [q.get("method") or "none"]
+    if q.get("io_dtype"):
+        parts.append(f"{q['io_dtype']} in/out")
+    b = q.get("budget") or {}
+    line = ", ".join(parts)
+    if b.get("float_layers") is not None:
+        n = len(b["float_layers"])
+        line += (f"; {n} layer{'s' if n != 1 else ''} float ({', '.join(b['float_layers'][:4])}"
+                 f"{', ...' if n > 4 else ''}) for an AP drop of {b.get('drop')} within {b.get('max_drop')} "
+                 f"(convert --max-drop; the search log: --json)")
+    return line
 
 
 def run_import(args) -> int:

@@ -163,3 +163,22 @@ def test_a_profile_on_a_qat_run_exports_its_int8_targets_with_a_note(tmp_path, c
     assert "convert the float run for tflite-fp32, onnx, openvino-fp32" in capsys.readouterr().err
     (run / "run.json").write_text('{"kind": "float"}')
     assert _targets(args) == ["tflite-fp32", "tflite-int8", "onnx", "openvino-fp32", "openvino-int8"]
+
+
+def _export_that_fails(ctx, target, tmp, meta):
+    raise ConfigError("--max-drop 0.0: the best mixed model still drops 0.223 AP")
+
+
+def test_a_single_failed_target_is_one_line_and_leaves_no_empty_out(tmp_path):
+    import types
+
+    from edgedet.convert.api import run_targets
+    from edgedet.convert.registry import Target
+
+    t = Target("tflite-int8", "test", ".tflite", "tflite", f"{__name__}:_export_that_fails")
+    logged = []
+    ctx = types.SimpleNamespace(source=types.SimpleNamespace(meta_for=lambda name: None), log=logged.append)
+    with pytest.raises(ConfigError, match=r"export failed for tflite-int8: --max-drop 0.0: the best") as exc:
+        run_targets(ctx, [t], str(tmp_path / "out"), "m")
+    assert "\n" not in str(exc.value) and logged == []  # said once, by the error itself
+    assert not (tmp_path / "out").exists()

@@ -145,8 +145,9 @@ def test_max_drop_option_errors(tmp_path):
     ts = resolve_targets(["tflite-int8"])
     with pytest.raises(ConfigError, match="needs --val-data"):
         check_budget(ts, str(tmp_path), 0.5, None, False)
-    with pytest.raises(ConfigError, match=">= 0"):
-        check_budget(ts, str(tmp_path), -1, "x", False)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=">= 0"):
+            check_budget(ts, str(tmp_path), bad, "x", False)
     with pytest.raises(ConfigError, match="applies to --target tflite-int8 and openvino-int8"):
         check_budget(resolve_targets(["onnx-int8"]), str(tmp_path), 0.5, "x", False)
 

@@ -13,7 +13,7 @@ def test_info_reads_a_model_file_and_a_run_folder(rt_models, tmp_path, capsys):
     assert f"file:           {path}" in out and "target:         tflite-fp32" in out and "outputs:        raw" in out
     assert main(["info", path, "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
-    assert facts["target"] == "tflite-fp32" and facts["quantization"] == "none" and len(facts["classes"]) >= 1
+    assert facts["target"] == "tflite-fp32" and facts["quantization"]["method"] == "none" and len(facts["classes"]) >= 1
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"kind": "qat", "variant": "lite0", "image_size": 320,
