@@ -22,7 +22,8 @@ tr.fail td{background:#fdecea}tr.miss td{background:#fff6e0}
 .neg{color:#b3261e;font-weight:600}.pos{color:#1e7d32}
 .meta{font-size:13px;color:#444;line-height:1.55}
 .plot{max-width:100%;border:1px solid #eee;margin:6px 0}
-.bar{display:inline-block;height:9px;background:#e4572e;vertical-align:middle;margin-right:5px}
+.bar{display:inline-block;height:9px;min-width:1px;background:#e4572e;vertical-align:middle;margin-right:5px}
+.wide{overflow-x:auto}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 """
 
@@ -66,22 +67,40 @@ def _cell(c: str) -> str:
 
 
 def html_table(header, rows, row_classes=None) -> str:
-    out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    out = ["<div class='wide'><table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for i, r in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         out.append(f"<tr{cls}>" + "".join(_cell(c) for c in r) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")  # scrolls sideways rather than run off the page
     return "".join(out)
 
 
-def _layer_section(m: dict) -> str:
+def _bar_key(t: dict) -> str | None:
+    """The error measure a layer table's rows are sorted by, drawn as a bar."""
+    cols = list(t["columns"])
+    numeric = [c for c in cols if c not in ("rank", "index") and any(isinstance(r.get(c), (int, float)) for r in t["rows"])]
+    return next((c for c in ("rmse_over_scale", "rel_rmse") if c in numeric), numeric[0] if numeric else None)
+
+
+def _bar_tops(report: dict) -> dict[str, float]:
+    """The largest value of each bar measure over the whole report: one scale for every table, so an
+    fp32 file's 3e-6 draws a dot where an int8 file's 0.3 draws a full bar."""
+    tops: dict[str, float] = {}
+    for m in report["models"]:
+        t = m.get("layer_errors")
+        key = _bar_key(t) if t and t.get("rows") else None
+        if key:
+            top = max((abs(float(r.get(key) or 0)) for r in t["rows"]), default=0.0)
+            tops[key] = max(tops.get(key, 0.0), top)
+    return tops
+
+
+def _layer_section(m: dict, tops: dict[str, float]) -> str:
     t = m["layer_errors"]
     title = md.LAYER_TITLES.get(t.get("kind"), "Per-layer error")
     cols = list(t["columns"])
-    # The error measure the rows are sorted by, drawn as a bar.
-    numeric = [c for c in cols if c not in ("rank", "index") and any(isinstance(r.get(c), (int, float)) for r in t["rows"])]
-    key = next((c for c in ("rmse_over_scale", "rel_rmse") if c in numeric), numeric[0] if numeric else None)
-    top = max((abs(float(r.get(key) or 0)) for r in t["rows"]), default=0.0) if key else 0.0
+    key = _bar_key(t)
+    top = tops.get(key, 0.0) if key else 0.0
     rows_html = []
     for r in t["rows"][: md.LAYER_ROWS_SHOWN * 2]:
         cells = []
@@ -151,9 +170,10 @@ def render_html(report: dict) -> str:
               "excluded from the percentiles; end-to-end = pre-processing + invoke + post-processing.</p>",
               html_table(*md.latency_table(report)), fig("latency_breakdown"), fig("latency_hist"),
               "<h2>Provenance</h2>", html_table(*md.provenance_table(report))]
+    tops = _bar_tops(report)
     for m in report["models"]:
         if m.get("layer_errors") and m["layer_errors"].get("rows"):
-            parts.append(_layer_section(m))
+            parts.append(_layer_section(m, tops))
     parts += ["<div id='render-status' hidden data-ok='pending'></div>",
               f"<script>{_SCRIPT_TAIL}</script></body></html>"]
     return "\n".join(p for p in parts if p)

@@ -166,3 +166,53 @@ def load_diagnosis(path: str, calib_sha256: str | None = None) -> tuple[dict | N
              and len(str(top[k])) < 60 and k not in ("kind", "version", "run", "model")]
     return {"source": str(path), "kind": "diagnosis", "columns": columns, "rows": clean,
             "note": ("; ".join(facts[:8]) or None)}, None
+
+
+KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
+TENSOR_IMAGES = 2  # images for the tensor-by-tensor TFLite comparison
+
+
+def _is_fp32_tflite(entry: dict) -> bool:
+    q = (entry.get("quantization") or {}).get("method") or "none"
+    return entry["format"] == "tflite" and entry["status"] != "fail" and q == "none" and entry.get("target") != "tflite-fp16"
+
+
+def _source(meta: dict) -> str:
+    """What a file was exported from (weights hash, else the run folder); '' when unknown."""
+    return meta.get("source_sha256") or str(((meta.get("extra") or {}).get("source") or {}).get("run") or "")
+
+
+def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, diagnosis_map) -> dict | None:
+    """The per-layer section of a candidate, best source first.
+
+    1. the quantize diagnosis (when it belongs to this model);
+    2. for an int8 TFLite file, every tensor against an fp32 TFLite file of the same weights (the
+       baseline or a candidate; a QAT model's fine-tuned weights have no such twin), via LiteRT;
+    3. the ten head outputs against the float baseline (any backend).
+    """
+    if entry["role"] != "candidate" or entry["status"] == "fail":
+        return None
+    diag = find_diagnosis(entry["path"], meta, diagnosis_map)
+    table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
+    if table is not None:
+        return table
+    ref = next((e for e, m, _ in kept if _is_fp32_tflite(e) and e is not entry and _source(m) == _source(meta)), None)
+    if entry["format"] == "tflite" and is_int8(meta) and ref is not None:
+        from edgedet.runtime.report.tensors import tensor_table
+
+        try:
+            images = [s.image_path for s in samples[:TENSOR_IMAGES]]
+            table = tensor_table(ref["path"], entry["path"], images)
+        except Exception as exc:  # noqa: BLE001 - an analysis failure must not sink the report
+            why = f"tensor comparison failed ({type(exc).__name__}: {exc})"
+        if table is not None:
+            if why:
+                table["note"] += f" Not the quantize diagnosis: {why}."
+            return table
+    if base_npz is not None and npz is not None:
+        table = output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)), why)
+        if (meta.get("quantization") or {}).get("method") == "qat":  # other weights than the baseline's
+            table["note"] += (" For a QAT file these errors include what its extra training changed; its"
+                              " 'quantization vs its float twin' ΔAP is quantization alone.")
+        return table
+    return None

@@ -25,11 +25,8 @@ from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
 from edgedet.runtime.report.build import assemble, failed_entry, latency_block, model_entry, write_report
 from edgedet.runtime.report.twins import add_twin_deltas, qat_twins, run_kind
 from edgedet.runtime.report.stats import gmacs_per_second
-from edgedet.runtime.report.layers import find_diagnosis, load_diagnosis, output_table
+from edgedet.runtime.report.layers import KEEP_OUTPUTS, layer_section
 from edgedet.runtime.report.worker import run_worker
-
-KEEP_OUTPUTS = 4  # images whose raw outputs feed the per-output error table
-TENSOR_IMAGES = 2  # images for the tensor-by-tensor TFLite comparison
 
 
 def model_format(path: str) -> str:
@@ -196,50 +193,6 @@ def _entry(name, path, role, result, npz, samples, class_names) -> dict:
     entry = model_entry(name, path, role, fmt, evaluation, lat,
                         gmacs_per_s=gmacs_per_second(meta.get("macs"), p50 / 1e3 if p50 else None), **common)
     return entry
-
-
-def _is_fp32_tflite(entry: dict) -> bool:
-    q = (entry.get("quantization") or {}).get("method") or "none"
-    return entry["format"] == "tflite" and entry["status"] != "fail" and q == "none" and entry.get("target") != "tflite-fp16"
-
-
-def _source(meta: dict) -> str:
-    """What a file was exported from (weights hash, else the run folder); '' when unknown."""
-    return meta.get("source_sha256") or str(((meta.get("extra") or {}).get("source") or {}).get("run") or "")
-
-
-def layer_section(entry: dict, meta: dict, npz, base_npz, samples, kept: list, diagnosis_map) -> dict | None:
-    """The per-layer section of a candidate, best source first.
-
-    1. the quantize diagnosis (when it belongs to this model);
-    2. for an int8 TFLite file, every tensor against an fp32 TFLite file of the same weights (the
-       baseline or a candidate; a QAT model's fine-tuned weights have no such twin), via LiteRT;
-    3. the ten head outputs against the float baseline (any backend).
-    """
-    if entry["role"] != "candidate" or entry["status"] == "fail":
-        return None
-    from edgedet.runtime.report.layers import is_int8
-
-    diag = find_diagnosis(entry["path"], meta, diagnosis_map)
-    table, why = load_diagnosis(diag, meta.get("calib_sha256")) if diag else (None, None)
-    if table is not None:
-        return table
-    ref = next((e for e, m, _ in kept if _is_fp32_tflite(e) and e is not entry and _source(m) == _source(meta)), None)
-    if entry["format"] == "tflite" and is_int8(meta) and ref is not None:
-        from edgedet.runtime.report.tensors import tensor_table
-
-        try:
-            images = [s.image_path for s in samples[:TENSOR_IMAGES]]
-            table = tensor_table(ref["path"], entry["path"], images)
-        except Exception as exc:  # noqa: BLE001 - an analysis failure must not sink the report
-            why = f"tensor comparison failed ({type(exc).__name__}: {exc})"
-        if table is not None:
-            if why:
-                table["note"] += f" Not the quantize diagnosis: {why}."
-            return table
-    if base_npz is not None and npz is not None:
-        return output_table(base_npz, npz, min(KEEP_OUTPUTS, len(samples)), why)
-    return None
 
 
 # The modules that run each kind of model file (any one of them).

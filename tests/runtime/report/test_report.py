@@ -203,3 +203,17 @@ def test_a_device_profile_measured_on_another_architecture_is_flagged():
             "not the device's") in thresholds_line(r)
     r["host"]["machine"] = "arm64"  # macOS' spelling of the same architecture
     assert "⚠️" not in thresholds_line(r)
+
+
+def test_error_bars_share_one_scale_across_the_report():
+    """An fp32 file's tiny error must not draw the same full bar as an int8 file's large one."""
+    import re
+
+    from edgedet.runtime.report.html import render_html
+
+    r = make_report()
+    fp16 = next(m for m in r["models"] if m["name"] == "model-fp16.tflite")
+    fp16["layer_errors"] = {"source": "/x", "kind": "outputs", "columns": ["layer", "rmse/scale"],
+                            "rows": [{"layer": "class_p3", "rmse/scale": 3e-6}]}
+    widths = [int(w) for w in re.findall(r'class="bar" style="width:(\d+)px"', render_html(r))]
+    assert max(widths) == 80 and widths[-1] == 0  # int8's worst layer is the full bar; fp16's is a dot
