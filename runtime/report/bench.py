@@ -7,6 +7,7 @@ happened to run last. Reports medians and ratios against the first configuration
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -114,8 +115,8 @@ def bench_table(rows: list[dict]) -> str:
     def rat(v):
         return "-" if v is None else f"{v:.2f}x"
 
-    header = ["Model", "Threads", "Backend", "Device", "init ms", "invoke p50", "invoke p90", "e2e p50", "e2e p90",
-              "pre p50", "post p50", "e2e vs first", "invoke vs first", "runs"]
+    header = ["Model", "Threads", "Backend", "Device", "init ms", "invoke p50 ms", "invoke p90 ms", "e2e p50 ms",
+              "e2e p90 ms", "pre p50 ms", "post p50 ms", "e2e time vs row 1", "invoke time vs row 1", "runs"]
     body = []
     for r in rows:
         if r["error"]:
@@ -127,6 +128,19 @@ def bench_table(rows: list[dict]) -> str:
                      fmt_ms(r["e2e_p90"]), fmt_ms(r["pre_p50"]), fmt_ms(r["post_p50"]), rat(r["ratio_e2e"]),
                      rat(r["ratio_invoke"]), str(r["runs"])])
     return md_table(header, body)
+
+
+def bench_footer(runs: int, warmup: int, image: str | None) -> str:
+    """What the table's figures are: the runs, the input and how busy the machine was."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    line = (f"{runs} timed runs per row after {warmup} warm-up runs, interleaved round by round; input: "
+            f"{image or 'a synthetic 640x480 frame'}; 'time vs row 1' below 1.00x is faster than row 1")
+    if load is not None:
+        line += f"; load average {load:.1f} on {cores} cores"
+        if load >= cores:
+            line += " (busy: medians move between runs; compare rows of one run only)"
+    return line
 
 
 RANK_RUNS = 30  # interleaved timed calls per candidate for the file-to-ship ranking

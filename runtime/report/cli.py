@@ -101,7 +101,7 @@ def _validate(args) -> int:
 def _bench(args) -> int:
     import json
 
-    from edgedet.runtime.report.bench import bench, bench_table
+    from edgedet.runtime.report.bench import bench, bench_footer, bench_table
 
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         from edgedet.errors import ConfigError
@@ -110,6 +110,7 @@ def _bench(args) -> int:
     rows = bench(args.models, threads=args.threads, device=args.device, runs=args.runs, warmup=args.warmup,
                  image=args.image, progress=sys.stderr.isatty(), fallback=args.fallback)
     print(bench_table(rows))
+    print(bench_footer(args.runs, args.warmup, args.image))
     if args.json:
         from pathlib import Path
 

@@ -46,7 +46,10 @@ def test_bench_cli_json(rt_models, tmp_path, capsys):
     assert rc == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and rows[0]["runs"] == 3
-    assert "e2e vs first" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "e2e time vs row 1" in printed and "e2e p50 ms" in printed
+    assert "3 timed runs per row after 1 warm-up runs, interleaved round by round; input: a synthetic" in printed
+    assert "load average" in printed
 
 
 def test_an_accelerator_profile_runs_only_its_own_backends_files(tmp_path):
