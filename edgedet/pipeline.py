@@ -88,7 +88,10 @@ class Stage:
 
     @property
     def input_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.inputs, sort_keys=True).encode()).hexdigest()[:16]
+        """What the stage's result depends on, with the run folder's own path left out: the same
+        run moved or renamed is still up to date."""
+        text = json.dumps(self.inputs, sort_keys=True).replace(str(self.folder.parent) + "/", "RUN/")
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def manifest_path(self) -> Path:
@@ -154,7 +157,7 @@ def plan(args) -> list[Stage]:
     """Build the stage list (folders, inputs, commands) from the CLI arguments."""
     from edgedet.devices import load_profile
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # one spelling of the run folder, whatever the cwd
     profile = load_profile(args.device)
     preset = dict(PRESETS[args.preset or ("quick" if args.data is None else "full")])
     for key in ("image_size", "epochs", "qat_epochs", "batch", "time_limit"):
@@ -348,7 +351,7 @@ def _fmt(seconds: float) -> str:
 
 
 def run_pipeline(args) -> int:
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     stages = plan(args)  # checks the arguments before anything is written
     check_toolchains(next(s for s in stages if s.name == "convert").inputs["targets"])
     out.mkdir(parents=True, exist_ok=True)
@@ -408,16 +411,32 @@ def _set_aside_if_changed(stage: Stage) -> None:
     if stage.name not in ("train", "qat") or not (stage.folder / "run.json").exists():
         return
     try:
-        old = json.loads(stage.manifest_path.read_text()).get("input_hash")
+        manifest = json.loads(stage.manifest_path.read_text())
     except (OSError, ValueError):
         return  # interrupted before any manifest was written: resume it
-    if old == stage.input_hash:
+    if manifest.get("input_hash") == stage.input_hash:
         return
     aside = stage.folder.with_name(stage.folder.name + ".previous")
     discard(aside)
     stage.folder.rename(aside)
-    print(f"[{stage.name}] the options or inputs changed since {stage.folder} was made; "
+    print(f"[{stage.name}] {_what_changed(manifest.get('inputs') or {}, stage.inputs)} since {stage.folder} was made; "
           f"it is kept as {aside} and the stage starts afresh", flush=True)
+
+
+def _what_changed(old: dict, new: dict) -> str:
+    """``"--epochs and --image-size changed"``: the options whose values differ, else what did."""
+    def options(cmd) -> dict:
+        cmd = list(cmd or [])
+        return {a: (cmd[i + 1] if i + 1 < len(cmd) and not str(cmd[i + 1]).startswith("--") else True)
+                for i, a in enumerate(cmd) if str(a).startswith("--")}
+
+    a, b = options(old.get("cmd")), options(new.get("cmd"))
+    flags = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "--out")
+    if flags:
+        return f"{' and '.join(flags)} changed"
+    if old.get("upstream") != new.get("upstream") or old.get("data") != new.get("data") or old.get("train") != new.get("train"):
+        return "the previous stage's result changed"
+    return "the options or inputs changed"
 
 
 def _with_resume(stage: Stage, cmd: list[str]) -> list[str]:

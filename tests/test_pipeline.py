@@ -115,8 +115,8 @@ def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, c
     from edgedet.pipeline import Stage, _set_aside_if_changed, _with_resume
 
     cmd = [sys.executable, "-m", "edgedet", "train", "--data", "d", "--image-size", "192", "--out", str(tmp_path / "2_train")]
-    new = Stage("train", tmp_path / "2_train", {"cmds": [cmd[3:]]}, [cmd])
-    old = Stage("train", new.folder, {"cmds": [[c.replace("192", "128") for c in cmd[3:]]]}, [cmd])
+    new = Stage("train", tmp_path / "2_train", {"cmd": cmd[3:]}, [cmd])
+    old = Stage("train", new.folder, {"cmd": [c.replace("192", "128") for c in cmd[3:]]}, [cmd])
     # interrupted with the same inputs: resumed
     new.folder.mkdir()
     (new.folder / "run.json").write_text("{}")
@@ -128,4 +128,18 @@ def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, c
     _set_aside_if_changed(new)
     assert not new.folder.exists() and (tmp_path / "2_train.previous" / "run.json").is_file()
     assert _with_resume(new, cmd) == cmd
-    assert "starts afresh" in capsys.readouterr().out
+    assert "[train] --image-size changed since" in capsys.readouterr().out
+
+
+def test_the_same_run_under_another_path_is_still_up_to_date(tmp_path):
+    """The run folder moved (or named from another folder): its stages' inputs are the same."""
+    from edgedet.pipeline import Stage
+
+    def stage(run):
+        cmd = ["train", "--data", f"{run}/1_data/synth", "--epochs", "2", "--out", f"{run}/2_train"]
+        return Stage("train", run / "2_train", {"cmd": cmd, "upstream": {f"{run}/1_data/check.json": "ab12"}}, [cmd])
+
+    assert stage(tmp_path / "runs" / "a").input_hash == stage(tmp_path / "elsewhere" / "b").input_hash
+    other = stage(tmp_path / "runs" / "a")
+    other.inputs["cmd"][4] = "3"
+    assert other.input_hash != stage(tmp_path / "runs" / "a").input_hash
