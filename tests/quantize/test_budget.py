@@ -227,3 +227,17 @@ def test_guard_ships_a_file_and_says_why(float_run, synth, tmp_path):
     assert saved == got and row["shipped"] == "qat" and row["AP"]["qat"] == row["AP"]["ptq"]  # same file: tie -> QAT
     assert "validation split" in row["why"] and saved["split"] == "val" and saved["images"] == 2
     assert (tmp_path / "int8" / name).read_bytes() == (tmp_path / "qat" / name).read_bytes()
+
+
+def test_search_ends_1_minimal_where_ap_is_not_monotone():
+    """{b} alone meets the budget, but with o also in float it misses (AP is not monotone in the
+    float set): bisection then keeps [b, f]. The last pass takes f back and the set is {b}."""
+    from edgedet.quantize.budget import search
+
+    def score(deny):
+        deny = set(deny)
+        return 49.95 if ("b" in deny and "o" not in deny) or deny == {"o", "b", "f"} else 40.0
+
+    found = search(score, ["o", "b", "f"], 50.0, 0.1, log=lambda m: None)
+    assert found["met"] and found["minimal"] and found["float_layers"] == ["b"], found
+    assert any(step["step"] == "minimal" for step in found["log"])
