@@ -198,7 +198,8 @@ def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uin
     import tensorflow as tf
 
     from edgedet.errors import ToolchainError
-    from edgedet.convert.tflite_converter import _desplat_biases, is_qat_model, make_converter, rename_outputs
+    from edgedet.convert.tflite_converter import (_desplat_biases, is_qat_model, make_converter, rename_outputs,
+                                                  run_converter)
 
     conv, names = make_converter(model, mode, representative, io_dtype)
     conv.allow_custom_ops = True
@@ -208,7 +209,7 @@ def convert_with_nms(model, mode: str, representative=None, io_dtype: str = "uin
         if is_qat_model(model):  # same splat-bias workaround as keras_to_tflite
             restore = _desplat_biases(next(l for l in model.layers if hasattr(l, "layers")))
     try:
-        raw = conv.convert()
+        raw = run_converter(conv)
     except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps
         first = next((ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()), str(exc)[:200])
         raise ToolchainError(f"TFLite {mode} conversion with --nms failed: {first[:300]}") from exc

@@ -44,6 +44,35 @@ INPUT_NAME = "images"
 _QAT_LAYER_CLASSES = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer"}
 
 
+def run_converter(conv) -> bytes:
+    """``conv.convert()``, stopping on Ctrl-C.
+
+    Calibration calls the representative dataset from C++, and TensorFlow swallows a
+    KeyboardInterrupt raised there: the conversion ran on and wrote its file with exit 0. The
+    interrupt is noted here and raised once ``convert()`` returns (the caller discards the file).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return conv.convert()
+    hit: list[bool] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(signum, frame):
+        hit.append(True)
+        if callable(previous):
+            previous(signum, frame)  # Python's own handler raises KeyboardInterrupt where it can
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        out = conv.convert()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:
+        raise KeyboardInterrupt
+    return out
+
 def is_qat_model(model) -> bool:
     """True if ``model`` was produced by ``tfmot.quantization.keras.quantize_apply``, or wraps one
     as a layer (e.g. the ``--nms`` model around a QAT detector)."""
@@ -366,7 +395,7 @@ def keras_to_tflite(model, mode: str, representative=None, io_dtype: str = "uint
             # Frozen-graph path of a QAT model: the input range comes from its fake-quant node,
             # so the converter's "statistics for quantized inputs were expected" is noise.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            raw = conv.convert()
+            raw = run_converter(conv)
     except ConfigError:
         raise
     except Exception as exc:  # converter errors are multi-line MLIR dumps; keep the gist

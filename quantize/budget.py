@@ -67,11 +67,11 @@ def calibrate(model, representative) -> tuple[bytes, list[str]]:
         model: tf_keras float model, input (1, S, S, 3) normalised float32.
         representative: iterable (or callable returning one) of (1, S, S, 3) float32 arrays.
     """
-    from edgedet.convert.tflite_converter import make_converter
+    from edgedet.convert.tflite_converter import make_converter, run_converter
 
     conv, names = make_converter(model, "int8", representative, io_dtype="float32")
     conv._experimental_calibrate_only = True  # the debugger's own route to the calibrated model
-    return conv.convert(), names
+    return run_converter(conv), names
 
 
 def quantize(calibrated: bytes, names: list[str], denylist=(), io_dtype: str = "uint8") -> bytes:

@@ -182,3 +182,26 @@ def test_a_single_failed_target_is_one_line_and_leaves_no_empty_out(tmp_path):
         run_targets(ctx, [t], str(tmp_path / "out"), "m")
     assert "\n" not in str(exc.value) and logged == []  # said once, by the error itself
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_calibration_stops_the_conversion():
+    """TensorFlow swallows a KeyboardInterrupt raised in the calibration callback and returns; the
+    wrapper notes the signal and raises it once convert() is back."""
+    import os
+    import signal
+
+    from edgedet.convert.tflite_converter import run_converter
+
+    class Swallowing:  # what TensorFlow's converter does with an interrupt in the dataset callback
+        def convert(self):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+            return b"model"
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_converter(Swallowing())
+    assert signal.getsignal(signal.SIGINT) is before  # restored
+    assert run_converter(type("Quiet", (), {"convert": lambda self: b"ok"})()) == b"ok"
