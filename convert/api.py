@@ -105,6 +105,12 @@ def check_budget(targets: list[Target], weights: str | None, max_drop: float, va
                           "to fall back to (give its float run, run.json source_run)")
 
 
+def _remove_if_empty(out_dir: str, ours: bool) -> None:
+    """Nothing was written into the --out folder this call made: leave no empty folder behind."""
+    if ours and os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+
+
 def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) -> list[Artifact]:
     """Export each target in turn; failures are cleaned up and re-raised after the rest ran.
 
@@ -128,6 +134,7 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
         except BaseException as exc:  # noqa: BLE001 - clean up on anything, even Ctrl-C
             discard(tmp)
             if not isinstance(exc, Exception):
+                _remove_if_empty(out_dir, created and not done)
                 raise
             failed.append((t, exc))
             if len(targets) > 1:  # with one target, the error line below says it all
@@ -139,8 +146,7 @@ def run_targets(ctx: Context, targets: list[Target], out_dir: str, stem: str) ->
         done.append(art)
         ctx.log(f"{t.name:<16} {sec:6.1f} s  {fmt_size(art.size):>9}  {final}")
     if failed:
-        if created and not done and not os.listdir(out_dir):  # nothing written: leave no empty --out
-            os.rmdir(out_dir)
+        _remove_if_empty(out_dir, created and not done)
         t, exc = failed[0]
         names = ", ".join(ft.name for ft, _ in failed)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
