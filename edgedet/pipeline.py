@@ -14,20 +14,15 @@ mid-stage leave exactly what the stage itself had atomically written.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import shlex
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedet.argtypes import positive
 from edgedet.errors import ConfigError, DataError, EdgedetError, ToolchainError
-from edgedet.files import atomic_write_text, discard, install, sweep_stale_temps, temp_name
+from edgedet.files import sweep_stale_temps
+from edgedet.stages import Stage, chain_inputs, dataset_fingerprint, run_child, set_aside_if_changed, with_resume
 
 STAGES = ("data", "train", "qat", "convert", "validate")
 
@@ -76,77 +71,6 @@ def register(sub) -> None:
                    "(folder, .tgz, or a name such as efficientdet-lite0 to download); sets the variant")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.set_defaults(func=run_cli)
-
-
-@dataclass
-class Stage:
-    name: str
-    folder: Path
-    inputs: dict
-    commands: list[list[str]]
-    outputs: list[str] = field(default_factory=list)
-
-    @property
-    def input_hash(self) -> str:
-        """What the stage's result depends on, with the run folder's own path left out: the same
-        run moved or renamed is still up to date."""
-        text = json.dumps(self.inputs, sort_keys=True).replace(str(self.folder.parent) + "/", "RUN/")
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.folder / "manifest.json"
-
-    def is_done(self) -> bool:
-        try:
-            m = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            return False
-        return m.get("status") == "done" and m.get("input_hash") == self.input_hash
-
-    def write_manifest(self, seconds: float, status: str = "done") -> None:
-        m = {
-            "stage": self.name,
-            "status": status,
-            "inputs": self.inputs,
-            "input_hash": self.input_hash,
-            "outputs": {o: file_hash(o) for o in self.outputs} if status == "done" else {},
-            "seconds": round(seconds, 1),
-            "commands": [shlex.join(c) for c in self.commands],
-        }
-        atomic_write_text(self.manifest_path, json.dumps(m, indent=1))
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 (16 hex) of a file, or of a folder's files (names + contents)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if f.name == "manifest.json" or ".tmp" in f.name:
-            continue
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode())
-        try:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        except OSError:
-            return "missing"
-    return h.hexdigest()[:16]
-
-
-def dataset_fingerprint(path: Path) -> str:
-    """Hash of a dataset's annotation files plus its image names and sizes (not pixels: fast)."""
-    h = hashlib.sha256()
-    files = sorted(x for x in path.rglob("*") if x.is_file()) if path.is_dir() else [path]
-    for f in files:
-        rel = str(f.relative_to(path)) if path.is_dir() else f.name
-        if f.suffix.lower() in {".json", ".xml", ".txt", ".yaml", ".yml"}:
-            h.update(rel.encode() + f.read_bytes())
-        else:
-            h.update(f"{rel}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 def _edgedet(*args) -> list[str]:
@@ -273,78 +197,6 @@ def target_filename(target: str, stem: str) -> str:
     return get_target(target).filename(stem)
 
 
-def _chain_inputs(stages: list[Stage]) -> None:
-    """Make each stage's inputs include the previous stage's outputs, so a changed upstream
-    result (not just a changed command) re-runs everything after it."""
-    prev = None
-    for s in stages:
-        if prev is not None and prev.manifest_path.exists():
-            try:
-                s.inputs["upstream"] = json.loads(prev.manifest_path.read_text()).get("outputs", {})
-            except ValueError:
-                pass
-        prev = s
-
-
-def _run_child(cmd: list[str], log: Path) -> int:
-    """Run a stage command, streaming its output to the terminal and a log file.
-
-    A last element ``">PATH"`` sends the child's stdout to PATH (atomically) instead.
-    """
-    stdout_to = None
-    if cmd and cmd[-1].startswith(">"):
-        cmd, stdout_to = cmd[:-1], Path(cmd[-1][1:])
-    from edgedet.runs import IN_PIPELINE_ENV
-
-    # TF_CPP_MIN_LOG_LEVEL and EDGEDET_VERBOSE come from the CLI's --verbose choice (edgedet.quiet)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1", **{IN_PIPELINE_ENV: "1"})
-    kwargs = {}
-    if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = _die_with_parent
-    with open(log, "a") as lf:
-        lf.write(f"$ {shlex.join(cmd)}\n")
-        lf.flush()
-        if stdout_to is not None:
-            tmp = temp_name(stdout_to)
-            try:
-                with open(tmp, "w") as fo:
-                    rc = subprocess.run(cmd, stdout=fo, stderr=subprocess.PIPE, env=env, text=True, **kwargs)
-                lf.write(rc.stderr)
-                sys.stderr.write(rc.stderr)
-                errs = [ln for ln in rc.stderr.splitlines() if ln.startswith("edgedet: error:")]
-                _run_child.last_error = errs[-1] if errs else ""  # type: ignore[attr-defined]
-                if rc.returncode == 0:
-                    install(tmp, stdout_to)
-            finally:
-                discard(tmp)
-            return rc.returncode
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kwargs)
-        assert proc.stdout is not None
-        last_err = ""
-        for raw in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-            text = raw.decode("utf-8", "replace")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            lf.write(text)
-            for line in text.splitlines():
-                if line.startswith("edgedet: error:"):
-                    last_err = line
-        rc = proc.wait()
-    _run_child.last_error = last_err  # type: ignore[attr-defined]
-    return rc
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # If the pipeline is killed (even with SIGKILL) the stage child must die too; otherwise a
-    # re-run would race an orphaned trainer writing the same checkpoints.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m:02d}:{s:02d}"
@@ -357,12 +209,12 @@ def run_pipeline(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for i, stage in enumerate(stages, 1):
-        _chain_inputs(stages[: i])
+        chain_inputs(stages[: i])
         head = f"[{i}/{len(stages)} {stage.name}]"
         if stage.is_done():
             print(f"{head} up to date, skipped ({stage.folder})", flush=True)
             continue
-        _set_aside_if_changed(stage)
+        set_aside_if_changed(stage)
         stage.folder.mkdir(parents=True, exist_ok=True)
         for sub in (stage.folder, *(p for p in stage.folder.iterdir() if p.is_dir())):
             sweep_stale_temps(sub)  # what a killed stage child was writing
@@ -370,15 +222,15 @@ def run_pipeline(args) -> int:
         print(f"{head} running (pipeline elapsed {_fmt(time.time() - t0)})", flush=True)
         ts = time.time()
         for cmd in stage.commands:
-            cmd = _with_resume(stage, cmd)
-            rc = _run_child(cmd, stage.folder / "stage.log")
+            cmd = with_resume(stage, cmd)
+            rc = run_child(cmd, stage.folder / "stage.log")
             # `edgedet validate` exits 1 when a model missed a device threshold: the report is
             # complete, so the stage is done; the summary's exit code says so (CI gating).
             if stage.name == "validate" and rc == 1 and (stage.folder / "report.json").exists():
                 continue
             if rc != 0:
                 # the child's own error line was just shown: point at it rather than repeat it
-                err = "its error is above" if getattr(_run_child, "last_error", "") else f"exit code {rc}"
+                err = "its error is above" if getattr(run_child, "last_error", "") else f"exit code {rc}"
                 raise EdgedetError(
                     f"stage {stage.name} failed ({err}); "
                     f"completed stages are kept, log: {stage.folder / 'stage.log'}; re-run the same command to resume"
@@ -403,52 +255,6 @@ def check_toolchains(targets: list[str]) -> None:
     if missing:
         raise ToolchainError(f"edgedet pipeline needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                              f'not installed: pip install "edgedet[all]"')
-
-
-def _set_aside_if_changed(stage: Stage) -> None:
-    """A train/QAT folder holding a run made with other inputs (options, data, upstream weights)
-    is moved to ``FOLDER.previous`` so the stage starts afresh instead of resuming it."""
-    if stage.name not in ("train", "qat") or not (stage.folder / "run.json").exists():
-        return
-    try:
-        manifest = json.loads(stage.manifest_path.read_text())
-    except (OSError, ValueError):
-        return  # interrupted before any manifest was written: resume it
-    if manifest.get("input_hash") == stage.input_hash:
-        return
-    aside = stage.folder.with_name(stage.folder.name + ".previous")
-    discard(aside)
-    stage.folder.rename(aside)
-    print(f"[{stage.name}] {_what_changed(manifest.get('inputs') or {}, stage.inputs)} since {stage.folder} was made; "
-          f"it is kept as {aside} and the stage starts afresh", flush=True)
-
-
-def _what_changed(old: dict, new: dict) -> str:
-    """``"--epochs and --image-size changed"``: the options whose values differ, else what did."""
-    def options(cmd) -> dict:
-        cmd = list(cmd or [])
-        return {a: (cmd[i + 1] if i + 1 < len(cmd) and not str(cmd[i + 1]).startswith("--") else True)
-                for i, a in enumerate(cmd) if str(a).startswith("--")}
-
-    a, b = options(old.get("cmd")), options(new.get("cmd"))
-    flags = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "--out")
-    if flags:
-        return f"{' and '.join(flags)} changed"
-    if old.get("upstream") != new.get("upstream") or old.get("data") != new.get("data") or old.get("train") != new.get("train"):
-        return "the previous stage's result changed"
-    return "the options or inputs changed"
-
-
-def _with_resume(stage: Stage, cmd: list[str]) -> list[str]:
-    """Train/QAT stages continue from their own checkpoint when a previous run was cut off.
-
-    A stage folder with a run.json but no finished manifest is an interrupted run: the
-    sub-command's own ``--resume RUN`` continues it with its optimizer/EMA state and epoch.
-    """
-    if stage.name in ("train", "qat") and (stage.folder / "run.json").exists():
-        sub = cmd[3:5] if stage.name == "qat" else cmd[3:4]  # "train" | "quantize qat"
-        return [*cmd[:3], *sub, "--resume", str(stage.folder)]
-    return cmd
 
 
 def _print_summary(report_dir: Path) -> int:

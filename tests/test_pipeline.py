@@ -112,7 +112,7 @@ def test_a_missing_toolchain_is_one_line_before_any_stage(tmp_path, monkeypatch,
 
 
 def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, capsys):
-    from edgedet.pipeline import Stage, _set_aside_if_changed, _with_resume
+    from edgedet.stages import Stage, set_aside_if_changed, with_resume
 
     cmd = [sys.executable, "-m", "edgedet", "train", "--data", "d", "--image-size", "192", "--out", str(tmp_path / "2_train")]
     new = Stage("train", tmp_path / "2_train", {"cmd": cmd[3:]}, [cmd])
@@ -121,19 +121,19 @@ def test_a_train_run_made_with_other_inputs_is_set_aside_not_resumed(tmp_path, c
     new.folder.mkdir()
     (new.folder / "run.json").write_text("{}")
     new.write_manifest(0.0, status="running")
-    _set_aside_if_changed(new)
-    assert _with_resume(new, cmd)[3:] == ["train", "--resume", str(new.folder)]
+    set_aside_if_changed(new)
+    assert with_resume(new, cmd)[3:] == ["train", "--resume", str(new.folder)]
     # made (finished or not) with other options: kept aside, and the stage starts afresh
     old.write_manifest(1.0)
-    _set_aside_if_changed(new)
+    set_aside_if_changed(new)
     assert not new.folder.exists() and (tmp_path / "2_train.previous" / "run.json").is_file()
-    assert _with_resume(new, cmd) == cmd
+    assert with_resume(new, cmd) == cmd
     assert "[train] --image-size changed since" in capsys.readouterr().out
 
 
 def test_the_same_run_under_another_path_is_still_up_to_date(tmp_path):
     """The run folder moved (or named from another folder): its stages' inputs are the same."""
-    from edgedet.pipeline import Stage
+    from edgedet.stages import Stage
 
     def stage(run):
         cmd = ["train", "--data", f"{run}/1_data/synth", "--epochs", "2", "--out", f"{run}/2_train"]
