@@ -25,7 +25,7 @@ import types
 from pathlib import Path
 
 from edgedet.errors import ConfigError, DataError, ModelFileError
-from edgedet.train.trainer import TrainOptions, Trainer, freeze_layers, resume_options
+from edgedet.train.trainer import TrainOptions, Trainer, freeze_layers, resume_epochs, resume_options
 
 DEFAULT_EPOCHS = 5
 LR_FACTOR = 0.1
@@ -225,7 +225,8 @@ def resume_qat(run_dir: str, progress: bool = True, log=None, connect_timeout: f
     if connect_timeout:
         opts.connect_timeout = float(connect_timeout)
     train_bn = bool((data.get("qat") or {}).get("train_bn", False))
-    return QATTrainer(opts, data["source_run"], train_bn=train_bn, resume=True, log=log, epochs=epochs).run()
+    return QATTrainer(opts, data["source_run"], train_bn=train_bn, resume=True, log=log,
+                      epochs=resume_epochs(run_dir, epochs)).run()
 
 
 def load_qat_model(run_dir, which: str = "best"):

@@ -87,14 +87,14 @@ def _train(args) -> int:
     require("tensorflow", "tf_keras", what="edgedet train")  # before --out is made
     apply_arguments(args)
     if args.resume:
-        from edgedet.train.trainer import resume_options, train
+        from edgedet.train.trainer import resume_epochs, resume_options, train
 
         opts = resume_options(args.resume)
         if args.no_progress:
             opts.progress = False
         if args.connect_timeout:
             opts.connect_timeout = args.connect_timeout
-        best = train(opts, resume=True, epochs=args.epochs)
+        best = train(opts, resume=True, epochs=resume_epochs(args.resume, args.epochs))
     else:
         if not args.data or not args.out:
             raise ConfigError("edgedet train needs --data PATH and --out RUN (or --resume RUN)")

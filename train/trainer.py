@@ -303,6 +303,7 @@ class Trainer(RunFiles):
         self.elapsed_s = float((state_meta or {}).get("elapsed_s", 0.0))
         if start_epoch >= self.epochs:
             self.log(f"{self.out}: all {self.epochs} epochs already done")
+            self._write_run_json(start_epoch, best, "done")  # a killed run's "running" ends here
             return best
         self._write_run_json(start_epoch, best, "running")
         where = f", worker {self.role.worker} of {self.role.num_workers}" if self.role.num_workers > 1 else ""
@@ -430,6 +431,12 @@ def resume_options(run_dir) -> TrainOptions:
     if o.data and not os.path.exists(o.data) and data.get("dataset") and os.path.exists(data["dataset"]):
         o.data = data["dataset"]  # a relative --data from another working folder: its resolved path
     return o
+
+
+def resume_epochs(run_dir, epochs: int | None) -> int | None:
+    """The total a resumed run trains to: the one given, else the last one asked for (run.json is
+    rewritten when a resume asks for more, so a killed extension is not forgotten)."""
+    return epochs or ckpt.read_run_json(run_dir).get("epochs")
 
 
 def _default_size(variant: str) -> int | None:

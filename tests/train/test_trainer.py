@@ -191,3 +191,19 @@ def test_time_limit_plans_with_the_mean_epoch_not_the_last_one():
     assert fit == 5 + int((240 - 60 - 2) // 9.4)  # 23, where the last epoch alone (14.2 s) allows 17
     # out of time: no further epochs, never fewer than done
     assert plan_epochs(1.0, 7, 70.0, [10.0], eval_s=0.0)[0] == 7
+
+
+def test_a_killed_extension_is_resumed_to_its_new_total_and_a_done_run_says_done(trained_run, tmp_path):
+    """`--resume RUN --epochs 5` killed before its first new epoch ended: run.json says 5 and
+    'running'; a plain --resume afterwards aims for 5, and a run with nothing left says done."""
+    from edgedet.train.trainer import resume_epochs, resume_options
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = json.loads((run / "run.json").read_text())
+    assert resume_epochs(run, None) == data["epochs"] == 2 and resume_epochs(run, 7) == 7
+    (run / "run.json").write_text(json.dumps(dict(data, epochs=5, status="running")))
+    assert resume_epochs(run, None) == 5
+    (run / "run.json").write_text(json.dumps(dict(data, status="running")))  # killed after its last epoch
+    train(resume_options(run), resume=True, log=lambda m: None, epochs=resume_epochs(run, None))
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
