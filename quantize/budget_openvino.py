@@ -12,10 +12,14 @@ import time
 
 import numpy as np
 
-from edgedet.errors import DataError, ToolchainError
+from edgedet.errors import ConfigError, DataError, ToolchainError
 from edgedet.runtime.backends.base import Backend, TensorSpec
 
 RANKING_IMAGES = 8
+# Ops NNCF may revert to float, one validation each. Its default is unbounded: a tight budget on
+# lite0@256 was still reverting after 8 minutes and 504 validations on 2 cores, the drop swinging
+# 0.15-0.57. The TFLite search stops at MAX_EVALUATIONS in the same way.
+MAX_REVERTS = 40
 
 
 class _CompiledBackend(Backend):
@@ -83,7 +87,7 @@ def nncf_accuracy_control(ctx, ov_model, meta) -> tuple[object, dict]:
             # NNCF ranks every quantized op (D0: 340) by the metric on a subset of images; its default
             # subset is the whole split, which on 2 cores is hours. RANKING_IMAGES keeps it ~1 s per op.
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                ranking_subset_size=min(RANKING_IMAGES, len(samples))))
+                ranking_subset_size=min(RANKING_IMAGES, len(samples)), max_num_iterations=MAX_REVERTS))
     except Exception as exc:  # noqa: BLE001
         raise ToolchainError(f"NNCF accuracy control failed: {str(exc).splitlines()[0][:300]}") from exc
     budget = {"max_drop": ctx.max_drop, "float_AP": seen[0] if seen else None, "int8_AP": seen[1] if len(seen) > 1 else None,
@@ -91,5 +95,9 @@ def nncf_accuracy_control(ctx, ov_model, meta) -> tuple[object, dict]:
               "data": str(ctx.val_data), "split": ctx.val_split, "images": len(samples), "tool": "nncf.quantize_with_accuracy_control"}
     if budget["float_AP"] is not None and budget["AP"] is not None:
         budget["drop"] = round(budget["float_AP"] - budget["AP"], 4)
+        budget["met"] = budget["drop"] <= ctx.max_drop
+        if not budget["met"]:  # out of reverts (MAX_REVERTS), or no float set recovers it
+            raise ConfigError(f"--max-drop {ctx.max_drop}: NNCF's best model still drops {budget['drop']:.3f} AP after "
+                              f"{calls[0]} validations (at most {MAX_REVERTS} ops reverted); raise the budget or use QAT")
     return q, {"method": "nncf-ptq", "tool": f"nncf {nncf.__version__}", "preset": "mixed",
                "calibration": cal.describe(), "budget": budget}
