@@ -176,6 +176,8 @@ def _quantization_line(q: dict) -> str:
         line += (f"; {n} layer{'s' if n != 1 else ''} float ({', '.join(b['float_layers'][:4])}"
                  f"{', ...' if n > 4 else ''}) for an AP drop of {b.get('drop')} within {b.get('max_drop')} "
                  f"(convert --max-drop; the search log: --json)")
+    elif b.get("drop") is not None:  # NNCF's accuracy control: its reverted ops are in its log only
+        line += f"; AP drop {b['drop']} within {b.get('max_drop')} (convert --max-drop, {b.get('tool', '')})"
     return line
 
 
