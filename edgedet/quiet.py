@@ -29,6 +29,7 @@ NOISE = re.compile(
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
     rb"|INFO: (?:Created TensorFlow Lite \S+ delegate for CPU|Initialized TensorFlow Lite runtime)"
     rb"|WARNING:(?:absl|tensorflow):"
+    rb"|INFO:nncf:"  # NNCF's own progress log ("Validation of initial model was started")
     rb"|fully_quantize: \d+, inference_type: \d+, "  # the TFLite calibrator's settings line
     rb"|\[[\w,.-]+ @ 0x[0-9a-f]+\] "  # FFmpeg inside OpenCV ("[mov,mp4,... @ 0x55..] moov atom not found")
     rb"|\[ ?(?:WARN|ERROR|INFO):\d+@[\d.]+\] "  # OpenCV's own log ("[ WARN:0@0.006] global cap_ffmpeg_impl.hpp")

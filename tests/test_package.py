@@ -70,6 +70,7 @@ with toolchain_output(False):
         b':{"created":"@1733396599.522","description":"Error received from peer ipv4:127.0.0.1:1","grpc_status":4}\n',
         b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d4c1a2b340] moov atom not found\n",
         b"fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: UINT8\n",
+        b"INFO:nncf:Validation of initial model was started\n",
         b"[ WARN:0@0.006] global cap_v4l.cpp:914 open VIDEOIO(V4L2:/dev/video0): can't open camera by index\n",
         b"edgedet: warning: kept\n",
         b"\reval:  50%|#####     | 4/8",
