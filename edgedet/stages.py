@@ -49,11 +49,18 @@ class Stage:
             "status": status,
             "inputs": self.inputs,
             "input_hash": self.input_hash,
-            "outputs": {o: file_hash(o) for o in self.outputs} if status == "done" else {},
+            # keyed by the path inside the run, so the next stage's inputs survive a moved run folder
+            "outputs": {_in_run(o, self.folder.parent): file_hash(o) for o in self.outputs} if status == "done" else {},
             "seconds": round(seconds, 1),
             "commands": [shlex.join(c) for c in self.commands],
         }
         atomic_write_text(self.manifest_path, json.dumps(m, indent=1))
+
+
+def _in_run(path: str, run: Path) -> str:
+    """``path`` relative to the run folder when it lies inside it (else as it is)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(run))
+    return path if rel.startswith("..") else rel
 
 
 def file_hash(path: str | Path) -> str:
@@ -115,7 +122,7 @@ def run_child(cmd: list[str], log: Path) -> int:
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1", **{IN_PIPELINE_ENV: "1"})
     kwargs = {}
     if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = _die_with_parent
+        kwargs["preexec_fn"] = die_with_parent
     with open(log, "a") as lf:
         lf.write(f"$ {shlex.join(cmd)}\n")
         lf.flush()
@@ -149,9 +156,10 @@ def run_child(cmd: list[str], log: Path) -> int:
     return rc
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # If the pipeline is killed (even with SIGKILL) the stage child must die too; otherwise a
-    # re-run would race an orphaned trainer writing the same checkpoints.
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """``preexec_fn`` of a child that must not outlive its parent (Linux): if the parent is killed,
+    even with SIGKILL, the child is too; otherwise a re-run would race an orphaned trainer
+    writing the same checkpoints, or a validate worker writing into a swept folder."""
     try:
         import ctypes
 

@@ -97,6 +97,8 @@ def test_stale_temporaries_of_dead_processes_are_swept(tmp_path):
     try:
         left = tmp_path / f".state.tmp{dead_pid}.npz"
         left.write_bytes(b"half")
+        work = tmp_path / f".validate.tmp{dead_pid}.k2x9"  # a killed validate's work folder
+        (work / "m0").mkdir(parents=True)
         busy = tmp_path / f".best.weights.tmp{live.pid}.h5"
         busy.write_bytes(b"being written")
         mine = temp_name(tmp_path / "run.json")
@@ -108,6 +110,7 @@ def test_stale_temporaries_of_dead_processes_are_swept(tmp_path):
     survivors = sorted(p.name for p in tmp_path.iterdir())
     assert busy.name in survivors and mine.name in survivors and "state.npz" in survivors
     assert (left.name not in survivors) == (left in gone)
+    assert (work.name not in survivors) == (work in gone)
 
 
 def test_an_argument_error_is_one_line(capsys):

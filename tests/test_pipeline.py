@@ -143,3 +143,18 @@ def test_the_same_run_under_another_path_is_still_up_to_date(tmp_path):
     other = stage(tmp_path / "runs" / "a")
     other.inputs["cmd"][4] = "3"
     assert other.input_hash != stage(tmp_path / "runs" / "a").input_hash
+
+
+def test_a_finished_stages_outputs_are_named_inside_the_run(tmp_path):
+    """The next stage's inputs hold these names: a moved run folder must still match them."""
+    import json
+
+    from edgedet.stages import Stage
+
+    for run in (tmp_path / "a", tmp_path / "moved" / "b"):
+        (run / "1_data").mkdir(parents=True)
+        (run / "1_data" / "check.json").write_text("{}")
+        Stage("data", run / "1_data", {}, [], [str(run / "1_data" / "check.json")]).write_manifest(1.0)
+    first, second = (json.loads((r / "1_data" / "manifest.json").read_text())["outputs"]
+                     for r in (tmp_path / "a", tmp_path / "moved" / "b"))
+    assert first == second == {"1_data/check.json": first["1_data/check.json"]}

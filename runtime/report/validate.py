@@ -18,7 +18,7 @@ import numpy as np
 
 from edgedet.errors import ConfigError, DataError, ModelFileError, ToolchainError
 from edgedet.extras import has_modules, require
-from edgedet.files import model_kind
+from edgedet.files import model_kind, sweep_stale_temps
 from edgedet.runs import is_run_dir
 from edgedet.runtime.detections import Detections
 from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
@@ -320,7 +320,9 @@ def validate(models: list[str], data: str, out: str, baseline: str | None = None
     jobs, names, twins = _jobs(models, baseline, log)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work_root = Path(tempfile.mkdtemp(prefix=".validate-", dir=out_dir))
+    sweep_stale_temps(out_dir)  # what a killed validate left
+    # temp_name's pattern (.NAME.tmp<pid>...), so the sweep above knows whose it is
+    work_root = Path(tempfile.mkdtemp(prefix=f".validate.tmp{os.getpid()}.", dir=out_dir))
     base_job = {"images": [s.image_path for s in samples], "eval_post": EVAL_POSTPROCESS, "runs": runs,
                 "keep_outputs": KEEP_OUTPUTS, "progress": progress, "fallback": fallback}
     entries, base_npz, kept = [], None, []

@@ -185,9 +185,14 @@ def run_worker(job: dict, work: Path, timeout: float | None = None) -> tuple[dic
     job = dict(job, out=str(work))
     (work / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    kwargs = {}
+    if sys.platform.startswith("linux"):
+        from edgedet.stages import die_with_parent
+
+        kwargs["preexec_fn"] = die_with_parent  # a killed validate takes its worker with it
     try:
         proc = subprocess.run([sys.executable, "-m", "edgedet.runtime.report.worker", str(work / "job.json")],
-                              env=env, timeout=timeout, check=False)
+                              env=env, timeout=timeout, check=False, **kwargs)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:g} s"}, None
