@@ -35,8 +35,8 @@ def model_ap(path: str, samples, class_names) -> float:
     return 100.0 * float(coco_evaluate(samples, [det.detect(s.image_path) for s in samples], class_names)["AP"])
 
 
-def decide(ap_qat: float | None, ap_ptq: float | None) -> tuple[str, str]:
-    """``(shipped, why)`` from the two validation APs (points; None: that model failed)."""
+def decide(ap_qat: float | None, ap_ptq: float | None, split: str = "val") -> tuple[str, str]:
+    """``(shipped, why)`` from the two APs on ``split`` (points; None: that model failed)."""
     if ap_qat is None and ap_ptq is None:
         raise ConfigError("neither the QAT nor the PTQ int8 model could be evaluated")
     if ap_ptq is None:
@@ -44,9 +44,10 @@ def decide(ap_qat: float | None, ap_ptq: float | None) -> tuple[str, str]:
     if ap_qat is None:
         return "ptq", "the QAT model could not be evaluated"
     d = next((d for d in range(2, 7) if round(ap_qat, d) != round(ap_ptq, d)), 6)  # digits that tell them apart
+    where = {"val": "the validation split", "train": "the train split", "test": "the test split"}.get(split, split)
     if ap_qat >= ap_ptq:
-        return "qat", f"QAT AP {ap_qat:.{d}f} >= PTQ {ap_ptq:.{d}f} on the validation split"
-    return "ptq", (f"QAT AP {ap_qat:.{d}f} < PTQ {ap_ptq:.{d}f} on the validation split "
+        return "qat", f"QAT AP {ap_qat:.{d}f} >= PTQ {ap_ptq:.{d}f} on {where}"
+    return "ptq", (f"QAT AP {ap_qat:.{d}f} < PTQ {ap_ptq:.{d}f} on {where} "
                    f"(QAT lost {ap_ptq - ap_qat:.{d}f} points)")
 
 
@@ -62,6 +63,22 @@ def _copy(src: str, dst: str) -> None:
         install(tmp, dst)
     finally:
         discard(tmp)
+
+
+def _check_kinds(qat_dir: str, ptq_dir: str, names: list[str]) -> None:
+    """Each folder holds what its option says: QAT exports in --qat, post-training int8 in --ptq
+    (swapped folders, or a float file named, would ship the wrong file under the right name)."""
+    from edgedet.runtime.metadata import read_metadata
+
+    want = {"qat": ("qat",), "ptq": ("ptq", "nncf-ptq")}
+    for kind, folder in (("qat", qat_dir), ("ptq", ptq_dir)):
+        for n in names:
+            path = os.path.join(folder, n)
+            meta = read_metadata(path) if os.path.exists(path) else None
+            method = (meta.quantization or {}).get("method") if meta is not None else None
+            if method is not None and method not in want[kind]:
+                raise ConfigError(f"--{kind} {path}: its metadata says quantization {method!r}, not "
+                                  f"{' or '.join(want[kind])} (are --qat and --ptq swapped, or is it not an int8 file?)")
 
 
 def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, split: str = "val",
@@ -87,6 +104,7 @@ def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, sp
                              if os.path.exists(os.path.join(d, n))) if m is not None), None)
     if meta is None:
         raise ConfigError(f"{qat_dir}, {ptq_dir}: none of {', '.join(names)} carries edgedet metadata")
+    _check_kinds(qat_dir, ptq_dir, names)
     class_names = list(meta.labels)  # the models' class order fixes the evaluation's
     samples = eval_samples(data, split, None, class_names)
     if not samples:
@@ -102,7 +120,7 @@ def choose(qat_dir: str, ptq_dir: str, names: list[str], data: str, out: str, sp
             except (EdgedetError, OSError, ValueError, RuntimeError) as exc:
                 log(f"{name}: {kind} model not evaluated: {str(exc).splitlines()[0] if str(exc) else exc}")
                 aps[kind] = None
-        shipped, why = decide(aps["qat"], aps["ptq"])
+        shipped, why = decide(aps["qat"], aps["ptq"], split)
         dst = os.path.join(out, name)
         _copy(os.path.join(qat_dir if shipped == "qat" else ptq_dir, name), dst)
         result["targets"][name] = {"shipped": shipped, "why": why, "path": dst, "AP": aps}

@@ -193,6 +193,7 @@ def test_guard_decides_by_validation_ap():
         decide(None, None)
     # tiny APs keep the digits that tell them apart: never "0.01 < 0.01"
     assert decide(0.0077, 0.0136)[1] == "QAT AP 0.008 < PTQ 0.014 on the validation split (QAT lost 0.006 points)"
+    assert decide(44.0, 43.5, "test")[1] == "QAT AP 44.00 >= PTQ 43.50 on the test split"
 
 
 def test_choose_refuses_names_in_neither_folder_before_copying(tmp_path):
@@ -216,10 +217,21 @@ def test_guard_ships_a_file_and_says_why(float_run, synth, tmp_path):
     from edgedet.convert.api import convert
     from edgedet.quantize.guard import choose
 
+    from edgedet.runtime.metadata import embed_tflite, read_metadata
+
     arts, _ = convert(["tflite-fp32"], weights=str(float_run), out_dir=str(tmp_path / "ptq"), log=lambda m: None)
     name = arts[0].path.rsplit("/", 1)[-1]
     (tmp_path / "qat").mkdir()
     shutil.copyfile(arts[0].path, tmp_path / "qat" / name)
+    # the same weights labelled as each folder's kind: a tie, by construction
+    for kind in ("qat", "ptq"):
+        meta = read_metadata(str(tmp_path / kind / name))
+        meta.quantization = {"method": kind}
+        embed_tflite(str(tmp_path / kind / name), meta)
+    # swapped folders are refused before anything is evaluated or copied
+    with pytest.raises(ConfigError, match=r"--qat .*: its metadata says quantization 'ptq', not qat \(are --qat and --ptq swapped"):
+        choose(str(tmp_path / "ptq"), str(tmp_path / "qat"), [name], str(synth), str(tmp_path / "int8"), log=lambda m: None)
+    assert not (tmp_path / "int8").exists()
     got = choose(str(tmp_path / "qat"), str(tmp_path / "ptq"), [name], str(synth), str(tmp_path / "int8"),
                  log=lambda m: None)
     saved = json.loads((tmp_path / "int8" / "choice.json").read_text())
