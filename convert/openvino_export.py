@@ -22,6 +22,9 @@ def _nncf_quantize(ctx, ov_model) -> tuple[object, dict]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    from edgedet.quiet import quiet_nncf
+
+    quiet_nncf(nncf)
     cal = ctx.calibration("NCHW" if ctx.source.meta.layout == "NCHW" else "NHWC")
     arrays = list(cal.arrays())
     # OverflowFix.ENABLE: 7-bit weights in every layer (NNCF's default fixes only the first).

@@ -48,6 +48,15 @@ def is_verbose(argv: list[str]) -> bool:
     return "--verbose" in head or os.environ.get(VERBOSE_ENV) == "1"
 
 
+def quiet_nncf(nncf) -> None:
+    """NNCF logs its progress through Python logging to stdout, past the stderr filter: keep its
+    INFO lines for --verbose."""
+    if not is_verbose(sys.argv[1:]):
+        import logging  # noqa: PLC0415
+
+        nncf.set_log_level(logging.WARNING)
+
+
 @contextlib.contextmanager
 def toolchain_output(verbose: bool):
     """Run the body with the toolchains' log lines shown (``verbose``) or filtered out of stderr.

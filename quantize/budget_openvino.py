@@ -50,6 +50,9 @@ def nncf_accuracy_control(ctx, ov_model, meta) -> tuple[object, dict]:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
+    from edgedet.quiet import quiet_nncf
+
+    quiet_nncf(nncf)
     from edgedet.quantize.diagnose import eval_samples
     from edgedet.runtime.detector import Detector
     from edgedet.runtime.report.evaluate import EVAL_POSTPROCESS, coco_evaluate
