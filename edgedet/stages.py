@@ -36,12 +36,17 @@ class Stage:
     def manifest_path(self) -> Path:
         return self.folder / "manifest.json"
 
+    def matches(self, manifest: dict) -> bool:
+        """The manifest was written for these inputs: the same hash, or (a run folder made before
+        paths were absolute) the same inputs with each path spelt relative to where it ran."""
+        return manifest.get("input_hash") == self.input_hash or _same(manifest.get("inputs"), self.inputs)
+
     def is_done(self) -> bool:
         try:
             m = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError):
             return False
-        return m.get("status") == "done" and m.get("input_hash") == self.input_hash
+        return m.get("status") == "done" and self.matches(m)
 
     def write_manifest(self, seconds: float, status: str = "done") -> None:
         m = {
@@ -55,6 +60,27 @@ class Stage:
             "commands": [shlex.join(c) for c in self.commands],
         }
         atomic_write_text(self.manifest_path, json.dumps(m, indent=1))
+
+
+def _same(old, new) -> bool:
+    """Equal, where a path may be spelt relative in one and absolute (or relative to the run) in
+    the other: ``runs/k/2_train`` and ``/home/me/runs/k/2_train`` are one folder."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if len(old) != len(new):
+            return False
+        return all(any(_same_text(ko, kn) and _same(vo, vn) for ko, vo in old.items()) for kn, vn in new.items())
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new))
+    if isinstance(old, str) and isinstance(new, str):
+        return _same_text(old, new)
+    return old == new
+
+
+def _same_text(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return "/" in shorter and not shorter.startswith("/") and longer.endswith("/" + shorter)
 
 
 def _in_run(path: str, run: Path) -> str:
@@ -177,7 +203,7 @@ def set_aside_if_changed(stage: Stage) -> None:
         manifest = json.loads(stage.manifest_path.read_text())
     except (OSError, ValueError):
         return  # interrupted before any manifest was written: resume it
-    if manifest.get("input_hash") == stage.input_hash:
+    if stage.matches(manifest):
         return
     aside = stage.folder.with_name(stage.folder.name + ".previous")
     discard(aside)
@@ -194,7 +220,7 @@ def _what_changed(old: dict, new: dict) -> str:
                 for i, a in enumerate(cmd) if str(a).startswith("--")}
 
     a, b = options(old.get("cmd")), options(new.get("cmd"))
-    flags = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "--out")
+    flags = sorted(k for k in set(a) | set(b) if not _same(a.get(k), b.get(k)) and k != "--out")
     if flags:
         return f"{' and '.join(flags)} changed"
     if old.get("upstream") != new.get("upstream") or old.get("data") != new.get("data") or old.get("train") != new.get("train"):

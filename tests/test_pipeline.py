@@ -158,3 +158,22 @@ def test_a_finished_stages_outputs_are_named_inside_the_run(tmp_path):
     first, second = (json.loads((r / "1_data" / "manifest.json").read_text())["outputs"]
                      for r in (tmp_path / "a", tmp_path / "moved" / "b"))
     assert first == second == {"1_data/check.json": first["1_data/check.json"]}
+
+
+def test_a_run_made_with_relative_paths_is_still_up_to_date(tmp_path):
+    """Run folders written before the paths were absolute name them as typed ("runs/k/2_train")."""
+    import json
+
+    from edgedet.stages import Stage
+
+    run = tmp_path / "runs" / "k"
+    (run / "2_train").mkdir(parents=True)
+    new = Stage("train", run / "2_train", {"cmd": ["train", "--epochs", "2", "--out", f"{run}/2_train"],
+                                           "upstream": {"1_data/check.json": "ab12"}}, [])
+    old_inputs = {"cmd": ["train", "--epochs", "2", "--out", "runs/k/2_train"],
+                  "upstream": {"runs/k/1_data/check.json": "ab12"}}
+    (run / "2_train" / "manifest.json").write_text(json.dumps({"status": "done", "input_hash": "0", "inputs": old_inputs}))
+    assert new.is_done()
+    old_inputs["cmd"][2] = "3"  # another option: not the same run
+    (run / "2_train" / "manifest.json").write_text(json.dumps({"status": "done", "input_hash": "0", "inputs": old_inputs}))
+    assert not new.is_done()
