@@ -177,3 +177,24 @@ def test_a_run_made_with_relative_paths_is_still_up_to_date(tmp_path):
     old_inputs["cmd"][2] = "3"  # another option: not the same run
     (run / "2_train" / "manifest.json").write_text(json.dumps({"status": "done", "input_hash": "0", "inputs": old_inputs}))
     assert not new.is_done()
+
+
+def test_a_dataset_without_test_images_is_reported_on_val(tmp_path, capsys):
+    """A YOLO export with train/ and val/ only: said before training, not a failure after it."""
+    from PIL import Image
+
+    from edgedet.cli import build_parser
+    from edgedet.pipeline import plan
+
+    ds = tmp_path / "ds"
+    for split in ("train", "val"):
+        (ds / split / "images").mkdir(parents=True)
+        (ds / split / "labels").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (64, 64), (40 * i, 60, 90)).save(ds / split / "images" / f"{i}.jpg")
+            (ds / split / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
+    (ds / "data.yaml").write_text("train: train/images\nval: val/images\nnames: [cell]\n")
+    args = build_parser().parse_args(["pipeline", "--data", str(ds), "--model", "test", "--out", str(tmp_path / "p")])
+    val_cmd = [str(a) for a in {s.name: s for s in plan(args)}["validate"].commands[0]]
+    assert val_cmd[val_cmd.index("--split") + 1] == "val"
+    assert "has no test images: the report measures on the val split" in capsys.readouterr().out
