@@ -196,7 +196,7 @@ def watch_main(spec: str) -> None:
 
     d = json.loads(spec)
     ready, _, _ = select.select([d["fd"]], [], [], d["timeout"])
-    if ready:  # formed, or the process ended: nothing to do
+    if ready or os.getppid() != d["pid"]:  # formed, or the process ended (its pid may be another's now)
         return
     cluster = Cluster(d["jobs"], d["task_type"], d["index"])
     sys.stderr.write(f"edgedet: error: {_formation_error(cluster, d['timeout'] - BACKSTOP_S)}\n")
